@@ -1,0 +1,11 @@
+"""bbmq: a small, durable message broker you can read end to end.
+
+The client library is the public API of this package::
+
+    from bbmq import Producer, Consumer
+"""
+
+from bbmq._version import __version__
+from bbmq.client import BrokerError, ConnectionLost, Consumer, Message, Producer
+
+__all__ = ["BrokerError", "ConnectionLost", "Consumer", "Message", "Producer", "__version__"]

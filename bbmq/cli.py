@@ -1,0 +1,167 @@
+"""The ``bbmq`` command: thin argument parsing over the server and the client library."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+
+from bbmq import config as settings
+from bbmq._version import __version__
+from bbmq.client import DEFAULT_HOST, DEFAULT_PORT, BrokerError, Consumer, Message, Producer, ping
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _load_config(args: argparse.Namespace) -> settings.Config:
+    flags = {setting.name: getattr(args, setting.name) for setting in settings.SETTINGS}
+    return settings.load(flags, config_file=args.config)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from bbmq.server import serve
+
+    config = _load_config(args)
+    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        asyncio.run(serve(config))
+    except OSError as error:
+        print(f"bbmq: cannot start: {error}; is another broker on "
+              f"{config.host}:{config.port}? choose another --port", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _read_lines(fd: int) -> Iterator[list[bytes]]:
+    """Lines from a file descriptor, in batches of whatever has arrived (no waiting for more)."""
+    pending = b""
+    while chunk := os.read(fd, 1 << 16):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        if lines:
+            yield [line.removesuffix(b"\r") for line in lines]
+    if pending:
+        yield [pending.removesuffix(b"\r")]
+
+
+def _publish(args: argparse.Namespace) -> int:
+    with Producer(args.topic, args.host, args.port, name=args.name, tls=args.tls,
+                  ca_file=args.ca_file) as producer:
+        if args.messages:
+            batches: Iterable[list[bytes]] = [[m.encode() for m in args.messages]]
+        else:
+            if sys.stdin.isatty():
+                print(f"publishing to {args.topic!r}: type one message per line, "
+                      "Ctrl-D to finish", file=sys.stderr)
+            batches = _read_lines(sys.stdin.fileno())
+        for batch in batches:
+            ids = producer.publish_many(batch, delay=args.delay, ttl=args.ttl)
+            print("\n".join(map(str, ids)), flush=True)
+    return 0
+
+
+def _consume(args: argparse.Namespace) -> int:
+    prefetch = min(args.prefetch, args.count) if args.count else args.prefetch
+    received = 0
+    with Consumer(args.topic, args.group, args.host, args.port, name=args.name,
+                  tls=args.tls, ca_file=args.ca_file, prefetch=prefetch) as consumer:
+        if args.timeout is None:
+            messages: Iterable[Message | None] = consumer
+        else:
+            messages = iter(lambda: consumer.fetch(args.timeout), None)
+        for message in messages:
+            assert message is not None
+            if args.verbose:
+                meta = " ".join(f"{k}={v}" for k, v in message.meta.items())
+                print(f"id={message.id} attempt={message.attempt} {meta}", flush=True)
+            sys.stdout.buffer.write(message.body + b"\n")
+            sys.stdout.flush()
+            consumer.ack(message)
+            received += 1
+            if args.count and received >= args.count:
+                break
+    return 0
+
+
+def _ping(args: argparse.Namespace) -> int:
+    try:
+        rtt = ping(args.host, args.port, timeout=args.timeout)
+    except BrokerError as error:
+        print(f"bbmq: no answer: {error.text}", file=sys.stderr)
+        return 1
+    print(f"PONG from {args.host or DEFAULT_HOST}:{args.port or DEFAULT_PORT} "
+          f"in {rtt * 1000:.2f} ms")
+    return 0
+
+
+def add_client_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the broker is, for commands that connect as a client."""
+    parser.add_argument("--host", default=None,
+                        help=f"broker host (env BBMQ_HOST, default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=None,
+                        help=f"broker port (env BBMQ_PORT, default {DEFAULT_PORT})")
+    parser.add_argument("--tls", action="store_true", help="connect with TLS")
+    parser.add_argument("--ca-file", default=None,
+                        help="CA certificate to verify the broker (with --tls)")
+    parser.add_argument("--name", default=None, help="this client's name, shown to consumers")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bbmq", description="bbmq message broker")
+    parser.add_argument("--version", action="version", version=f"bbmq {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    server = commands.add_parser("server", help="run or manage the broker")
+    server_commands = server.add_subparsers(dest="server_command", required=True)
+    run = server_commands.add_parser("run", help="run the broker in the foreground")
+    settings.add_arguments(run)
+    run.set_defaults(func=_run)
+
+    publish = commands.add_parser(
+        "publish", help="publish messages (arguments, or stdin lines); prints their ids")
+    publish.add_argument("topic")
+    publish.add_argument("messages", nargs="*", help="messages (default: one per stdin line)")
+    publish.add_argument("--delay", type=float, default=None,
+                         help="seconds before the messages may be delivered")
+    publish.add_argument("--ttl", type=float, default=None,
+                         help="seconds after which undelivered messages are dropped")
+    add_client_arguments(publish)
+    publish.set_defaults(func=_publish)
+
+    consume = commands.add_parser("consume", help="print messages as they arrive, acking each")
+    consume.add_argument("topic")
+    consume.add_argument("--group", default="default", help="consumer group (default: default)")
+    consume.add_argument("-n", "--count", type=int, default=0,
+                         help="exit after this many messages")
+    consume.add_argument("--timeout", type=float, default=None,
+                         help="exit when no message came for this many seconds")
+    consume.add_argument("--prefetch", type=int, default=100,
+                         help="messages requested ahead (default 100)")
+    consume.add_argument("-v", "--verbose", action="store_true",
+                         help="print id, attempt and metadata before each body")
+    add_client_arguments(consume)
+    consume.set_defaults(func=_consume)
+
+    ping_parser = commands.add_parser("ping", help="check that a broker answers (exit 0 if so)")
+    add_client_arguments(ping_parser)
+    ping_parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
+    ping_parser.set_defaults(func=_ping)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except settings.ConfigError as error:
+        print(f"bbmq: {error}", file=sys.stderr)
+        return 2
+    except BrokerError as error:
+        print(f"bbmq: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,207 @@
+"""Every server setting, its default and where its value came from, defined once.
+
+A setting's value comes from, in order of precedence: a command-line flag,
+a ``BBMQ_<NAME>`` environment variable, the TOML file given by ``--config``
+(keys as the setting names, e.g. ``ack_timeout = 30``), then the default.
+The CLI builds its flags from :data:`SETTINGS`, so a new setting is one line
+here and nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+MIB: Final = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    name: str
+    default: Any
+    parse: Callable[[str], Any]
+    help: str
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        return "BBMQ_" + self.name.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"must be > 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+    return value
+
+
+def _optional_str(text: str) -> str | None:
+    return text or None
+
+
+SETTINGS: Final[tuple[Setting, ...]] = (
+    Setting("host", "127.0.0.1", str, "address to listen on"),
+    Setting("port", 15333, int, "TCP port to listen on"),
+    Setting("data_dir", "bbmq-data", str, "directory for the SQLite store, pidfile and log"),
+    Setting("store", "", str, "sqlite (default, in the data dir), sqlite:///path.db, "
+            "mysql://user:pass@host:3306/db, or memory:// (not durable)", secret=True),
+    Setting("max_message_size", MIB, _positive_int, "largest message body in bytes"),
+    Setting("ack_timeout", 30.0, _non_negative_float,
+            "seconds a delivered message may stay unacked before it is redelivered"),
+    Setting("max_attempts", 5, int,
+            "deliveries before a message goes to <topic>.dlq (0: retry for ever)"),
+    Setting("dead_letter_expired", False, _bool, "send expired (TTL) messages to the DLQ"),
+    Setting("retention", 0.0, _non_negative_float,
+            "seconds to keep messages in the store after every group acked them"),
+    Setting("dedup_window", 86400.0, _non_negative_float,
+            "seconds a PUBLISH msgid is remembered for idempotent publish"),
+    Setting("max_connections", 10000, _positive_int, "connections beyond this get SERVER_BUSY"),
+    Setting("max_queued_bytes", 512 * MIB, _positive_int,
+            "message bytes held in memory before publishers get SERVER_BUSY"),
+    Setting("max_output_bytes", 4 * MIB, _positive_int,
+            "unsent bytes per connection before deliveries to it pause"),
+    Setting("handshake_timeout", 10.0, _non_negative_float,
+            "seconds a new connection has to send its handshake"),
+    Setting("idle_timeout", 300.0, _non_negative_float,
+            "seconds of silence before a connection is closed (0: never; clients may PING)"),
+    Setting("max_batch", 2000, _positive_int, "most messages written in one store transaction"),
+    Setting("log_level", "INFO", str, "DEBUG, INFO, WARNING or ERROR"),
+    Setting("log_file", None, _optional_str, "log file (default: <data-dir>/bbmq.log when "
+            "daemonized, stderr in the foreground)"),
+    Setting("pid_file", None, _optional_str, "pidfile (default: <data-dir>/bbmq.pid)"),
+    Setting("metrics_port", 0, int, "serve Prometheus metrics on this HTTP port (0: off)"),
+    Setting("auth_tokens", "", str, "token=permissions:pattern,... (see docs/PROTOCOL.md); "
+            "empty: no authentication", secret=True),
+    Setting("tls_cert", None, _optional_str, "PEM certificate to serve TLS"),
+    Setting("tls_key", None, _optional_str, "PEM private key for --tls-cert"),
+)
+BY_NAME: Final = {setting.name: setting for setting in SETTINGS}
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The effective settings and where each came from (flag, env, file, default)."""
+
+    values: Mapping[str, Any]
+    sources: Mapping[str, str]
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.values[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.values["data_dir"]).resolve()
+
+    @property
+    def pid_path(self) -> Path:
+        return Path(self.values["pid_file"] or self.data_path / "bbmq.pid").resolve()
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.values["log_file"] or self.data_path / "bbmq.log").resolve()
+
+    def describe(self) -> list[tuple[str, str, str]]:
+        """(name, shown value, source) rows with secrets masked, for ``bbmq server config``."""
+        rows = []
+        for setting in SETTINGS:
+            value = self.values[setting.name]
+            shown = mask(setting.name, value) if setting.secret else value
+            rows.append((setting.name, "" if shown is None else str(shown),
+                         self.sources[setting.name]))
+        return rows
+
+
+def mask(name: str, value: Any) -> str:
+    """A secret setting as it may be shown: URL passwords and tokens replaced by ***."""
+    text = "" if value is None else str(value)
+    if name == "store" and "@" in text:
+        parts = urlsplit(text)
+        if parts.password is not None:
+            netloc = f"{parts.username}:***@{parts.hostname}"
+            if parts.port:
+                netloc += f":{parts.port}"
+            return urlunsplit(parts._replace(netloc=netloc))
+        return text
+    if name == "auth_tokens" and text:
+        return ",".join("***" + entry[entry.find("="):] for entry in text.split(","))
+    return text
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config`` and one flag per setting; unset flags stay None."""
+    parser.add_argument("--config", metavar="FILE", default=os.environ.get("BBMQ_CONFIG"),
+                        help="TOML file of settings (env BBMQ_CONFIG)")
+    for setting in SETTINGS:
+        parser.add_argument(setting.flag, dest=setting.name, default=None,
+                            metavar=setting.name.upper(),
+                            help=f"{setting.help} (default {setting.default!r}; env {setting.env})")
+
+
+class ConfigError(Exception):
+    """A setting has a value that cannot be used; the message says which and why."""
+
+
+def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+         config_file: str | Path | None = None) -> Config:
+    """Resolve every setting from flags, environment, file and defaults, in that order."""
+    flags = flags or {}
+    environ = os.environ if environ is None else environ
+    file_values: dict[str, Any] = {}
+    if config_file:
+        try:
+            with open(config_file, "rb") as handle:
+                file_values = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"cannot read config file {config_file}: {error}") from None
+        unknown = sorted(set(file_values) - set(BY_NAME))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) in {config_file}: {', '.join(unknown)}; "
+                              "see 'bbmq server run --help' for the names")
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for setting in SETTINGS:
+        raw: Any
+        if flags.get(setting.name) is not None:
+            raw, source = flags[setting.name], "flag " + setting.flag
+        elif setting.env in environ:
+            raw, source = environ[setting.env], "env " + setting.env
+        elif setting.name in file_values:
+            raw, source = file_values[setting.name], f"file {config_file}"
+        else:
+            values[setting.name], sources[setting.name] = setting.default, "default"
+            continue
+        try:
+            values[setting.name] = setting.parse(str(raw)) if not isinstance(raw, bool) else raw
+        except ValueError as error:
+            raise ConfigError(f"{setting.name} from {source}: {error}") from None
+        sources[setting.name] = source
+    return Config(values, sources)

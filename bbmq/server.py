@@ -1,0 +1,289 @@
+"""The asyncio transport: sockets in, the broker core, sockets and the store thread out.
+
+It stays thin on purpose.  Each connection reads bytes, feeds the sans-IO
+decoder, hands whole frames to :class:`bbmq.core.Broker`, and after every read
+writes each connection's coalesced output in one ``transport.write`` and hands
+the store its work.  Flow control uses asyncio's own write-buffer limits:
+``pause_writing`` stops deliveries to a slow consumer until its buffer drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import ssl
+import time
+from typing import Any
+
+from bbmq._version import __version__
+from bbmq import protocol as p
+from bbmq.config import Config
+from bbmq.core import Broker, BrokerConfig, PendingPublish, Role
+from bbmq.protocol import ErrorCode
+from bbmq.store import open_store
+from bbmq.store.base import StoredId
+from bbmq.store.worker import StoreWorker
+
+log = logging.getLogger("bbmq.server")
+
+RECOVERY_CHUNK = 20_000
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Connection(asyncio.Protocol):
+    """One client connection: read, feed, hand over; nothing else."""
+
+    def __init__(self, server: BrokerServer, session_id: int) -> None:
+        self.server = server
+        self.id = session_id
+        self.decoder = p.FrameDecoder(server.config.max_message_size)
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+        self.timeout: asyncio.TimerHandle | None = None
+        self.last_read = time.monotonic()
+        self.handshaken = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        server = self.server
+        server.connections[self.id] = self
+        server.broker.connect(self.id)
+        transport.set_write_buffer_limits(high=server.config.max_output_bytes)
+        if len(server.connections) > server.config.max_connections:
+            log.warning("conn=%d peer=%s refused: over max_connections", self.id, self.peer)
+            server.broker.send_error(self.id, ErrorCode.SERVER_BUSY,
+                                     "too many connections; retry later", close=True)
+            server.flush()
+            return
+        self._arm_timeout(server.config.handshake_timeout, "no handshake")
+
+    def data_received(self, data: bytes) -> None:
+        server = self.server
+        self.last_read = time.monotonic()
+        broker = server.broker
+        try:
+            frames = self.decoder.feed(data)
+        except p.ProtocolError as error:
+            log.info("conn=%d peer=%s framing error: %s", self.id, self.peer, error.text)
+            broker.send_error(self.id, error.code, error.text, close=True)
+        else:
+            now = now_ms()
+            for frame in frames:
+                broker.receive(self.id, frame, now)
+            if not self.handshaken and broker.sessions[self.id].role is not Role.NEW:
+                self.handshaken = True
+                if self.timeout is not None:
+                    self.timeout.cancel()
+                self._arm_timeout(server.config.idle_timeout, "idle")
+        server.flush()
+
+    def eof_received(self) -> bool:
+        return False  # half-closed: close our side too
+
+    def pause_writing(self) -> None:
+        self.server.broker.set_writable(self.id, False, now_ms())
+
+    def resume_writing(self) -> None:
+        self.server.broker.set_writable(self.id, True, now_ms())
+        self.server.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timeout is not None:
+            self.timeout.cancel()
+        server = self.server
+        server.connections.pop(self.id, None)
+        server.broker.disconnect(self.id, now_ms())
+        server.flush()
+
+    def _arm_timeout(self, seconds: float, why: str) -> None:
+        if seconds > 0:
+            self.timeout = asyncio.get_running_loop().call_later(seconds, self._on_timeout,
+                                                                 seconds, why)
+
+    def _on_timeout(self, seconds: float, why: str) -> None:
+        idle_for = time.monotonic() - self.last_read
+        if why == "idle" and idle_for < seconds:
+            self._arm_timeout(seconds - idle_for, why)
+            return
+        log.info("conn=%d peer=%s closed: %s for %.0f s", self.id, self.peer, why, seconds)
+        hint = "send the handshake" if why == "no handshake" else "send PING to stay connected"
+        self.server.broker.send_error(self.id, ErrorCode.TIMEOUT,
+                                      f"{why} for {seconds:g} s; {hint}", close=True)
+        self.server.flush()
+
+
+class BrokerServer:
+    """Owns the listening socket, the connections, the broker core and the store thread."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.broker = Broker(BrokerConfig(
+            version=__version__,
+            max_message_bytes=config.max_message_size,
+            ack_timeout_ms=int(config.ack_timeout * 1000),
+            max_attempts=config.max_attempts,
+            dead_letter_expired=config.dead_letter_expired,
+            max_queued_bytes=config.max_queued_bytes,
+        ))
+        self.store = open_store(config.store, config.data_path,
+                                retention_ms=int(config.retention * 1000),
+                                dedup_window_ms=int(config.dedup_window * 1000))
+        self.connections: dict[int, Connection] = {}
+        self._ids = itertools.count(1)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.Server | None = None
+        self._worker: StoreWorker | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: int | None = None
+        self.started_at = time.time()
+
+    @property
+    def worker(self) -> StoreWorker:
+        assert self._worker is not None, "start() first"
+        return self._worker
+
+    @property
+    def address(self) -> tuple[str, int]:
+        assert self._server is not None, "start() first"
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return host, port
+
+    async def start(self) -> None:
+        """Open the store, recover its messages, then listen."""
+        loop = self._loop = asyncio.get_running_loop()
+        if not self.store.durable:
+            log.warning("store is memory://: messages are NOT durable and are lost on restart")
+        self._worker = StoreWorker(self.store, loop.call_soon_threadsafe, self._stored,
+                                   self._store_failed, max_batch=self.config.max_batch)
+        await asyncio.wrap_future(loop.run_in_executor(None, self._worker.start))
+        log.info("store %s opened", self.store.description)
+        await self._recover()
+        self._server = await loop.create_server(
+            lambda: Connection(self, next(self._ids)),
+            self.config.host, self.config.port, ssl=self._ssl_context(),
+            reuse_address=True, backlog=1024)
+        host, port = self.address
+        log.info("bbmq %s listening on %s:%d", __version__, host, port)
+
+    async def _recover(self) -> None:
+        worker = self.worker
+        total = await asyncio.wrap_future(worker.call(self.store.count_pending))
+        groups = await asyncio.wrap_future(worker.call(self.store.groups))
+        records = iter(())
+        if total:
+            log.info("recovering %d messages", total)
+            records = await asyncio.wrap_future(worker.call(self.store.recover))
+        loaded = self.broker.recover([], groups, now_ms())
+        while True:
+            chunk = await asyncio.wrap_future(
+                worker.call(lambda: list(itertools.islice(records, RECOVERY_CHUNK))))
+            if not chunk:
+                break
+            loaded += self.broker.recover(chunk, [], now_ms())
+            log.info("recovering %d messages: %d%%", total, 100 * loaded // max(total, 1))
+        if loaded:
+            log.info("recovered %d messages", loaded)
+        self.flush()
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        if not self.config.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        return context
+
+    def flush(self) -> None:
+        """Write every connection's pending output, hand the store its work, re-arm the timer."""
+        broker = self.broker
+        for session_id, data, close in broker.take_output():
+            connection = self.connections.get(session_id)
+            if connection is None or connection.transport is None:
+                continue
+            if data:
+                connection.transport.write(data)
+            if close:
+                connection.transport.close()
+        publishes, changes = broker.take_store_work()
+        if publishes or len(changes):
+            self.worker.submit(publishes, changes)
+        self._arm_timer()
+
+    def _arm_timer(self) -> None:
+        deadline = self.broker.next_deadline()
+        if deadline is None or (self._timer_at is not None and self._timer_at <= deadline):
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        assert self._loop is not None
+        self._timer_at = deadline
+        self._timer = self._loop.call_later(max(0.0, (deadline - now_ms()) / 1000), self._tick)
+
+    def _tick(self) -> None:
+        self._timer = self._timer_at = None
+        self.broker.tick(now_ms())
+        self.flush()
+
+    def _stored(self, publishes: list[PendingPublish], ids: list[StoredId]) -> None:
+        self.broker.stored(publishes, ids, now_ms())
+        self.flush()
+
+    def _store_failed(self, publishes: list[PendingPublish], reason: str) -> None:
+        self.broker.store_failed(publishes, reason)
+        self.flush()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, let stored work finish, say goodbye to clients, close the store."""
+        log.info("shutting down: %d connections", len(self.connections))
+        if self._server is not None:
+            self._server.close()
+        self.broker.accepting = False
+        deadline = time.monotonic() + grace
+        worker = self.worker
+        while not worker.idle() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # the worker thread has no awaitable; poll it briefly
+        for session_id in list(self.connections):
+            self.broker.send_error(session_id, ErrorCode.SERVER_CLOSING,
+                                   "server is shutting down; reconnect after it restarts",
+                                   close=True)
+        self.flush()
+        await asyncio.sleep(0)
+        for connection in list(self.connections.values()):
+            if connection.transport is not None:
+                connection.transport.abort()
+        if self._timer is not None:
+            self._timer.cancel()
+        stopped = await asyncio.get_running_loop().run_in_executor(None, worker.stop, grace)
+        if not stopped:
+            log.error("store thread did not finish within %.0f s", grace)
+        log.info("stopped")
+
+    def status(self) -> dict[str, Any]:
+        host, port = self.address
+        return {"pid": None, "address": f"{host}:{port}", "store": self.store.description,
+                "uptime_s": round(time.time() - self.started_at, 1),
+                "connections": len(self.connections), "store_available": self.worker.available}
+
+
+async def serve(config: Config, ready: asyncio.Future[BrokerServer] | None = None) -> None:
+    """Run a broker until SIGTERM/SIGINT, then drain and return."""
+    import signal
+
+    server = BrokerServer(config)
+    await server.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    if ready is not None:
+        ready.set_result(server)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

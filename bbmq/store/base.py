@@ -1,0 +1,166 @@
+"""The one small interface every storage backend implements.
+
+A store is blocking and single-threaded: the broker owns exactly one thread per
+store (see :mod:`bbmq.store.worker`) and only that thread calls these methods,
+``open`` included, so sqlite3 and PyMySQL connections never cross threads.
+
+Everything the broker changes reaches the store as a :class:`Batch` that the
+backend writes in ONE transaction (group commit): new messages, groups created,
+delivery attempts, acks, messages finished by every group.  The broker keeps
+no state that it cannot rebuild from :meth:`Store.recover`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class StoreUnavailable(Exception):
+    """The backing database cannot be reached right now; the batch was not written.
+
+    The caller retries later; the backend must be usable again (reconnecting
+    on its own) once the database is back.
+    """
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to store. Ids are assigned by the store, in batch order."""
+
+    topic: str
+    body: bytes
+    sender: str | None
+    published_ms: int
+    msgid: str | None = None
+    deliver_at_ms: int = 0
+    expires_at_ms: int | None = None
+    meta: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRecord:
+    """A consumer group of a topic; it receives the messages whose id > ``start_id``."""
+
+    topic: str
+    group: str
+    start_id: int
+    created_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRecord:
+    """A message was delivered to a group for the ``attempts``-th time."""
+
+    message_id: int
+    group: str
+    attempts: int
+    delivered_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class AckRecord:
+    """A group is finished with a message (acked, purged, dead-lettered or expired)."""
+
+    message_id: int
+    group: str
+    acked_ms: int
+
+
+@dataclass(slots=True)
+class Batch:
+    """Changes written in one transaction, applied in the order of the fields."""
+
+    messages: list[NewMessage] = field(default_factory=list)
+    groups: list[GroupRecord] = field(default_factory=list)
+    deliveries: list[DeliveryRecord] = field(default_factory=list)
+    acks: list[AckRecord] = field(default_factory=list)
+    done: list[int] = field(default_factory=list)
+    deleted_groups: list[tuple[str, str]] = field(default_factory=list)
+
+    def extend(self, other: Batch) -> None:
+        """Append ``other``'s changes after this batch's own."""
+        self.messages += other.messages
+        self.groups += other.groups
+        self.deliveries += other.deliveries
+        self.acks += other.acks
+        self.done += other.done
+        self.deleted_groups += other.deleted_groups
+
+    def __len__(self) -> int:
+        return (len(self.messages) + len(self.groups) + len(self.deliveries) + len(self.acks)
+                + len(self.done) + len(self.deleted_groups))
+
+
+@dataclass(frozen=True, slots=True)
+class StoredId:
+    """Where a new message went: its id, and whether its msgid was already stored."""
+
+    id: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredMessage:
+    """A stored message with the groups that still owe it an ack.
+
+    ``pending`` maps each such group to the attempts already made (0: never
+    delivered).  A message of a topic that has no group yet has an empty
+    ``pending`` and is part of that topic's backlog.
+    """
+
+    id: int
+    topic: str
+    body: bytes
+    sender: str | None
+    published_ms: int
+    deliver_at_ms: int
+    expires_at_ms: int | None
+    meta: dict[str, str]
+    pending: dict[str, int]
+
+
+class Store(Protocol):
+    """What the broker needs from a storage backend (see the module docstring)."""
+
+    #: Human-readable description for logs and ``bbmq server status`` (no secrets).
+    description: str
+    #: False only for ``memory://``, which keeps nothing across restarts.
+    durable: bool
+
+    def open(self) -> None:
+        """Connect and create or upgrade the schema; raise StoreUnavailable if unreachable."""
+
+    def close(self) -> None:
+        """Release the connection; idempotent."""
+
+    def write(self, batch: Batch) -> list[StoredId]:
+        """Commit ``batch`` atomically; return one StoredId per ``batch.messages``, in order.
+
+        Ids come from the store, increase in batch order, and are never reused.
+        A message whose ``(topic, msgid)`` was stored within the dedup window
+        (also earlier in the same batch) is not stored again: its StoredId
+        carries the original id and ``duplicate=True``.  Raise StoreUnavailable
+        (with nothing written) when the database cannot be reached.
+        """
+        ...
+
+    def groups(self) -> list[GroupRecord]:
+        """Every group of every topic."""
+        ...
+
+    def count_pending(self) -> int:
+        """How many messages :meth:`recover` will yield (for progress reports)."""
+        ...
+
+    def recover(self) -> Iterator[RecoveredMessage]:
+        """Every message some group still owes an ack, or in a topic's backlog; by id."""
+        ...
+
+    def prune(self, now_ms: int) -> int:
+        """Drop finished messages past retention and msgids past the dedup window.
+
+        Returns how many rows went.
+        """
+        ...

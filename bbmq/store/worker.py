@@ -1,0 +1,211 @@
+"""The store's own thread: group commit, outage handling, and the hop back to the loop.
+
+sqlite3 and PyMySQL block, so a store is only ever used from one thread, this
+one.  The event loop hands it work with :meth:`StoreWorker.submit` and never
+waits on it.  Whatever piles up while a transaction commits goes into the next
+one (group commit), so durable throughput grows with pipelining and with the
+number of producers instead of being one commit per message.
+
+When the database is unreachable, publishes from clients fail at once with
+STORE_UNAVAILABLE (nothing is acked that was not stored), while the broker's
+own changes (acks, deliveries, dead letters) are kept and retried, with
+backoff, until the store is back.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from bbmq.core import PendingPublish
+from bbmq.store.base import Batch, Store, StoredId, StoreUnavailable
+
+log = logging.getLogger("bbmq.store")
+
+T = TypeVar("T")
+StoredCallback = Callable[[list[PendingPublish], list[StoredId]], None]
+FailedCallback = Callable[[list[PendingPublish], str], None]
+#: Hands a callable to the event loop's thread (``loop.call_soon_threadsafe``).
+Scheduler = Callable[..., object]
+
+
+class StoreWorker:
+    """Runs one :class:`Store` on a dedicated thread."""
+
+    def __init__(self, store: Store, schedule: Scheduler, on_stored: StoredCallback,
+                 on_failed: FailedCallback, *, max_batch: int = 2000,
+                 prune_interval_s: float = 60.0) -> None:
+        self.store = store
+        self._schedule = schedule
+        self._on_stored = on_stored
+        self._on_failed = on_failed
+        self._max_batch = max_batch
+        self._prune_interval_s = prune_interval_s
+        self._cond = threading.Condition()
+        self._publishes: list[PendingPublish] = []
+        self._changes = Batch()
+        self._calls: list[tuple[Callable[[], object], concurrent.futures.Future[object]]] = []
+        self._stopping = False
+        self._busy = False
+        self._thread = threading.Thread(target=self._run, name="bbmq-store", daemon=True)
+        self.available = True
+        #: Seconds each successful commit took, for metrics (set by the server).
+        self.observe_commit: Callable[[float], None] = lambda seconds: None
+
+    def start(self) -> None:
+        """Open the store on the worker thread; raises what ``open`` raised."""
+        self._thread.start()
+        self.call(self.store.open).result()
+
+    def call(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
+        """Run ``fn`` on the store thread (recovery, admin queries)."""
+        future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        with self._cond:
+            self._calls.append((fn, future))  # type: ignore[arg-type]
+            self._cond.notify()
+        return future
+
+    def submit(self, publishes: list[PendingPublish], changes: Batch) -> None:
+        """Queue work for the next transaction; results come back through the callbacks."""
+        if not publishes and not len(changes):
+            return
+        with self._cond:
+            self._publishes += publishes
+            self._changes.extend(changes)
+            self._cond.notify()
+
+    @property
+    def backlog(self) -> int:
+        """Publishes waiting for a transaction."""
+        return len(self._publishes)
+
+    def idle(self) -> bool:
+        """Nothing queued and nothing being written."""
+        with self._cond:
+            return not (self._publishes or len(self._changes) or self._busy or self._calls)
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Write what is queued, close the store, end the thread; False if it timed out."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        backoff = 0.0
+        retry_at = 0.0
+        next_prune = time.monotonic() + self._prune_interval_s
+        while True:
+            with self._cond:
+                while not (self._publishes or len(self._changes) or self._calls or self._stopping):
+                    self._cond.wait(timeout=max(0.05, next_prune - time.monotonic()))
+                    if time.monotonic() >= next_prune:
+                        break
+                calls, self._calls = self._calls, []
+                if not self.available and time.monotonic() < retry_at:
+                    # Still down: fail client publishes now rather than hold them.
+                    failed = [p for p in self._publishes if p.session is not None]
+                    self._publishes = [p for p in self._publishes if p.session is None]
+                    if failed:
+                        self._schedule(self._on_failed, failed, "store unavailable")
+                    if self._stopping:
+                        break
+                    if not calls:
+                        self._cond.wait(timeout=retry_at - time.monotonic())
+                        continue
+                    publishes, changes = [], Batch()
+                else:
+                    publishes, changes = self._take()
+                self._busy = True
+            for fn, future in calls:
+                self._run_call(fn, future)
+            if publishes or len(changes):
+                if self._write(publishes, changes):
+                    backoff = 0.0
+                else:
+                    backoff = min(5.0, backoff * 2 or 0.1)
+                    retry_at = time.monotonic() + backoff
+            if time.monotonic() >= next_prune and self.available:
+                next_prune = time.monotonic() + self._prune_interval_s
+                self._prune()
+            with self._cond:
+                self._busy = False
+                if self._stopping and not (self._publishes or len(self._changes)):
+                    break
+                if self._stopping and not self.available and time.monotonic() >= retry_at + 30:
+                    log.error("giving up on the store at shutdown; unwritten acks are redelivered")
+                    break
+        self._close()
+
+    def _take(self) -> tuple[list[PendingPublish], Batch]:
+        """The next transaction's work: a bounded slice of publishes, and the changes.
+
+        Changes ride along only when no dead-letter message (a publish of the
+        broker's own) is left behind, so a dead letter and the ack that retires
+        the original always commit together.
+        """
+        publishes = self._publishes[: self._max_batch]
+        self._publishes = self._publishes[self._max_batch :]
+        if any(p.session is None for p in self._publishes):
+            return publishes, Batch()
+        changes, self._changes = self._changes, Batch()
+        return publishes, changes
+
+    def _write(self, publishes: list[PendingPublish], changes: Batch) -> bool:
+        batch = Batch(messages=[p.message for p in publishes])
+        batch.extend(changes)
+        started = time.monotonic()
+        try:
+            ids = self.store.write(batch)
+        except StoreUnavailable as error:
+            if self.available:
+                log.error("store %s unavailable: %s; retrying with backoff",
+                          self.store.description, error)
+            self.available = False
+            ours = [p for p in publishes if p.session is None]
+            theirs = [p for p in publishes if p.session is not None]
+            if theirs:
+                self._schedule(self._on_failed, theirs, str(error) or "store unavailable")
+            with self._cond:
+                self._publishes[:0] = ours
+                changes.extend(self._changes)
+                self._changes = changes
+            return False
+        self.observe_commit(time.monotonic() - started)
+        if not self.available:
+            log.warning("store %s is back", self.store.description)
+            self.available = True
+        if publishes:
+            self._schedule(self._on_stored, publishes, ids)
+        return True
+
+    def _prune(self) -> None:
+        try:
+            removed = self.store.prune(int(time.time() * 1000))
+        except StoreUnavailable as error:
+            log.warning("prune skipped, store unavailable: %s", error)
+            return
+        if removed:
+            log.info("pruned %d finished rows from the store", removed)
+
+    @staticmethod
+    def _run_call(fn: Callable[[], object], future: concurrent.futures.Future[object]) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except BaseException as error:  # handed to the caller, who decides
+            future.set_exception(error)
+
+    def _close(self) -> None:
+        try:
+            self.store.close()
+        except Exception:
+            log.exception("closing the store failed")

@@ -1,0 +1,107 @@
+"""Drive the broker core directly: frames in, frames out, a fake store, a hand-moved clock."""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+
+from bbmq import protocol as p
+from bbmq.core import Broker, BrokerConfig
+from bbmq.store.base import Batch, StoredId
+
+START_MS = 1_700_000_000_000
+
+
+class CoreHarness:
+    """A broker core with a store that commits on demand and a clock moved by hand."""
+
+    def __init__(self, **config: object) -> None:
+        self.broker = Broker(BrokerConfig(**config))  # type: ignore[arg-type]
+        self.now = START_MS
+        self._session_ids = itertools.count(1)
+        self._message_ids = itertools.count(1)
+        self._decoders: dict[int, p.FrameDecoder] = {}
+        self.inbox: dict[int, list[p.TypedFrame]] = defaultdict(list)
+        self.closed: set[int] = set()
+        self.stored = Batch()
+        self.msgids: dict[tuple[str, str], int] = {}
+
+    def connect(self) -> int:
+        session = next(self._session_ids)
+        self.broker.connect(session)
+        self._decoders[session] = p.FrameDecoder(max_body_bytes=1 << 30)
+        return session
+
+    def publisher(self, topic: str, name: str | None = None) -> int:
+        session = self.connect()
+        options = {"name": name} if name else {}
+        self.send(session, p.ClientPublisher(topic, options))
+        assert isinstance(self.take(session)[0], p.ServerAcknowledgement)
+        return session
+
+    def subscriber(self, topic: str, group: str = "default") -> int:
+        session = self.connect()
+        self.send(session, p.ClientSubscriber(topic, group))
+        assert isinstance(self.take(session)[0], p.ServerAcknowledgement)
+        return session
+
+    def send(self, session: int, *frames: p.TypedFrame) -> None:
+        decoder = p.FrameDecoder()
+        for frame in frames:
+            for generic in decoder.feed(frame.encode()):
+                self.broker.receive(session, generic, self.now)
+        self._collect()
+
+    def commit(self) -> list[StoredId]:
+        """The store commits everything the broker handed it."""
+        publishes, batch = self.broker.take_store_work()
+        ids = []
+        for pending in publishes:
+            message = pending.message
+            key = (message.topic, message.msgid or "")
+            if message.msgid and key in self.msgids:
+                ids.append(StoredId(self.msgids[key], duplicate=True))
+                continue
+            ids.append(StoredId(next(self._message_ids)))
+            if message.msgid:
+                self.msgids[key] = ids[-1].id
+        self.stored.messages += [pending.message for pending in publishes]
+        self.stored.extend(batch)
+        self.broker.stored(publishes, ids, self.now)
+        self._collect()
+        return ids
+
+    def fail_store(self) -> None:
+        publishes, _ = self.broker.take_store_work()
+        self.broker.store_failed(publishes, "test outage")
+        self._collect()
+
+    def advance(self, ms: int) -> None:
+        self.now += ms
+        self.broker.tick(self.now)
+        self._collect()
+
+    def disconnect(self, session: int) -> None:
+        self.broker.disconnect(session, self.now)
+        self._collect()
+
+    def take(self, session: int) -> list[p.TypedFrame]:
+        frames = self.inbox.pop(session, [])
+        return frames
+
+    def publish(self, session: int, *bodies: bytes, **options: object) -> list[int]:
+        self.send(session, *(p.Publish(body, **options) for body in bodies))  # type: ignore[arg-type]
+        self.commit()
+        return [f.id for f in self.take(session) if isinstance(f, p.ProducerAckMessage)]
+
+    def _collect(self) -> None:
+        for session, data, close in self.broker.take_output():
+            for frame in self._decoders[session].feed(data):
+                self.inbox[session].append(p.parse(frame, p.SERVER_FRAMES))
+            if close:
+                self.closed.add(session)
+
+
+def messages(frames: list[p.TypedFrame]) -> list[tuple[int, int, bytes]]:
+    """(id, attempt, body) of the MESSAGE frames."""
+    return [(f.id, f.attempt, f.body) for f in frames if isinstance(f, p.Message)]

@@ -1,0 +1,355 @@
+"""The broker core on its own: no sockets, no store, a clock moved by hand."""
+
+from __future__ import annotations
+
+from bbmq import protocol as p
+from bbmq.protocol import ErrorCode
+from bbmq.store.base import RecoveredMessage
+
+from .core_harness import CoreHarness, messages
+
+
+def errors(frames: list[p.TypedFrame]) -> list[str]:
+    return [f.code for f in frames if isinstance(f, p.Error)]
+
+
+def test_publish_is_acked_only_after_the_store_commits() -> None:
+    h = CoreHarness()
+    pub = h.publisher("orders")
+    h.send(pub, p.Publish(b"a"), p.Publish(b"b"))
+    assert h.take(pub) == []  # nothing stored yet, nothing acked
+    ids = h.commit()
+    acks = h.take(pub)
+    assert acks == [p.ProducerAckMessage(ids[0].id), p.ProducerAckMessage(ids[1].id)]
+    assert [m.body for m in h.stored.messages] == [b"a", b"b"]
+
+
+def test_store_failure_answers_every_publish_in_order() -> None:
+    h = CoreHarness()
+    pub = h.publisher("orders")
+    h.send(pub, p.Publish(b"a"))
+    h.commit()
+    h.send(pub, p.Publish(b"b"), p.Publish(b"c"))
+    h.fail_store()
+    frames = h.take(pub)
+    assert isinstance(frames[0], p.ProducerAckMessage)
+    assert errors(frames[1:]) == [ErrorCode.STORE_UNAVAILABLE] * 2
+
+
+def test_a_refused_publish_waits_behind_earlier_acks() -> None:
+    h = CoreHarness(max_queued_bytes=10)
+    pub = h.publisher("orders")
+    h.send(pub, p.Publish(b"12345678"))
+    h.commit()
+    h.take(pub)
+    h.send(pub, p.Publish(b"1"), p.Publish(b"too big now"))
+    assert h.take(pub) == []  # the refusal must not overtake the ack of "1"
+    h.commit()
+    frames = h.take(pub)
+    assert isinstance(frames[0], p.ProducerAckMessage)
+    assert errors(frames) == [ErrorCode.SERVER_BUSY]
+
+
+def test_fetch_delivers_in_order_with_metadata() -> None:
+    h = CoreHarness()
+    sub = h.subscriber("orders")
+    pub = h.publisher("orders", name="shop")
+    ids = h.publish(pub, b"one", b"two")
+    h.send(sub, p.Fetch(2))
+    frames = h.take(sub)
+    assert messages(frames) == [(ids[0], 1, b"one"), (ids[1], 1, b"two")]
+    first = frames[0]
+    assert isinstance(first, p.Message)
+    assert first.meta["from"] == "shop"
+    assert int(first.meta["ts"]) == h.now
+
+
+def test_blocking_fetch_waits_for_a_message() -> None:
+    h = CoreHarness()
+    sub = h.subscriber("orders")
+    h.send(sub, p.Fetch(1))
+    h.advance(60_000)
+    assert h.take(sub) == []
+    pub = h.publisher("orders")
+    h.publish(pub, b"late")
+    assert messages(h.take(sub)) == [(1, 1, b"late")]
+
+
+def test_long_poll_ends_with_queue_empty() -> None:
+    h = CoreHarness()
+    sub = h.subscriber("orders")
+    h.send(sub, p.Fetch(5, 0))
+    assert h.take(sub) == [p.QueueEmpty(0)]
+    h.send(sub, p.Fetch(5, 1000))
+    assert h.take(sub) == []
+    h.advance(999)
+    assert h.take(sub) == []
+    h.advance(1)
+    assert h.take(sub) == [p.QueueEmpty(0)]
+
+
+def test_long_poll_returns_what_is_ready_then_queue_empty() -> None:
+    h = CoreHarness()
+    sub = h.subscriber("orders")
+    pub = h.publisher("orders")
+    h.publish(pub, b"a", b"b")
+    h.send(sub, p.Fetch(5, 10_000))
+    frames = h.take(sub)
+    assert [m[2] for m in messages(frames)] == [b"a", b"b"]
+    assert frames[-1] == p.QueueEmpty(2)
+
+
+def test_requests_on_one_connection_are_served_in_order() -> None:
+    h = CoreHarness()
+    sub = h.subscriber("orders")
+    h.send(sub, p.Fetch(1, 500), p.Fetch(1))
+    pub = h.publisher("orders")
+    h.advance(500)
+    assert h.take(sub) == [p.QueueEmpty(0)]
+    h.publish(pub, b"x")
+    assert messages(h.take(sub)) == [(1, 1, b"x")]
+
+
+def test_every_group_gets_every_message_and_a_group_shares_its_messages() -> None:
+    h = CoreHarness()
+    a1, a2 = h.subscriber("t", "a"), h.subscriber("t", "a")
+    b = h.subscriber("t", "b")
+    for session in (a1, a2, b):
+        h.send(session, p.Fetch(10))
+    pub = h.publisher("t")
+    h.publish(pub, *(str(i).encode() for i in range(10)))
+    got_a1 = messages(h.take(a1))
+    got_a2 = messages(h.take(a2))
+    got_b = messages(h.take(b))
+    assert len(got_b) == 10
+    assert len(got_a1) == len(got_a2) == 5  # round robin inside the group
+    assert sorted(got_a1 + got_a2) == sorted(got_b)
+
+
+def test_first_group_gets_backlog_later_groups_start_now() -> None:
+    h = CoreHarness()
+    pub = h.publisher("t")
+    h.publish(pub, b"early")
+    first = h.subscriber("t", "first")
+    h.publish(pub, b"middle")
+    second = h.subscriber("t", "second")
+    h.publish(pub, b"late")
+    h.send(first, p.Fetch(10, 0))
+    h.send(second, p.Fetch(10, 0))
+    assert [m[2] for m in messages(h.take(first))] == [b"early", b"middle", b"late"]
+    assert [m[2] for m in messages(h.take(second))] == [b"late"]
+    starts = {g.group: g.start_id for g in h.stored.groups}
+    assert starts == {"first": 0, "second": 2}
+
+
+def test_ack_finishes_and_unknown_ids_are_named() -> None:
+    h = CoreHarness()
+    sub = h.subscriber("t")
+    pub = h.publisher("t")
+    [mid] = h.publish(pub, b"x")
+    h.send(sub, p.Fetch(1))
+    h.take(sub)
+    h.send(sub, p.Ack((mid, 999)))
+    frames = h.take(sub)
+    assert errors(frames) == [ErrorCode.UNKNOWN_MESSAGE]
+    assert "999" in frames[0].text and str(mid) not in frames[0].text  # type: ignore[attr-defined]
+    assert mid in h.broker.take_store_work()[1].done or mid in h.stored.done
+    h.advance(60_000)
+    h.send(sub, p.Fetch(1, 0))
+    assert h.take(sub) == [p.QueueEmpty(0)]
+
+
+def test_nack_redelivers_ahead_of_newer_messages() -> None:
+    h = CoreHarness()
+    sub = h.subscriber("t")
+    pub = h.publisher("t")
+    first, _ = h.publish(pub, b"1", b"2")
+    h.send(sub, p.Fetch(1))
+    h.take(sub)
+    h.send(sub, p.Nack(first))
+    h.send(sub, p.Fetch(2))
+    assert messages(h.take(sub)) == [(first, 2, b"1"), (first + 1, 1, b"2")]
+
+
+def test_disconnect_redelivers_to_another_consumer() -> None:
+    h = CoreHarness()
+    s1, s2 = h.subscriber("t"), h.subscriber("t")
+    pub = h.publisher("t")
+    [mid] = h.publish(pub, b"x")
+    h.send(s1, p.Fetch(1))
+    assert messages(h.take(s1)) == [(mid, 1, b"x")]
+    h.send(s2, p.Fetch(1))
+    h.disconnect(s1)
+    assert messages(h.take(s2)) == [(mid, 2, b"x")]
+
+
+def test_ack_timeout_redelivers() -> None:
+    h = CoreHarness(ack_timeout_ms=1000)
+    sub = h.subscriber("t")
+    pub = h.publisher("t")
+    [mid] = h.publish(pub, b"x")
+    h.send(sub, p.Fetch(1))
+    h.take(sub)
+    h.advance(999)
+    h.send(sub, p.Fetch(1, 0))
+    assert h.take(sub) == [p.QueueEmpty(0)]
+    h.advance(1)
+    h.send(sub, p.Fetch(1, 0))
+    assert messages(h.take(sub)) == [(mid, 2, b"x")]
+    h.send(sub, p.Ack((mid,)))  # the late ack of attempt 1 is gone; attempt 2's ack works
+    assert errors(h.take(sub)) == []
+
+
+def test_delayed_publish_is_neither_early_nor_lost() -> None:
+    h = CoreHarness()
+    sub = h.subscriber("t")
+    pub = h.publisher("t")
+    h.publish(pub, b"later", delay_ms=5000)
+    h.publish(pub, b"now")
+    h.send(sub, p.Fetch(2))
+    assert [m[2] for m in messages(h.take(sub))] == [b"now"]
+    h.advance(4999)
+    assert h.take(sub) == []
+    h.advance(1)
+    assert [m[2] for m in messages(h.take(sub))] == [b"later"]
+
+
+def test_nack_with_delay() -> None:
+    h = CoreHarness()
+    sub = h.subscriber("t")
+    pub = h.publisher("t")
+    [mid] = h.publish(pub, b"x")
+    h.send(sub, p.Fetch(1))
+    h.take(sub)
+    h.send(sub, p.Nack(mid, delay_ms=2000), p.Fetch(1))
+    h.advance(1999)
+    assert h.take(sub) == []
+    h.advance(1)
+    assert messages(h.take(sub)) == [(mid, 2, b"x")]
+
+
+def test_expired_message_is_never_delivered() -> None:
+    h = CoreHarness()
+    sub = h.subscriber("t")
+    pub = h.publisher("t")
+    h.publish(pub, b"stale", ttl_ms=1000)
+    h.publish(pub, b"fresh")
+    h.advance(1000)
+    h.send(sub, p.Fetch(2, 0))
+    frames = h.take(sub)
+    assert [m[2] for m in messages(frames)] == [b"fresh"]
+    assert h.broker.topics["t"].counters.expired == 1
+
+
+def test_max_attempts_dead_letters_exactly_once_with_reason() -> None:
+    h = CoreHarness(max_attempts=2)
+    sub = h.subscriber("jobs")
+    pub = h.publisher("jobs")
+    [mid] = h.publish(pub, b"poison")
+    for _ in range(2):
+        h.send(sub, p.Fetch(1))
+        h.take(sub)
+        h.send(sub, p.Nack(mid, reason="boom"))
+    h.commit()  # the dead letter is a message the broker itself stores
+    dlq = [m for m in h.stored.messages if m.topic == "jobs.dlq"]
+    assert len(dlq) == 1
+    assert dlq[0].body == b"poison"
+    assert dlq[0].meta == {"original_topic": "jobs", "original_group": "default",
+                           "original_id": str(mid), "attempts": "2", "reason": "boom"}
+    h.send(sub, p.Fetch(1, 0))
+    assert h.take(sub) == [p.QueueEmpty(0)]
+    dead = h.subscriber("jobs.dlq")
+    h.send(dead, p.Fetch(1, 0))
+    frames = h.take(dead)
+    assert messages(frames)[0][2] == b"poison"
+    assert frames[0].meta["reason"] == "boom"  # type: ignore[attr-defined]
+
+
+def test_duplicate_msgid_is_acked_with_original_id_and_not_delivered_twice() -> None:
+    h = CoreHarness()
+    sub = h.subscriber("t")
+    pub = h.publisher("t")
+    first = h.publish(pub, b"x", msgid="k1")
+    again = h.publish(pub, b"x", msgid="k1")
+    assert first == again
+    h.send(sub, p.Fetch(5, 0))
+    assert len(messages(h.take(sub))) == 1
+
+
+def test_errors_for_wrong_roles_and_bad_frames() -> None:
+    h = CoreHarness()
+    fresh = h.connect()
+    h.send(fresh, p.Publish(b"x"))
+    assert errors(h.take(fresh)) == [ErrorCode.NOT_ALLOWED]
+    pub = h.publisher("t")
+    h.send(pub, p.Fetch(1))
+    h.send(pub, p.ClientPublisher("t"))
+    assert errors(h.take(pub)) == [ErrorCode.NOT_ALLOWED, ErrorCode.NOT_ALLOWED]
+    h.broker.receive(pub, p.Frame("BOGUS"), h.now)
+    h.broker.receive(fresh, p.Frame("CLIENT_SUBSCRIBER", ("bad name!",)), h.now)
+    h._collect()
+    assert errors(h.take(pub)) == [ErrorCode.INVALID_PROTOCOL]
+    assert errors(h.take(fresh)) == [ErrorCode.BAD_NAME]
+    assert pub not in h.closed and fresh not in h.closed
+
+
+def test_ping_and_shutdown() -> None:
+    h = CoreHarness()
+    session = h.connect()
+    h.send(session, p.Ping())
+    assert h.take(session) == [p.Pong()]
+    h.send(session, p.ClientShutdownSignal())
+    assert h.take(session) == [p.CloseConnectionSignal()]
+    assert session in h.closed
+
+
+def test_unwritable_consumer_is_skipped_not_buffered() -> None:
+    h = CoreHarness()
+    slow, fast = h.subscriber("t"), h.subscriber("t")
+    h.send(slow, p.Fetch(100))
+    h.send(fast, p.Fetch(100))
+    h.broker.set_writable(slow, False, h.now)
+    pub = h.publisher("t")
+    h.publish(pub, *(b"m" for _ in range(10)))
+    assert messages(h.take(slow)) == []
+    assert len(messages(h.take(fast))) == 10
+
+
+def test_admin_stats_peek_purge() -> None:
+    h = CoreHarness()
+    sub = h.subscriber("t")
+    pub = h.publisher("t")
+    h.publish(pub, b"a", b"b", b"c")
+    h.send(sub, p.Fetch(1))
+    admin = h.connect()
+    h.send(admin, p.ClientAdmin())
+    h.take(admin)
+    h.send(admin, p.AdminCommand("peek", {"topic": "t", "n": 5}))
+    [peek] = h.take(admin)
+    assert isinstance(peek, p.AdminResult)
+    assert [m["body"] for m in peek.result] == ["b", "c"]
+    h.send(admin, p.AdminCommand("stats"))
+    [stats] = h.take(admin)
+    group = stats.result["topics"]["t"]["groups"]["default"]  # type: ignore[attr-defined]
+    assert (group["ready"], group["inflight"], group["consumers"]) == (2, 1, 1)
+    h.send(admin, p.AdminCommand("purge", {"topic": "t"}))
+    assert h.take(admin) == [p.AdminResult({"purged": 2})]
+    h.send(admin, p.AdminCommand("nope"))
+    assert errors(h.take(admin)) == [ErrorCode.INVALID_PROTOCOL]
+
+
+def test_recover_rebuilds_queues_with_attempts() -> None:
+    h = CoreHarness()
+    from bbmq.store.base import GroupRecord
+
+    h.broker.recover(
+        [RecoveredMessage(7, "t", b"redo", None, 1, 0, None, {}, {"default": 2}),
+         RecoveredMessage(8, "t", b"new", None, 1, 0, None, {}, {"default": 0}),
+         RecoveredMessage(9, "u", b"backlog", None, 1, 0, None, {}, {})],
+        [GroupRecord("t", "default", 0, 1)], h.now)
+    sub = h.subscriber("t")
+    h.send(sub, p.Fetch(2))
+    assert messages(h.take(sub)) == [(7, 3, b"redo"), (8, 1, b"new")]
+    late = h.subscriber("u", "g")
+    h.send(late, p.Fetch(1))
+    assert messages(h.take(late)) == [(9, 1, b"backlog")]
