@@ -1,0 +1,268 @@
+"""The broker over real sockets: the grammar, the handshake words, delivery and every error."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from bbmq import BrokerError, ConnectionLost, Consumer, Producer
+from bbmq import protocol as p
+from bbmq.protocol import ErrorCode
+from bbmq.testing import BrokerController
+
+from .conftest import RawClient, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_handshake_answers_with_server_facts(raw: RawClient) -> None:
+    info = raw.handshake(p.ClientPublisher("orders", {"name": "test"}))
+    assert info["server"] == "bbmq"
+    assert info["max_message_bytes"] == 1024 * 1024
+    assert isinstance(info["version"], str)
+
+
+def test_ping_before_handshake_and_shutdown_words(raw: RawClient) -> None:
+    raw.send(p.Ping())
+    assert raw.receive() == [p.Pong()]
+    raw.handshake(p.ClientSubscriber("orders"))
+    raw.send(p.ClientShutdownSignal())
+    assert raw.receive() == [p.CloseConnectionSignal()]
+    assert raw.closed_by_server()
+
+
+def test_frames_split_at_every_byte_boundary(raw: RawClient) -> None:
+    tricky = b"HEAD PUBLISH 3\r\nTAIL\r\n\x00\xff"
+    stream = p.ClientPublisher("split").encode() + p.Publish(tricky).encode() * 2
+    raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for index in range(len(stream)):
+        raw.sock.sendall(stream[index : index + 1])
+    ack, first, second = raw.receive(3)
+    assert isinstance(ack, p.ServerAcknowledgement)
+    assert isinstance(first, p.ProducerAckMessage) and isinstance(second, p.ProducerAckMessage)
+    with Consumer("split", port=raw.sock.getpeername()[1]) as consumer:
+        message = consumer.fetch(timeout=5)
+        assert message is not None and message.body == tricky
+
+
+def test_pipelined_publishes_are_acked_in_order(raw: RawClient) -> None:
+    raw.handshake(p.ClientPublisher("pipe"))
+    raw.send(*(p.Publish(b"%d" % i) for i in range(500)))
+    acks = raw.receive(500)
+    ids = [a.id for a in acks if isinstance(a, p.ProducerAckMessage)]
+    assert len(ids) == 500 and ids == sorted(ids) and len(set(ids)) == 500
+
+
+def test_fan_out_across_groups_and_sharing_inside_a_group(broker: BrokerController) -> None:
+    a1 = Consumer("fan", "a", port=broker.port).connect()
+    a2 = Consumer("fan", "a", port=broker.port).connect()
+    b = Consumer("fan", "b", port=broker.port).connect()
+    with Producer("fan", port=broker.port) as producer:
+        ids = producer.publish_many([b"m%d" % i for i in range(20)])
+    got_b = [b.fetch(timeout=5) for _ in range(20)]
+    assert [m.id for m in got_b if m] == ids
+    shared: list[int] = []
+    for consumer in (a1, a2):
+        while (message := consumer.fetch(timeout=0.2)) is not None:
+            shared.append(message.id)
+            consumer.ack(message)
+            if len(shared) % 2:
+                break  # let the other consumer of the group take some too
+    while (message := a1.fetch(timeout=0.2)) is not None:
+        shared.append(message.id)
+    assert sorted(shared) == ids  # each message once inside the group
+    for consumer in (a1, a2, b):
+        consumer.close()
+
+
+def test_redelivery_on_nack_and_on_disconnect(broker: BrokerController) -> None:
+    with Producer("redo", port=broker.port) as producer:
+        [mid] = producer.publish_many([b"x"])
+    first = Consumer("redo", port=broker.port).connect()
+    message = first.fetch(timeout=5)
+    assert message is not None and (message.id, message.attempt) == (mid, 1)
+    first.nack(message)
+    message = first.fetch(timeout=5)
+    assert message is not None and (message.id, message.attempt) == (mid, 2)
+    first.channel.close()  # vanish without acking
+    with Consumer("redo", port=broker.port) as second:
+        message = second.fetch(timeout=5)
+        assert message is not None and (message.id, message.attempt) == (mid, 3)
+        second.ack(message)
+        assert second.fetch(timeout=0.2) is None
+
+
+def test_redelivery_on_ack_timeout(tmp_path: Path) -> None:
+    with BrokerController(data_dir=tmp_path, ack_timeout=0.3) as broker:
+        with Producer("slow", port=broker.port) as producer:
+            mid = producer.publish(b"x")
+        with Consumer("slow", port=broker.port) as consumer:
+            message = consumer.fetch(timeout=5)
+            assert message is not None and message.attempt == 1
+            again = consumer.fetch(timeout=5)  # not acked: it comes back after 0.3 s
+            assert again is not None and (again.id, again.attempt) == (mid, 2)
+
+
+def test_long_poll_queue_empty(raw: RawClient) -> None:
+    raw.handshake(p.ClientSubscriber("empty"))
+    raw.send(p.Fetch(3, 0))
+    assert raw.receive() == [p.QueueEmpty(0)]
+    raw.send(p.Fetch(3, 200))
+    assert raw.receive(timeout=5) == [p.QueueEmpty(0)]
+
+
+def test_non_fatal_errors_leave_the_connection_open(raw: RawClient) -> None:
+    raw.send(p.Publish(b"too early"))
+    raw.send(p.encode("NO_SUCH_VERB"))
+    raw.send(p.encode("CLIENT_SUBSCRIBER", ("bad/name",)))
+    raw.send(p.encode("PUBLISH", ("color=blue",), b"x"))
+    errors = raw.receive(4)
+    assert [e.code for e in errors] == [  # type: ignore[attr-defined]
+        ErrorCode.NOT_ALLOWED, ErrorCode.INVALID_PROTOCOL, ErrorCode.BAD_NAME,
+        ErrorCode.INVALID_PROTOCOL]
+    assert "'color'" in errors[3].text  # type: ignore[attr-defined]
+    raw.handshake(p.ClientSubscriber("fine"))
+    raw.send(p.ClientPublisher("again"), p.encode("FETCH", ("0",)), p.Ack((12345,)))
+    errors = raw.receive(3)
+    assert [e.code for e in errors] == [  # type: ignore[attr-defined]
+        ErrorCode.NOT_ALLOWED, ErrorCode.INVALID_PROTOCOL, ErrorCode.UNKNOWN_MESSAGE]
+    assert "12345" in errors[2].text  # type: ignore[attr-defined]
+    raw.send(p.Ping())
+    assert raw.receive() == [p.Pong()]
+
+
+@pytest.mark.parametrize("garbage", [
+    b"HEAD " + b"A" * 2000,                      # header over 1024 bytes, no CRLF yet
+    b"HEAD PUBLISH 99999999999\r\n",              # size over the limit
+    b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",         # not our protocol at all
+    b"HEAD PING 3\r\nabcXXXX\r\n",                # no TAIL where SIZE says
+])
+def test_framing_errors_send_an_error_then_close(raw: RawClient, garbage: bytes) -> None:
+    raw.send(garbage)
+    [error] = raw.receive()
+    assert isinstance(error, p.Error)
+    assert error.code in (ErrorCode.FRAME_TOO_LARGE, ErrorCode.INVALID_PROTOCOL)
+    assert raw.closed_by_server()
+
+
+def test_max_connections_gets_server_busy(tmp_path: Path) -> None:
+    with BrokerController(data_dir=tmp_path, max_connections=1) as broker:
+        first = RawClient(broker.port)
+        first.send(p.Ping())
+        assert first.receive() == [p.Pong()]
+        second = RawClient(broker.port)
+        [error] = second.receive()
+        assert isinstance(error, p.Error) and error.code == ErrorCode.SERVER_BUSY
+        assert second.closed_by_server()
+        first.close()
+        second.close()
+
+
+def test_handshake_timeout(tmp_path: Path) -> None:
+    with BrokerController(data_dir=tmp_path, handshake_timeout=0.2) as broker:
+        client = RawClient(broker.port)
+        [error] = client.receive(timeout=5)
+        assert isinstance(error, p.Error) and error.code == ErrorCode.TIMEOUT
+        assert client.closed_by_server()
+        client.close()
+
+
+def test_stop_tells_clients_the_server_is_closing(tmp_path: Path) -> None:
+    broker = BrokerController(data_dir=tmp_path).start()
+    client = RawClient(broker.port)
+    client.handshake(p.ClientSubscriber("bye"))
+    broker.stop()
+    [error] = client.receive()
+    assert isinstance(error, p.Error) and error.code == ErrorCode.SERVER_CLOSING
+    assert client.closed_by_server()
+    client.close()
+
+
+def test_client_surfaces_broker_errors_and_lost_connections(tmp_path: Path) -> None:
+    broker = BrokerController(data_dir=tmp_path, max_message_size=10).start()
+    producer = Producer("limits", port=broker.port, retry_for=0).connect()
+    with pytest.raises(BrokerError) as info:
+        producer.publish(b"x" * 11)
+    assert info.value.code == ErrorCode.FRAME_TOO_LARGE
+    consumer = Consumer("limits", port=broker.port).connect()
+    outcome: list[BaseException] = []
+
+    def blocked_fetch() -> None:
+        try:
+            consumer.fetch()
+        except BaseException as error:
+            outcome.append(error)
+
+    thread = threading.Thread(target=blocked_fetch)
+    thread.start()
+    wait_for(lambda: broker.call(lambda: any(
+        s.requests for s in broker.server.broker.sessions.values())))  # type: ignore[union-attr]
+    broker.stop()
+    thread.join(10)
+    assert outcome and isinstance(outcome[0], ConnectionLost | BrokerError)
+
+
+def test_consumer_run_acks_on_success_and_retries_failures(broker: BrokerController) -> None:
+    with Producer("work", port=broker.port) as producer:
+        producer.publish_many([b"ok-%d" % i for i in range(10)] + [b"flaky"])
+    done: list[bytes] = []
+    stop = threading.Event()
+    failures = []
+
+    def handler(message: object) -> None:
+        body = message.body  # type: ignore[attr-defined]
+        if body == b"flaky" and not failures:
+            failures.append(body)
+            raise RuntimeError("first try fails")
+        done.append(body)
+        if len(done) == 11:
+            stop.set()
+
+    consumer = Consumer("work", port=broker.port)
+    runner = threading.Thread(target=consumer.run, args=(handler,),
+                              kwargs={"workers": 3, "backoff": 0.05, "stop": stop})
+    runner.start()
+    runner.join(30)
+    assert not runner.is_alive()
+    assert sorted(done) == sorted([b"ok-%d" % i for i in range(10)] + [b"flaky"])
+    assert failures == [b"flaky"]
+    assert consumer.fetch(timeout=0.3) is None  # everything was acked
+    consumer.close()
+
+
+def _script(name: str, *args: str, port: int, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "BBMQ_PORT": str(port)}
+    return subprocess.run([sys.executable, str(REPO / name), *args], input=stdin, text=True,
+                          capture_output=True, timeout=60, env=env, cwd=REPO, check=False)
+
+
+def test_producer_and_consumer_scripts_as_a_user_would(broker: BrokerController) -> None:
+    lines_in = ["first order", "second order", "HEAD PUBLISH 0 TAIL"]
+    produced = _script("producer.py", "orders", "--name", "cli", port=broker.port,
+                       stdin="\r\n".join(lines_in) + "\n")
+    assert produced.returncode == 0, produced.stderr
+    ids = [int(line) for line in produced.stdout.split()]
+    assert len(ids) == 3 and ids == sorted(ids)
+    consumed = _script("consumer.py", "orders", "-n", "3", "-v", port=broker.port)
+    assert consumed.returncode == 0, consumed.stderr
+    lines = consumed.stdout.splitlines()
+    assert lines[1::2] == lines_in
+    assert [line.split()[0] for line in lines[0::2]] == [f"id={i}" for i in ids]
+    assert lines[0].startswith(f"id={ids[0]} attempt=1 from=cli ts=")
+    again = _script("consumer.py", "orders", "--timeout", "0.3", port=broker.port)
+    assert again.returncode == 0 and again.stdout == ""  # all three were acked
+
+
+def test_scripts_explain_an_unreachable_broker() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = _script("producer.py", "orders", "hello", port=port)
+    assert result.returncode != 0
+    assert "is the broker running" in result.stderr
