@@ -91,7 +91,12 @@ class Channel:
         if tls:
             context = tls if isinstance(tls, ssl.SSLContext) else ssl.create_default_context(
                 cafile=ca_file)
-            sock = context.wrap_socket(sock, server_hostname=host)
+            try:
+                sock = context.wrap_socket(sock, server_hostname=host)
+            except (ssl.SSLError, OSError) as error:
+                sock.close()
+                raise ConnectionLost(f"TLS with {host}:{port} failed: {error}; check that the "
+                                     "broker serves TLS and that --ca-file names its CA") from None
         sock.settimeout(None)
         self.sock = sock
         self.decoder = p.FrameDecoder(max_body_bytes=1 << 31)

@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
+from bbmq.auth import Authorizer
+
 MIB: Final = 1024 * 1024
 
 
@@ -65,6 +67,11 @@ def _optional_str(text: str) -> str | None:
     return text or None
 
 
+def _auth_tokens(text: str) -> str:
+    Authorizer.parse(text)  # refuse a malformed list at start-up, not at the first client
+    return text
+
+
 SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("host", "127.0.0.1", str, "address to listen on"),
     Setting("port", 15333, int, "TCP port to listen on"),
@@ -96,8 +103,9 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "daemonized, stderr in the foreground)"),
     Setting("pid_file", None, _optional_str, "pidfile (default: <data-dir>/bbmq.pid)"),
     Setting("metrics_port", 0, int, "serve Prometheus metrics on this HTTP port (0: off)"),
-    Setting("auth_tokens", "", str, "token=permissions:pattern,... (see docs/PROTOCOL.md); "
-            "empty: no authentication", secret=True),
+    Setting("auth_tokens", "", _auth_tokens,
+            "TOKEN:PERMISSIONS:PATTERNS,... e.g. s3cret:publish+subscribe:orders.*|billing "
+            "(permissions publish, subscribe, admin); empty: no authentication", secret=True),
     Setting("tls_cert", None, _optional_str, "PEM certificate to serve TLS"),
     Setting("tls_key", None, _optional_str, "PEM private key for --tls-cert"),
 )
@@ -152,7 +160,7 @@ def mask(name: str, value: Any) -> str:
             return urlunsplit(parts._replace(netloc=netloc))
         return text
     if name == "auth_tokens" and text:
-        return ",".join("***" + entry[entry.find("="):] for entry in text.split(","))
+        return ",".join("***" + entry[entry.find(":"):] for entry in text.split(","))
     return text
 
 
@@ -200,7 +208,7 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
             values[setting.name], sources[setting.name] = setting.default, "default"
             continue
         try:
-            values[setting.name] = setting.parse(str(raw)) if not isinstance(raw, bool) else raw
+            values[setting.name] = setting.parse(str(raw))
         except ValueError as error:
             raise ConfigError(f"{setting.name} from {source}: {error}") from None
         sources[setting.name] = source

@@ -26,6 +26,7 @@ from enum import Enum, auto
 from typing import Any, Final
 
 from bbmq import protocol as p
+from bbmq.auth import Authorizer, Permission
 from bbmq.protocol import ErrorCode, ProtocolError
 from bbmq.store.base import (
     AckRecord,
@@ -54,6 +55,8 @@ class BrokerConfig:
     dead_letter_expired: bool = False
     #: Bytes of message bodies held in memory before publishers get SERVER_BUSY.
     max_queued_bytes: int = 512 * 1024 * 1024
+    #: Who may do what; the default has no tokens and allows everything.
+    authorizer: Authorizer = field(default_factory=lambda: Authorizer([]))
 
 
 class Role(Enum):
@@ -408,6 +411,7 @@ class Broker:
         if session.role is not Role.NEW:
             raise ProtocolError(ErrorCode.NOT_ALLOWED,
                                 "handshake already done; open a new connection for another role")
+        self._authorize(frame)
         name = frame.options.get("name")
         session.sender = str(name)[:200] if name is not None else None
         match frame:
@@ -421,6 +425,20 @@ class Broker:
             case p.ClientAdmin():
                 session.role = Role.ADMIN
         self._send(session, p.ServerAcknowledgement(self.server_info()).encode())
+
+    def _authorize(self, frame: p.ClientPublisher | p.ClientSubscriber | p.ClientAdmin) -> None:
+        match frame:
+            case p.ClientPublisher():
+                permission, topic = Permission.PUBLISH, frame.topic
+            case p.ClientSubscriber():
+                permission, topic = Permission.SUBSCRIBE, frame.topic
+            case p.ClientAdmin():
+                permission, topic = Permission.ADMIN, None
+        if not self.config.authorizer.allows(frame.options.get("token"), permission, topic):
+            where = f" on topic {topic!r}" if topic else ""
+            raise ProtocolError(ErrorCode.UNAUTHORIZED,
+                                f"token missing or not allowed to {permission}{where}; "
+                                "send a valid 'token' in the handshake body", fatal=True)
 
     def server_info(self) -> dict[str, Any]:
         config = self.config

@@ -10,6 +10,7 @@ the store its work.  Flow control uses asyncio's own write-buffer limits:
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
 import ssl
@@ -17,6 +18,7 @@ import time
 from typing import Any
 
 from bbmq._version import __version__
+from bbmq.auth import Authorizer
 from bbmq import protocol as p
 from bbmq.config import Config
 from bbmq.core import Broker, BrokerConfig, PendingPublish, Role
@@ -28,6 +30,13 @@ from bbmq.store.worker import StoreWorker
 log = logging.getLogger("bbmq.server")
 
 RECOVERY_CHUNK = 20_000
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def now_ms() -> int:
@@ -131,6 +140,7 @@ class BrokerServer:
             max_attempts=config.max_attempts,
             dead_letter_expired=config.dead_letter_expired,
             max_queued_bytes=config.max_queued_bytes,
+            authorizer=Authorizer.parse(config.auth_tokens),
         ))
         self.store = open_store(config.store, config.data_path,
                                 retention_ms=int(config.retention * 1000),
@@ -171,6 +181,9 @@ class BrokerServer:
             reuse_address=True, backlog=1024)
         host, port = self.address
         log.info("bbmq %s listening on %s:%d", __version__, host, port)
+        if not self.broker.config.authorizer.enabled and not _is_loopback(self.config.host):
+            log.warning("listening on %s WITHOUT authentication: anyone who can reach this "
+                        "port can publish and consume; set --auth-tokens", self.config.host)
 
     async def _recover(self) -> None:
         worker = self.worker
