@@ -1,22 +1,33 @@
-"""Run a real broker inside a test process, on its own thread and event loop.
+"""Run a real broker for tests: on a thread of the test process, or as its own process.
 
-Modelled on aiosmtpd's ``Controller``: the broker listens on a real socket, so
-tests (yours or ours) talk to it exactly as clients would, but start-up and
-shutdown take milliseconds::
+:class:`BrokerController` is modelled on aiosmtpd's ``Controller``: the broker
+listens on a real socket, so tests (yours or ours) talk to it exactly as clients
+would, but start-up and shutdown take milliseconds::
 
     with BrokerController(store="memory://") as broker:
         Producer("jobs", port=broker.port).publish(b"hello")
+
+:class:`BrokerProcess` runs ``python -m bbmq server run`` as a child process, for
+what only a process can show: ``kill -9``, signals, memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import Future
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
 from bbmq import config as settings
+from bbmq.client import BrokerError, ping
 from bbmq.server import BrokerServer
 
 
@@ -71,3 +82,80 @@ class BrokerController:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class BrokerProcess:
+    """``python -m bbmq server run`` as a child process; keyword arguments are settings.
+
+    The port stays the same across restarts, so clients can reconnect to it.
+    """
+
+    def __init__(self, data_dir: str | Path, **overrides: Any) -> None:
+        self.data_dir = Path(data_dir)
+        self.port = int(overrides.pop("port", 0)) or free_port()
+        self.settings = {"data_dir": str(self.data_dir), "port": str(self.port), **overrides}
+        self.log_path = self.data_dir.parent / f"{self.data_dir.name}-broker.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None, "start() first"
+        return self.process.pid
+
+    def start(self, timeout: float = 60.0) -> Self:
+        """Start the broker and return once it answers PING."""
+        args = [sys.executable, "-m", "bbmq", "server", "run"]
+        for name, value in self.settings.items():
+            args += ["--" + name.replace("_", "-"), str(value)]
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
+                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"broker exited with {self.process.returncode}: "
+                                   f"{self.log_path.read_text()[-2000:]}")
+            try:
+                ping(port=self.port, timeout=1.0)
+                return self
+            except BrokerError:
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"broker did not answer within {timeout} s") from None
+                time.sleep(0.02)  # poll interval while the broker starts
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown of any kind."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(30)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait, and return the exit code (the broker drains first)."""
+        assert self.process is not None, "start() first"
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(30)
+                raise
+        return int(self.process.returncode)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.kill()
