@@ -1,0 +1,162 @@
+"""A store in a MySQL or MariaDB database, for brokers whose data lives on a server.
+
+Through PyMySQL, with autocommit off and one transaction per call, InnoDB
+tables in utf8mb4 with binary collation (topic ``a`` is not topic ``A``) and
+bodies in LONGBLOB columns, byte for byte.  The server may go away at any
+moment: a connection error rolls back, drops the connection and raises
+StoreUnavailable, and the next call connects again, so the broker only has
+to retry.  Short connect and read/write timeouts make a dead server an error
+within seconds rather than a hang.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import pymysql
+
+from bbmq.store.sql import DEFAULT_DEDUP_WINDOW_MS, Connection, Cursor, SQLStore, Table
+
+DEFAULT_PORT: Final = 3306
+DEFAULT_TABLE_PREFIX: Final = "bbmq_"
+#: SQL types of the column kinds in bbmq.store.sql.TABLES.
+_TYPES: Final = {
+    "int": "BIGINT", "name": "VARCHAR(200)", "msgid": "VARCHAR(100)", "key": "VARCHAR(64)",
+    "text": "TEXT", "blob": "LONGBLOB",
+}
+_TABLE_OPTIONS: Final = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+#: Refuse to store a value that does not fit instead of truncating it.
+_SQL_MODE: Final = "TRADITIONAL"
+
+
+@dataclass(frozen=True, slots=True)
+class MySQLParams:
+    """Where a ``mysql://`` URL points."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+    #: From the ``table_prefix`` query option; other options are ignored.
+    table_prefix: str | None = None
+
+    @property
+    def description(self) -> str:
+        """The URL without the password."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mysql://{self.user}@{host}:{self.port}/{self.database}"
+
+
+def parse_mysql_url(url: str) -> MySQLParams:
+    """Split ``mysql://user[:password]@host[:port]/database[?table_prefix=p]``.
+
+    User and password are URL-decoded, so a password may contain ``@`` as ``%40``.
+    """
+    parts = urlsplit(url)
+    try:
+        port = parts.port or DEFAULT_PORT
+    except ValueError:
+        raise ValueError(f"bad port in MySQL URL {redact_url(url)!r}") from None
+    database = unquote(parts.path.lstrip("/"))
+    if parts.scheme != "mysql" or not parts.hostname or not parts.username or not database:
+        raise ValueError(
+            f"MySQL URL {redact_url(url)!r} must look like mysql://user[:password]@host[:port]/database"
+        )
+    prefixes = parse_qs(parts.query).get("table_prefix")
+    return MySQLParams(
+        host=parts.hostname,
+        port=port,
+        user=unquote(parts.username),
+        password=unquote(parts.password or ""),
+        database=database,
+        table_prefix=prefixes[-1] if prefixes else None,
+    )
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced, for error messages."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at or ":" not in credentials:
+        return url
+    return f"{scheme}{sep}{credentials.partition(':')[0]}:***@{host}"
+
+
+class MySQLStore(SQLStore):
+    """A store in the database named by ``url`` (see :func:`parse_mysql_url`).
+
+    ``table_prefix`` (default: the URL's ``table_prefix`` option, else ``bbmq_``)
+    lets several independent brokers or test runs share one database.
+    """
+
+    PLACEHOLDER = "%s"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        retention_ms: int = 0,
+        dedup_window_ms: int = DEFAULT_DEDUP_WINDOW_MS,
+        table_prefix: str | None = None,
+        connect_timeout_s: float = 5.0,
+        io_timeout_s: float = 30.0,
+    ) -> None:
+        self.params = parse_mysql_url(url)
+        self.connect_timeout_s = connect_timeout_s
+        self.io_timeout_s = io_timeout_s
+        super().__init__(
+            self.params.description,
+            retention_ms=retention_ms,
+            dedup_window_ms=dedup_window_ms,
+            table_prefix=table_prefix or self.params.table_prefix or DEFAULT_TABLE_PREFIX,
+        )
+
+    def _connect(self) -> Connection:
+        p = self.params
+        conn: Connection = pymysql.connect(
+            host=p.host,
+            port=p.port,
+            user=p.user,
+            password=p.password,
+            database=p.database,
+            charset="utf8mb4",
+            autocommit=False,
+            sql_mode=_SQL_MODE,
+            connect_timeout=self.connect_timeout_s,
+            read_timeout=self.io_timeout_s,
+            write_timeout=self.io_timeout_s,
+        )
+        return conn
+
+    def _unavailable(self, error: BaseException) -> bool:
+        # OperationalError covers lost connections (2006, 2013), refused ones
+        # (2003), server shutdown, deadlocks and lock wait timeouts: all worth a retry.
+        return isinstance(
+            error, pymysql.err.OperationalError | pymysql.err.InterfaceError | OSError
+        )
+
+    def _begin(self, cursor: Cursor, *, write: bool) -> None:
+        # With autocommit off the first statement opens the transaction.
+        pass
+
+    def _create_table(self, table: Table) -> list[str]:
+        columns = [
+            f"{c.name} {_TYPES[c.kind]}{' NULL' if c.nullable else ' NOT NULL'}"
+            for c in table.columns
+        ]
+        columns.append(f"PRIMARY KEY ({', '.join(table.primary_key)})")
+        name = self.prefix + table.name
+        columns += [
+            f"INDEX {name}_{'_'.join(cols)} ({', '.join(cols)})" for cols in table.indexes
+        ]
+        return [f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(columns)}) {_TABLE_OPTIONS}"]
+
+    def _upsert_clause(self, key: Sequence[str], update: Sequence[str]) -> str:
+        # VALUES(c) works on MariaDB and MySQL (deprecated, not removed, in 8.0).
+        # Assigning a key column to itself is the portable "do nothing".
+        assignments = [f"{c} = VALUES({c})" for c in update] or [f"{key[0]} = {key[0]}"]
+        return "ON DUPLICATE KEY UPDATE " + ", ".join(assignments)
