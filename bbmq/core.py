@@ -55,6 +55,8 @@ class BrokerConfig:
     dead_letter_expired: bool = False
     #: Bytes of message bodies held in memory before publishers get SERVER_BUSY.
     max_queued_bytes: int = 512 * 1024 * 1024
+    #: Bytes of deliveries queued for one connection between two flushes.
+    max_output_bytes: int = 4 * 1024 * 1024
     #: Who may do what; the default has no tokens and allows everything.
     authorizer: Authorizer = field(default_factory=lambda: Authorizer([]))
 
@@ -135,6 +137,8 @@ class Session:
     leases: dict[int, Lease] = field(default_factory=dict)
     replies: deque[Reply] = field(default_factory=deque)
     outbox: list[bytes] = field(default_factory=list)
+    #: Bytes in ``outbox``: deliveries pause past BrokerConfig.max_output_bytes until flushed.
+    outbox_bytes: int = 0
     #: False while the transport's send buffer is over its cap: no deliveries then.
     writable: bool = True
     #: Close once the outbox is flushed.
@@ -230,6 +234,9 @@ class Broker:
         self._batch = Batch()
         self._to_store: list[PendingPublish] = []
         self._dirty: dict[int, Session] = {}
+        #: Subscribers whose outbox filled up: they get more once it is flushed.
+        self._throttled: set[Session] = set()
+        #: Message bytes held in memory: queued, and on their way to the store.
         self.queued_bytes = 0
         self.accepting = True
         #: Server-level facts (uptime, store, connections) for ``ADMIN stats``; set by the server.
@@ -286,8 +293,20 @@ class Broker:
         for session in self._dirty.values():
             out.append((session.id, b"".join(session.outbox), session.closing))
             session.outbox.clear()
+            session.outbox_bytes = 0
         self._dirty.clear()
         return out
+
+    def resume_throttled(self, now_ms: int) -> bool:
+        """After a flush: deliver more to subscribers whose full outbox held them back.
+
+        Returns True if that produced output (flush again).
+        """
+        throttled, self._throttled = self._throttled, set()
+        for session in throttled:
+            if session.role is Role.SUBSCRIBER and session.writable:
+                self._dispatch(self._group_of(session), now_ms)
+        return bool(self._dirty)
 
     def take_store_work(self) -> tuple[list[PendingPublish], Batch]:
         """New messages to store (acked on commit) and the other changes since last time."""
@@ -300,7 +319,9 @@ class Broker:
         touched: set[Topic] = set()
         for pending, stored_id in zip(publishes, ids, strict=True):
             self._reply(pending, p.ProducerAckMessage(stored_id.id).encode())
-            if not stored_id.duplicate:
+            if stored_id.duplicate:
+                self.queued_bytes -= len(pending.message.body)
+            else:
                 touched.add(self._accept(pending.message, stored_id.id, now_ms))
         for topic in touched:
             for group in topic.groups.values():
@@ -313,6 +334,7 @@ class Broker:
             f"message not stored ({reason}); it was not acknowledged, publish it again",
         ).encode()
         for pending in publishes:
+            self.queued_bytes -= len(pending.message.body)
             self._reply(pending, error)
 
     def _reply(self, pending: PendingPublish, data: bytes) -> None:
@@ -458,6 +480,7 @@ class Broker:
         if self.queued_bytes + len(frame.body) > self.config.max_queued_bytes:
             raise ProtocolError(ErrorCode.SERVER_BUSY,
                                 "broker memory limit reached; retry after consumers catch up")
+        self.queued_bytes += len(frame.body)
         expires = now_ms + frame.ttl_ms if frame.ttl_ms is not None else None
         reply = Reply()
         session.replies.append(reply)
@@ -653,7 +676,6 @@ class Broker:
         topic = self._topic(new.topic)
         topic.last_id = max(topic.last_id, message_id)
         topic.counters.published += 1
-        self.queued_bytes += len(new.body)
         if not topic.groups:
             topic.backlog.append(message)
         for group in topic.groups.values():
@@ -720,6 +742,7 @@ class Broker:
                 "reason": reason.replace(" ", "_")[:200]}
         self._to_store.append(PendingPublish(None, NewMessage(
             group.topic + DLQ_SUFFIX, message.body, message.sender, now_ms, meta=meta)))
+        self.queued_bytes += len(message.body)
         self._finish(group, message, now_ms)
 
     def _finish(self, group: Group, message: Message, now_ms: int) -> None:
@@ -760,9 +783,9 @@ class Broker:
         waiting = group.waiting
         while waiting and group.has_ready():
             session = waiting[0]
-            if not session.writable:
+            if not self._can_take(session):
                 waiting.rotate(-1)
-                if not any(s.writable for s in waiting):
+                if not any(self._can_take(s) for s in waiting):
                     return
                 continue
             message, attempts = group.pop_ready()
@@ -785,6 +808,14 @@ class Broker:
                             and s.requests[0].delivered]:
                 self._finish_request(session, now_ms)
 
+    def _can_take(self, session: Session) -> bool:
+        if not session.writable:
+            return False  # the transport's buffer is over its limit: resume_writing wakes us
+        if session.outbox_bytes >= self.config.max_output_bytes:
+            self._throttled.add(session)
+            return False
+        return True
+
     def _deliver(self, group: Group, session: Session, message: Message, attempt: int,
                  now_ms: int) -> None:
         deadline = now_ms + self.config.ack_timeout_ms
@@ -804,6 +835,7 @@ class Broker:
 
     def _send(self, session: Session, data: bytes) -> None:
         session.outbox.append(data)
+        session.outbox_bytes += len(data)
         self._dirty[session.id] = session
 
     def _close(self, session: Session) -> None:

@@ -140,6 +140,7 @@ class BrokerServer:
             max_attempts=config.max_attempts,
             dead_letter_expired=config.dead_letter_expired,
             max_queued_bytes=config.max_queued_bytes,
+            max_output_bytes=config.max_output_bytes,
             authorizer=Authorizer.parse(config.auth_tokens),
         ))
         self.store = open_store(config.store, config.data_path,
@@ -215,14 +216,17 @@ class BrokerServer:
     def flush(self) -> None:
         """Write every connection's pending output, hand the store its work, re-arm the timer."""
         broker = self.broker
-        for session_id, data, close in broker.take_output():
-            connection = self.connections.get(session_id)
-            if connection is None or connection.transport is None:
-                continue
-            if data:
-                connection.transport.write(data)
-            if close:
-                connection.transport.close()
+        while True:
+            for session_id, data, close in broker.take_output():
+                connection = self.connections.get(session_id)
+                if connection is None or connection.transport is None:
+                    continue
+                if data:
+                    connection.transport.write(data)
+                if close:
+                    connection.transport.close()
+            if not broker.resume_throttled(now_ms()):
+                break
         publishes, changes = broker.take_store_work()
         if publishes or len(changes):
             self.worker.submit(publishes, changes)
