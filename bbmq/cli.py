@@ -11,7 +11,19 @@ from collections.abc import Iterable, Iterator, Sequence
 
 from bbmq import config as settings
 from bbmq._version import __version__
-from bbmq.client import DEFAULT_HOST, DEFAULT_PORT, BrokerError, Consumer, Message, Producer, ping
+from bbmq.admin import add_admin_commands
+from bbmq.client import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    BrokerError,
+    Consumer,
+    Message,
+    Producer,
+    default_address,
+    ping,
+)
+from bbmq.daemon import add_server_commands
+from bbmq.server import serve
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -22,8 +34,6 @@ def _load_config(args: argparse.Namespace) -> settings.Config:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from bbmq.server import serve
-
     config = _load_config(args)
     logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     try:
@@ -92,8 +102,8 @@ def _ping(args: argparse.Namespace) -> int:
     except BrokerError as error:
         print(f"bbmq: no answer: {error.text}", file=sys.stderr)
         return 1
-    print(f"PONG from {args.host or DEFAULT_HOST}:{args.port or DEFAULT_PORT} "
-          f"in {rtt * 1000:.2f} ms")
+    host, port = default_address()
+    print(f"PONG from {args.host or host}:{args.port or port} in {rtt * 1000:.2f} ms")
     return 0
 
 
@@ -119,6 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     run = server_commands.add_parser("run", help="run the broker in the foreground")
     settings.add_arguments(run)
     run.set_defaults(func=_run)
+    add_server_commands(server_commands)
 
     publish = commands.add_parser(
         "publish", help="publish messages (arguments, or stdin lines); prints their ids")
@@ -149,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_client_arguments(ping_parser)
     ping_parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait")
     ping_parser.set_defaults(func=_ping)
+    add_admin_commands(commands)
     return parser
 
 

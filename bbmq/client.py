@@ -13,6 +13,7 @@ with the original id instead of storing it twice.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -173,10 +174,8 @@ class Channel:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
-            try:
+            with contextlib.suppress(OSError):
                 self.sock.close()
-            except OSError:
-                pass
 
 
 def ping(host: str | None = None, port: int | None = None, *, timeout: float = 5.0,
@@ -415,7 +414,9 @@ class Consumer(_Client):
     def ack_many(self, messages: Iterable[Message | int]) -> None:
         """Ack several messages in as few frames as fit in a header."""
         ids = [str(m.id if isinstance(m, Message) else m) for m in messages]
-        frames, chunk, length = [], [], 0
+        frames: list[bytes] = []
+        chunk: list[str] = []
+        length = 0
         for text in ids:
             if length + len(text) + 1 > 900:
                 frames.append(p.encode("ACK", chunk))
@@ -451,10 +452,10 @@ class Consumer(_Client):
                 handler(message)
             except Exception as error:
                 delay = min(max_backoff, backoff * 2 ** (message.attempt - 1))
+                reason = type(error).__name__
                 log.warning("handler failed on message %d (attempt %d): %s; retry in %.1f s",
                             message.id, message.attempt, error, delay)
-                self._settle(lambda: self.nack(message, delay=delay,
-                                               reason=type(error).__name__))
+                self._settle(lambda: self.nack(message, delay=delay, reason=reason))
             else:
                 self._settle(lambda: self.ack(message))
             finally:

@@ -78,7 +78,7 @@ class Message:
                  "refs", "sender", "topic", "wire_meta")
 
     def __init__(self, id: int, topic: str, body: bytes, sender: str | None, published_ms: int,
-                 deliver_at_ms: int = 0, expires_at_ms: int | None = None,
+                 *, deliver_at_ms: int = 0, expires_at_ms: int | None = None,
                  meta: dict[str, str] | None = None) -> None:
         self.id = id
         self.topic = topic
@@ -345,8 +345,9 @@ class Broker:
 
     def _send_replies(self, session: Session) -> None:
         replies = session.replies
-        while replies and replies[0].data is not None:
-            self._send(session, replies.popleft().data)
+        while replies and (data := replies[0].data) is not None:
+            replies.popleft()
+            self._send(session, data)
 
     def next_deadline(self) -> int | None:
         """When :meth:`tick` next has work, in the same milliseconds as ``now_ms``."""
@@ -377,7 +378,8 @@ class Broker:
         loaded = 0
         for rec in records:
             message = Message(rec.id, rec.topic, rec.body, rec.sender, rec.published_ms,
-                              rec.deliver_at_ms, rec.expires_at_ms, rec.meta)
+                              deliver_at_ms=rec.deliver_at_ms, expires_at_ms=rec.expires_at_ms,
+                              meta=rec.meta)
             topic = self._topic(rec.topic)
             topic.last_id = max(topic.last_id, rec.id)
             self.queued_bytes += len(rec.body)
@@ -449,6 +451,7 @@ class Broker:
         self._send(session, p.ServerAcknowledgement(self.server_info()).encode())
 
     def _authorize(self, frame: p.ClientPublisher | p.ClientSubscriber | p.ClientAdmin) -> None:
+        topic: str | None
         match frame:
             case p.ClientPublisher():
                 permission, topic = Permission.PUBLISH, frame.topic
@@ -672,7 +675,8 @@ class Broker:
 
     def _accept(self, new: NewMessage, message_id: int, now_ms: int) -> Topic:
         message = Message(message_id, new.topic, new.body, new.sender, new.published_ms,
-                          new.deliver_at_ms, new.expires_at_ms, new.meta)
+                          deliver_at_ms=new.deliver_at_ms, expires_at_ms=new.expires_at_ms,
+                          meta=new.meta)
         topic = self._topic(new.topic)
         topic.last_id = max(topic.last_id, message_id)
         topic.counters.published += 1

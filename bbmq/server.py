@@ -13,18 +13,20 @@ import asyncio
 import ipaddress
 import itertools
 import logging
+import signal
 import ssl
 import time
+from collections.abc import Iterator
 from typing import Any
 
+from bbmq import protocol as p
 from bbmq._version import __version__
 from bbmq.auth import Authorizer
-from bbmq import protocol as p
 from bbmq.config import Config
 from bbmq.core import Broker, BrokerConfig, PendingPublish, Role
 from bbmq.protocol import ErrorCode
 from bbmq.store import open_store
-from bbmq.store.base import StoredId
+from bbmq.store.base import RecoveredMessage, StoredId
 from bbmq.store.worker import StoreWorker
 
 log = logging.getLogger("bbmq.server")
@@ -190,7 +192,7 @@ class BrokerServer:
         worker = self.worker
         total = await asyncio.wrap_future(worker.call(self.store.count_pending))
         groups = await asyncio.wrap_future(worker.call(self.store.groups))
-        records = iter(())
+        records: Iterator[RecoveredMessage] = iter(())
         if total:
             log.info("recovering %d messages", total)
             records = await asyncio.wrap_future(worker.call(self.store.recover))
@@ -289,18 +291,41 @@ class BrokerServer:
 
 
 async def serve(config: Config, ready: asyncio.Future[BrokerServer] | None = None) -> None:
-    """Run a broker until SIGTERM/SIGINT, then drain and return."""
-    import signal
+    """Run a broker until SIGTERM/SIGINT, then drain and return.
+
+    SIGHUP reopens log files (after logrotate) when logging goes to a
+    WatchedFileHandler, as the daemon's does.
+    """
+    import logging.handlers  # noqa: PLC0415
+    import os  # noqa: PLC0415
 
     server = BrokerServer(config)
     await server.start()
+    server.broker.status_provider = lambda: {**server.status(), "pid": os.getpid()}
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    if ready is not None:
-        ready.set_result(server)
+    log_files = [handler for handler in logging.getLogger().handlers
+                 if isinstance(handler, logging.handlers.WatchedFileHandler)]
+
+    def reopen_log_files() -> None:
+        for handler in log_files:
+            handler.reopenIfNeeded()
+        log.info("SIGHUP: log file reopened")
+
+    if log_files:
+        loop.add_signal_handler(signal.SIGHUP, reopen_log_files)
+    metrics: asyncio.Server | None = None
     try:
+        if config.metrics_port:
+            from bbmq.metrics import start_metrics  # noqa: PLC0415 (only when metrics are on)
+
+            metrics = await start_metrics(server, config.metrics_port, config.host)
+        if ready is not None:
+            ready.set_result(server)
         await stop.wait()
     finally:
+        if metrics is not None:
+            metrics.close()
         await server.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from bbmq import protocol as p
 from bbmq.protocol import ErrorCode
-from bbmq.store.base import RecoveredMessage
+from bbmq.store.base import GroupRecord, RecoveredMessage
 
 from .core_harness import CoreHarness, messages
 
@@ -340,8 +340,6 @@ def test_admin_stats_peek_purge() -> None:
 
 def test_recover_rebuilds_queues_with_attempts() -> None:
     h = CoreHarness()
-    from bbmq.store.base import GroupRecord
-
     h.broker.recover(
         [RecoveredMessage(7, "t", b"redo", None, 1, 0, None, {}, {"default": 2}),
          RecoveredMessage(8, "t", b"new", None, 1, 0, None, {}, {"default": 0}),
@@ -353,3 +351,15 @@ def test_recover_rebuilds_queues_with_attempts() -> None:
     late = h.subscriber("u", "g")
     h.send(late, p.Fetch(1))
     assert messages(h.take(late)) == [(9, 1, b"backlog")]
+
+
+def test_deliveries_pause_when_a_connection_outbox_is_full() -> None:
+    h = CoreHarness(max_output_bytes=1000)
+    sub = h.subscriber("t")
+    pub = h.publisher("t")
+    h.publish(pub, *(b"x" * 300 for _ in range(10)))
+    h.send(sub, p.Fetch(10))
+    assert len(messages(h.take(sub))) == 3  # 3 x ~330 bytes reach the 1000-byte cap
+    assert h.broker.resume_throttled(h.now)  # after a flush, the next share goes out
+    h._collect()
+    assert len(messages(h.take(sub))) == 3

@@ -172,10 +172,8 @@ def test_slow_consumer_gets_fewer_messages_not_unbounded_buffers(tmp_path: Path)
         body = b"z" * 10_000
         with Producer("bulk", port=broker.port) as producer:
             producer.publish_many([body] * 2_000)
-        got = 0
-        for message in fast:
+        for got, message in enumerate(fast, start=1):
             fast.ack(message)
-            got += 1
             if got == 2_000:
                 break
         stats = admin(broker.port, "stats")

@@ -120,7 +120,8 @@ class StoreWorker:
                     if not calls:
                         self._cond.wait(timeout=retry_at - time.monotonic())
                         continue
-                    publishes, changes = [], Batch()
+                    publishes: list[PendingPublish] = []
+                    changes = Batch()
                 else:
                     publishes, changes = self._take()
                 self._busy = True
