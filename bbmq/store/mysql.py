@@ -22,9 +22,10 @@ from bbmq.store.sql import DEFAULT_DEDUP_WINDOW_MS, Connection, Cursor, SQLStore
 
 DEFAULT_PORT: Final = 3306
 DEFAULT_TABLE_PREFIX: Final = "bbmq_"
-#: SQL types of the column kinds in bbmq.store.sql.TABLES.
+#: SQL types of the column kinds in bbmq.store.sql.TABLES.  Names are at most 200
+#: characters; 204 leaves room for the ".dlq" of a dead-letter topic.
 _TYPES: Final = {
-    "int": "BIGINT", "name": "VARCHAR(200)", "msgid": "VARCHAR(100)", "key": "VARCHAR(64)",
+    "int": "BIGINT", "name": "VARCHAR(204)", "msgid": "VARCHAR(100)", "key": "VARCHAR(64)",
     "text": "TEXT", "blob": "LONGBLOB",
 }
 _TABLE_OPTIONS: Final = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
