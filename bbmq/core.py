@@ -55,6 +55,8 @@ class BrokerConfig:
     dead_letter_expired: bool = False
     #: Bytes of message bodies held in memory before publishers get SERVER_BUSY.
     max_queued_bytes: int = 512 * 1024 * 1024
+    #: Announced in the handshake: silence after which the server closes a connection.
+    idle_timeout_ms: int = 0
     #: Bytes of deliveries queued for one connection between two flushes.
     max_output_bytes: int = 4 * 1024 * 1024
     #: Who may do what; the default has no tokens and allows everything.
@@ -143,6 +145,8 @@ class Session:
     writable: bool = True
     #: Close once the outbox is flushed.
     closing: bool = False
+    #: CLIENT_SHUTDOWN_SIGNAL came: close once every reply owed has been sent.
+    closing_after_replies: bool = False
 
 
 @dataclass(eq=False, slots=True)
@@ -339,7 +343,7 @@ class Broker:
 
     def _reply(self, pending: PendingPublish, data: bytes) -> None:
         session, reply = pending.session, pending.reply
-        if session is not None and reply is not None and session.role is Role.PUBLISHER:
+        if session is not None and reply is not None and session.id in self.sessions:
             reply.data = data
             self._send_replies(session)
 
@@ -348,6 +352,8 @@ class Broker:
         while replies and (data := replies[0].data) is not None:
             replies.popleft()
             self._send(session, data)
+        if session.closing_after_replies and not replies:
+            self._close(session)
 
     def next_deadline(self) -> int | None:
         """When :meth:`tick` next has work, in the same milliseconds as ``now_ms``."""
@@ -408,9 +414,7 @@ class Broker:
             case p.Ping():
                 self._send(session, p.Pong().encode())
             case p.ClientShutdownSignal():
-                self._send(session, p.CloseConnectionSignal().encode())
-                self._close(session)
-                self._release_session(session, now_ms)
+                self._on_shutdown(session, now_ms)
             case p.ClientPublisher() | p.ClientSubscriber() | p.ClientAdmin():
                 self._on_handshake(session, frame, now_ms)
             case p.AdminCommand():
@@ -424,7 +428,7 @@ class Broker:
     def _require(self, session: Session, role: Role, verb: str) -> None:
         if session.role is not role:
             if session.role is Role.NEW:
-                hint = "send CLIENT_PUBLISHER or CLIENT_SUBSCRIBER first"
+                hint = "send CLIENT_PUBLISHER, CLIENT_SUBSCRIBER or CLIENT_ADMIN first"
             else:
                 hint = f"this is a {session.role.name.lower()} connection"
             raise ProtocolError(ErrorCode.NOT_ALLOWED, f"{verb} not allowed: {hint}")
@@ -437,7 +441,7 @@ class Broker:
                                 "handshake already done; open a new connection for another role")
         self._authorize(frame)
         name = frame.options.get("name")
-        session.sender = str(name)[:200] if name is not None else None
+        session.sender = p.check_sender(str(name)) if name is not None else None
         match frame:
             case p.ClientPublisher():
                 session.role, session.topic = Role.PUBLISHER, frame.topic
@@ -473,7 +477,15 @@ class Broker:
             "max_message_bytes": config.max_message_bytes,
             "ack_timeout_ms": config.ack_timeout_ms,
             "max_attempts": config.max_attempts,
+            "idle_timeout_ms": config.idle_timeout_ms,
         }
+
+    def _on_shutdown(self, session: Session, now_ms: int) -> None:
+        """Goodbye: CLOSE_CONNECTION_SIGNAL goes after the replies still owed, then close."""
+        session.replies.append(Reply(p.CloseConnectionSignal().encode()))
+        session.closing_after_replies = True
+        self._release_session(session, now_ms)
+        self._send_replies(session)
 
     def _on_publish(self, session: Session, frame: p.Publish, now_ms: int) -> None:
         self._require(session, Role.PUBLISHER, "PUBLISH")
@@ -545,8 +557,11 @@ class Broker:
                 self.delete_group(topic.name, self._param_group(topic, params).name, now_ms)
                 return {"deleted": True}
             case "peek":
-                return self.peek(self._param_topic(params).name, params.get("group"),
-                                 int(params.get("n", 10)))
+                count = params.get("n", 10)
+                if not isinstance(count, int) or count < 0:
+                    raise ProtocolError(ErrorCode.INVALID_PROTOCOL,
+                                        "peek: 'n' must be a whole number >= 0")
+                return self.peek(self._param_topic(params).name, params.get("group"), count)
         raise ProtocolError(ErrorCode.INVALID_PROTOCOL,
                             f"unknown admin command {command[:40]!r} "
                             "(known: stats, topics, purge, group_delete, peek)")
@@ -742,7 +757,8 @@ class Broker:
         group.counters.dead_lettered += 1
         self._topic(group.topic).counters.dead_lettered += 1
         meta = {"original_topic": group.topic, "original_group": group.name,
-                "original_id": str(message.id), "attempts": str(attempts),
+                "original_id": str(message.id), "original_ts": str(message.published_ms),
+                "attempts": str(attempts),
                 "reason": reason.replace(" ", "_")[:200]}
         self._to_store.append(PendingPublish(None, NewMessage(
             group.topic + DLQ_SUFFIX, message.body, message.sender, now_ms, meta=meta)))

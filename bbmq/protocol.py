@@ -33,7 +33,9 @@ _CRLF: Final = b"\r\n"
 _HEAD: Final = b"HEAD "
 _TAIL: Final = b"TAIL\r\n"
 _VERB_RE: Final = re.compile(r"[A-Z_]+")
-_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,200}")
+#: Topic and group names; a dead-letter topic adds ".dlq" to a name of up to 200.
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,200}(?:\.dlq)?")
+_SENDER_RE: Final = re.compile(r"[!-~]{1,200}")
 _ARG_RE: Final = re.compile(r"[!-~]+")  # printable ASCII, no space
 
 
@@ -101,6 +103,14 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._pending: tuple[str, tuple[str, ...], int] | None = None
         self._failed: ProtocolError | None = None
+
+    @property
+    def error(self) -> ProtocolError | None:
+        """The framing error met after the frames the last feed returned, if any.
+
+        Report it at once: it would otherwise surface only at the next feed.
+        """
+        return self._failed
 
     @property
     def buffered(self) -> int:
@@ -186,7 +196,10 @@ class FrameDecoder:
                 f"{verb}: the last header field must be the body size, got {size_text!r}",
                 fatal=True,
             )
-        size = int(size_text)
+        try:
+            size = int(size_text)
+        except ValueError:  # more digits than int() converts: far over any limit
+            size = self.max_body_bytes + 1
         if size > self.max_body_bytes:
             raise ProtocolError(
                 ErrorCode.FRAME_TOO_LARGE,
@@ -210,14 +223,29 @@ def check_name(kind: str, name: str) -> str:
     return name
 
 
+def check_sender(name: str) -> str:
+    """Return ``name`` if it can travel as MESSAGE's ``from=`` value, else raise BAD_NAME."""
+    if not _SENDER_RE.fullmatch(name):
+        raise ProtocolError(
+            ErrorCode.BAD_NAME,
+            f"sender name {name[:60]!r} is invalid: use 1-200 printable ASCII characters, "
+            "no spaces",
+        )
+    return name
+
+
 def _invalid(text: str) -> ProtocolError:
     return ProtocolError(ErrorCode.INVALID_PROTOCOL, text)
 
 
 def _parse_int(verb: str, what: str, text: str, minimum: int = 0) -> int:
-    if not text.isdigit() or int(text) < minimum:
+    try:  # isdigit() alone lets through non-ASCII digits and strings int() refuses
+        value = int(text) if text.isascii() and text.isdigit() else -1
+    except ValueError:
+        value = -1
+    if value < minimum:
         raise _invalid(f"{verb}: {what} must be a whole number >= {minimum}, got {text[:40]!r}")
-    return int(text)
+    return value
 
 
 def _parse_options(verb: str, args: tuple[str, ...], allowed: frozenset[str]) -> dict[str, str]:
@@ -247,7 +275,7 @@ def _json_body(frame: Frame) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(frame.body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: deeply nested arrays or objects
         raise _invalid(f"{frame.verb}: body must be a JSON object or empty") from None
     if not isinstance(value, dict):
         raise _invalid(f"{frame.verb}: body must be a JSON object or empty")
@@ -593,7 +621,7 @@ class AdminResult(TypedFrame):
     def from_frame(cls, frame: Frame) -> AdminResult:
         try:
             return cls(json.loads(frame.body))
-        except ValueError:
+        except (ValueError, RecursionError):
             raise _invalid("ADMIN_RESULT: body must be JSON") from None
 
 

@@ -88,6 +88,8 @@ class Connection(asyncio.Protocol):
             now = now_ms()
             for frame in frames:
                 broker.receive(self.id, frame, now)
+            if (error := self.decoder.error) is not None:  # garbage after whole frames
+                broker.send_error(self.id, error.code, error.text, close=True)
             if not self.handshaken and broker.sessions[self.id].role is not Role.NEW:
                 self.handshaken = True
                 if self.timeout is not None:
@@ -120,6 +122,10 @@ class Connection(asyncio.Protocol):
 
     def _on_timeout(self, seconds: float, why: str) -> None:
         idle_for = time.monotonic() - self.last_read
+        session = self.server.broker.sessions.get(self.id)
+        if why == "idle" and session is not None and session.requests:
+            self._arm_timeout(seconds, why)  # a consumer waiting on a FETCH is not idle
+            return
         if why == "idle" and idle_for < seconds:
             self._arm_timeout(seconds - idle_for, why)
             return
@@ -143,6 +149,7 @@ class BrokerServer:
             dead_letter_expired=config.dead_letter_expired,
             max_queued_bytes=config.max_queued_bytes,
             max_output_bytes=config.max_output_bytes,
+            idle_timeout_ms=int(config.idle_timeout * 1000),
             authorizer=Authorizer.parse(config.auth_tokens),
         ))
         self.store = open_store(config.store, config.data_path,

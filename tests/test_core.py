@@ -6,7 +6,7 @@ from bbmq import protocol as p
 from bbmq.protocol import ErrorCode
 from bbmq.store.base import GroupRecord, RecoveredMessage
 
-from .core_harness import CoreHarness, messages
+from .core_harness import START_MS, CoreHarness, messages
 
 
 def errors(frames: list[p.TypedFrame]) -> list[str]:
@@ -255,7 +255,8 @@ def test_max_attempts_dead_letters_exactly_once_with_reason() -> None:
     assert len(dlq) == 1
     assert dlq[0].body == b"poison"
     assert dlq[0].meta == {"original_topic": "jobs", "original_group": "default",
-                           "original_id": str(mid), "attempts": "2", "reason": "boom"}
+                           "original_id": str(mid), "original_ts": str(START_MS),
+                           "attempts": "2", "reason": "boom"}
     h.send(sub, p.Fetch(1, 0))
     assert h.take(sub) == [p.QueueEmpty(0)]
     dead = h.subscriber("jobs.dlq")
@@ -363,3 +364,21 @@ def test_deliveries_pause_when_a_connection_outbox_is_full() -> None:
     assert h.broker.resume_throttled(h.now)  # after a flush, the next share goes out
     h._collect()
     assert len(messages(h.take(sub))) == 3
+
+
+def test_goodbye_waits_for_the_replies_still_owed() -> None:
+    h = CoreHarness()
+    pub = h.publisher("t")
+    h.send(pub, p.Publish(b"a"), p.Publish(b"b"), p.ClientShutdownSignal())
+    assert h.take(pub) == [] and pub not in h.closed
+    ids = h.commit()
+    assert h.take(pub) == [p.ProducerAckMessage(ids[0].id), p.ProducerAckMessage(ids[1].id),
+                           p.CloseConnectionSignal()]
+    assert pub in h.closed
+
+
+def test_sender_names_must_fit_in_a_header() -> None:
+    h = CoreHarness()
+    session = h.connect()
+    h.send(session, p.ClientPublisher("t", {"name": "José Smith"}))
+    assert errors(h.take(session)) == [ErrorCode.BAD_NAME]
