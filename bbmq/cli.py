@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import logging.handlers
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -35,7 +36,9 @@ def _load_config(args: argparse.Namespace) -> settings.Config:
 
 def _run(args: argparse.Namespace) -> int:
     config = _load_config(args)
-    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    handler: logging.Handler = (logging.handlers.WatchedFileHandler(config.log_path)
+                                if config.log_file else logging.StreamHandler(sys.stderr))
+    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, handlers=[handler])
     try:
         asyncio.run(serve(config))
     except OSError as error:

@@ -328,7 +328,8 @@ class Producer(_Client):
         sent = replied = 0
         refused: p.Error | None = None
         while replied < len(todo):
-            if sent < len(todo) and sent - replied < window:
+            # Top the window up in large writes: once half of it has been acked.
+            if sent < len(todo) and (sent == 0 or sent - replied <= window // 2):
                 end = min(len(todo), replied + window)
                 channel.send(b"".join(frames[index] for index in todo[sent:end]))
                 sent = end

@@ -77,7 +77,7 @@ class Message:
     """A stored message, shared by every group that owes it an ack."""
 
     __slots__ = ("body", "deliver_at_ms", "expires_at_ms", "id", "meta", "published_ms",
-                 "refs", "sender", "topic", "wire_meta")
+                 "refs", "sender", "topic")
 
     def __init__(self, id: int, topic: str, body: bytes, sender: str | None, published_ms: int,
                  *, deliver_at_ms: int = 0, expires_at_ms: int | None = None,
@@ -89,11 +89,21 @@ class Message:
         self.published_ms = published_ms
         self.deliver_at_ms = deliver_at_ms
         self.expires_at_ms = expires_at_ms
-        self.meta = meta or {}
+        #: Extra MESSAGE keys (dead letters); None rather than an empty dict per message.
+        self.meta = meta or None
         #: How many groups still owe this message an ack.
         self.refs = 0
-        wire = {"from": sender, "ts": published_ms, **self.meta}
-        self.wire_meta = tuple(f"{k}={v}" for k, v in wire.items() if v is not None)
+
+    def header(self, attempt: int) -> bytes:
+        """The MESSAGE header line for this delivery (built per delivery: saves memory)."""
+        parts = ["HEAD MESSAGE", str(self.id), str(attempt)]
+        if self.sender is not None:
+            parts.append("from=" + self.sender)
+        parts.append(f"ts={self.published_ms}")
+        if self.meta:
+            parts += [f"{key}={value}" for key, value in self.meta.items()]
+        parts.append(str(len(self.body)))
+        return " ".join(parts).encode()
 
 
 class Lease:
@@ -659,7 +669,7 @@ class Broker:
                            "encoding": encoding, "published_ms": message.published_ms,
                            "deliver_at_ms": message.deliver_at_ms,
                            "expires_at_ms": message.expires_at_ms,
-                           "sender": message.sender, "meta": message.meta})
+                           "sender": message.sender, "meta": message.meta or {}})
         return result
 
     # ------------------------------------------------------------------ queues
@@ -699,6 +709,7 @@ class Broker:
             topic.backlog.append(message)
         for group in topic.groups.values():
             message.refs += 1
+            group.counters.published += 1
             self._enqueue(group, message, 0, now_ms, fresh=True)
         return topic
 
@@ -846,10 +857,7 @@ class Broker:
         self._batch.deliveries.append(DeliveryRecord(message.id, group.name, attempt, now_ms))
         group.counters.delivered += 1
         self._topic(group.topic).counters.delivered += 1
-        body = message.body
-        header = " ".join(("HEAD MESSAGE", str(message.id), str(attempt), *message.wire_meta,
-                           str(len(body))))
-        self._send(session, b"%s\r\n%sTAIL\r\n" % (header.encode(), body))
+        self._send(session, b"%s\r\n%sTAIL\r\n" % (message.header(attempt), message.body))
 
     # ------------------------------------------------------------------ sessions
 

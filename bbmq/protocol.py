@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar, Final
+from typing import Any, ClassVar, Final, NamedTuple
 
 MAX_HEADER_BYTES: Final = 1024
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1024 * 1024
@@ -37,6 +37,7 @@ _VERB_RE: Final = re.compile(r"[A-Z_]+")
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,200}(?:\.dlq)?")
 _SENDER_RE: Final = re.compile(r"[!-~]{1,200}")
 _ARG_RE: Final = re.compile(r"[!-~]+")  # printable ASCII, no space
+_HEADER_RE: Final = re.compile(rb"HEAD ([A-Z_]+)((?: [!-~]+)*) ([0-9]{1,18})")
 
 
 class ErrorCode(StrEnum):
@@ -69,8 +70,7 @@ class ProtocolError(Exception):
         self.fatal = fatal
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(NamedTuple):
     """One frame as it travels: a verb, its arguments and a body."""
 
     verb: str
@@ -121,49 +121,60 @@ class FrameDecoder:
         """Add bytes; return every frame they complete, in order."""
         if self._failed is not None:
             raise self._failed
-        self._buffer += data
-        frames: list[Frame] = []
-        try:
-            while (frame := self._next_frame()) is not None:
-                frames.append(frame)
-        except ProtocolError as error:
-            self._failed = error
-            self._buffer.clear()
-            if not frames:
-                raise
-            # Hand out the frames that were whole; the error surfaces next feed.
-        return frames
-
-    def _next_frame(self) -> Frame | None:
         buffer = self._buffer
-        if self._pending is None:
-            end = buffer.find(_CRLF, 0, self.max_header_bytes + len(_CRLF))
-            if end < 0:
-                if len(buffer) > self.max_header_bytes + 1:
+        buffer += data
+        frames: list[Frame] = []
+        pos = 0  # consumed bytes are dropped once per feed, not once per frame
+        try:
+            while True:
+                if self._pending is None:
+                    end = buffer.find(_CRLF, pos, pos + self.max_header_bytes + len(_CRLF))
+                    if end < 0:
+                        if len(buffer) - pos > self.max_header_bytes + 1:
+                            raise ProtocolError(
+                                ErrorCode.FRAME_TOO_LARGE,
+                                f"header line longer than {self.max_header_bytes} bytes; "
+                                "frames start with 'HEAD <VERB> ... <SIZE>\\r\\n'",
+                                fatal=True,
+                            )
+                        break
+                    self._pending = self._parse_header(bytes(buffer[pos:end]))
+                    pos = end + len(_CRLF)
+                verb, args, size = self._pending
+                stop = pos + size
+                if len(buffer) < stop + len(_TAIL):
+                    break
+                if buffer[stop : stop + len(_TAIL)] != _TAIL:
                     raise ProtocolError(
-                        ErrorCode.FRAME_TOO_LARGE,
-                        f"header line longer than {self.max_header_bytes} bytes; "
-                        "frames start with 'HEAD <VERB> ... <SIZE>\\r\\n'",
+                        ErrorCode.INVALID_PROTOCOL,
+                        f"{verb}: expected 'TAIL\\r\\n' after the {size}-byte body; "
+                        "check the SIZE field",
                         fatal=True,
                     )
-                return None
-            self._pending = self._parse_header(bytes(buffer[:end]))
-            del buffer[: end + len(_CRLF)]
-        verb, args, size = self._pending
-        if len(buffer) < size + len(_TAIL):
-            return None
-        if buffer[size : size + len(_TAIL)] != _TAIL:
-            raise ProtocolError(
-                ErrorCode.INVALID_PROTOCOL,
-                f"{verb}: expected 'TAIL\\r\\n' after the {size}-byte body; check the SIZE field",
-                fatal=True,
-            )
-        body = bytes(buffer[:size])
-        del buffer[: size + len(_TAIL)]
-        self._pending = None
-        return Frame(verb, args, body)
+                frames.append(Frame(verb, args, bytes(buffer[pos:stop])))
+                pos = stop + len(_TAIL)
+                self._pending = None
+        except ProtocolError as error:
+            self._failed = error
+            buffer.clear()
+            if not frames:
+                raise
+            # Hand out the frames that were whole; the error is in .error and the next feed.
+            return frames
+        del buffer[:pos]
+        return frames
 
     def _parse_header(self, line: bytes) -> tuple[str, tuple[str, ...], int]:
+        match = _HEADER_RE.fullmatch(line)
+        if match is not None:  # the common case, in one regex
+            verb, args, size_text = match.groups()
+            size = int(size_text)
+            if size <= self.max_body_bytes:
+                return verb.decode(), tuple(args.decode().split(" ")[1:]) if args else (), size
+        return self._explain_header(line)
+
+    def _explain_header(self, line: bytes) -> tuple[str, tuple[str, ...], int]:
+        """The slow path: find what is wrong with a header line, and say it."""
         if not line.startswith(_HEAD):
             raise ProtocolError(
                 ErrorCode.INVALID_PROTOCOL,
@@ -302,7 +313,7 @@ class TypedFrame:
 # -- client to server --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientPublisher(TypedFrame):
     """Handshake of a publishing connection; options are e.g. ``name`` and ``token``."""
 
@@ -320,7 +331,7 @@ class ClientPublisher(TypedFrame):
         return cls(check_name("topic", frame.args[0]), _json_body(frame))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientSubscriber(TypedFrame):
     """Handshake of a consuming connection; ``group`` defaults to ``default``."""
 
@@ -342,7 +353,7 @@ class ClientSubscriber(TypedFrame):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientAdmin(TypedFrame):
     """Handshake of an administrative connection (stats, topics, purge ...)."""
 
@@ -362,7 +373,7 @@ class ClientAdmin(TypedFrame):
 _PUBLISH_OPTIONS: Final = frozenset({"msgid", "delay", "ttl"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Publish(TypedFrame):
     """One message.  ``delay_ms`` defers delivery; ``ttl_ms`` expires it unseen."""
 
@@ -390,7 +401,7 @@ class Publish(TypedFrame):
         return cls(frame.body, msgid, delay, ttl)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Fetch(TypedFrame):
     """Ask for up to ``count`` messages; ``wait_ms`` makes it a long poll."""
 
@@ -412,7 +423,7 @@ class Fetch(TypedFrame):
         return cls(count, wait)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ack(TypedFrame):
     """Done with these messages."""
 
@@ -433,7 +444,7 @@ class Ack(TypedFrame):
 _NACK_OPTIONS: Final = frozenset({"delay", "reason"})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Nack(TypedFrame):
     """Give a message back, now or after ``delay_ms``; ``reason`` is kept for the DLQ."""
 
@@ -457,7 +468,7 @@ class Nack(TypedFrame):
                    options.get("reason"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ping(TypedFrame):
     """Liveness check, allowed at any time."""
 
@@ -472,7 +483,7 @@ class Ping(TypedFrame):
         return cls()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ClientShutdownSignal(TypedFrame):
     """Goodbye from the client."""
 
@@ -487,7 +498,7 @@ class ClientShutdownSignal(TypedFrame):
         return cls()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AdminCommand(TypedFrame):
     """An administrative request on a CLIENT_ADMIN connection (body: JSON parameters)."""
 
@@ -508,7 +519,7 @@ class AdminCommand(TypedFrame):
 # -- server to client --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ServerAcknowledgement(TypedFrame):
     """The server's answer to a handshake: who it is and its limits."""
 
@@ -523,7 +534,7 @@ class ServerAcknowledgement(TypedFrame):
         return cls(_json_body(frame))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ProducerAckMessage(TypedFrame):
     """The message is taken (stored, when the broker has a durable store)."""
 
@@ -541,7 +552,7 @@ class ProducerAckMessage(TypedFrame):
         return cls(_parse_int(cls.VERB, "message id", frame.args[0], minimum=1))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Message(TypedFrame):
     """A delivered message. ``meta`` carries ``from``, ``ts`` and any future keys."""
 
@@ -571,7 +582,7 @@ class Message(TypedFrame):
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class QueueEmpty(TypedFrame):
     """Closes a FETCH that ended with fewer messages than asked for."""
 
@@ -589,7 +600,7 @@ class QueueEmpty(TypedFrame):
         return cls(_parse_int(cls.VERB, "count", frame.args[0]))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Error(TypedFrame):
     """An error: a code for programs, one line of text for people."""
 
@@ -607,7 +618,7 @@ class Error(TypedFrame):
         return cls(frame.args[0], frame.body.decode(errors="replace"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class AdminResult(TypedFrame):
     """The answer to an ADMIN command: a JSON body."""
 
@@ -625,7 +636,7 @@ class AdminResult(TypedFrame):
             raise _invalid("ADMIN_RESULT: body must be JSON") from None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Pong(TypedFrame):
     """The answer to PING."""
 
@@ -639,7 +650,7 @@ class Pong(TypedFrame):
         return cls()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class CloseConnectionSignal(TypedFrame):
     """The server's goodbye; the connection closes after it."""
 

@@ -13,10 +13,13 @@ import asyncio
 import ipaddress
 import itertools
 import logging
+import logging.handlers
+import os
 import signal
 import ssl
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from bbmq import protocol as p
@@ -73,7 +76,7 @@ class Connection(asyncio.Protocol):
                                      "too many connections; retry later", close=True)
             server.flush()
             return
-        self._arm_timeout(server.config.handshake_timeout, "no handshake")
+        self._arm_timeout(server.config.handshake_timeout, self._handshake_expired)
 
     def data_received(self, data: bytes) -> None:
         server = self.server
@@ -88,13 +91,13 @@ class Connection(asyncio.Protocol):
             now = now_ms()
             for frame in frames:
                 broker.receive(self.id, frame, now)
-            if (error := self.decoder.error) is not None:  # garbage after whole frames
-                broker.send_error(self.id, error.code, error.text, close=True)
+            if (late := self.decoder.error) is not None:  # garbage after whole frames
+                broker.send_error(self.id, late.code, late.text, close=True)
             if not self.handshaken and broker.sessions[self.id].role is not Role.NEW:
                 self.handshaken = True
                 if self.timeout is not None:
                     self.timeout.cancel()
-                self._arm_timeout(server.config.idle_timeout, "idle")
+                self._arm_timeout(server.config.idle_timeout, self._check_idle)
         server.flush()
 
     def eof_received(self) -> bool:
@@ -115,24 +118,28 @@ class Connection(asyncio.Protocol):
         server.broker.disconnect(self.id, now_ms())
         server.flush()
 
-    def _arm_timeout(self, seconds: float, why: str) -> None:
-        if seconds > 0:
-            self.timeout = asyncio.get_running_loop().call_later(seconds, self._on_timeout,
-                                                                 seconds, why)
+    def _arm_timeout(self, delay: float, check: Callable[[], None]) -> None:
+        if delay > 0:
+            self.timeout = asyncio.get_running_loop().call_later(delay, check)
 
-    def _on_timeout(self, seconds: float, why: str) -> None:
-        idle_for = time.monotonic() - self.last_read
+    def _handshake_expired(self) -> None:
+        limit = self.server.config.handshake_timeout
+        self._time_out(f"no handshake within {limit:g} s; send the handshake first")
+
+    def _check_idle(self) -> None:
+        limit = self.server.config.idle_timeout
         session = self.server.broker.sessions.get(self.id)
-        if why == "idle" and session is not None and session.requests:
-            self._arm_timeout(seconds, why)  # a consumer waiting on a FETCH is not idle
-            return
-        if why == "idle" and idle_for < seconds:
-            self._arm_timeout(seconds - idle_for, why)
-            return
-        log.info("conn=%d peer=%s closed: %s for %.0f s", self.id, self.peer, why, seconds)
-        hint = "send the handshake" if why == "no handshake" else "send PING to stay connected"
-        self.server.broker.send_error(self.id, ErrorCode.TIMEOUT,
-                                      f"{why} for {seconds:g} s; {hint}", close=True)
+        if session is not None and session.requests:  # waiting on a FETCH is not idle
+            self.last_read = time.monotonic()
+        idle_for = time.monotonic() - self.last_read
+        if idle_for < limit:
+            self._arm_timeout(limit - idle_for, self._check_idle)
+        else:
+            self._time_out(f"idle for {limit:g} s; send PING to stay connected")
+
+    def _time_out(self, text: str) -> None:
+        log.info("conn=%d peer=%s closed: %s", self.id, self.peer, text)
+        self.server.broker.send_error(self.id, ErrorCode.TIMEOUT, text, close=True)
         self.server.flush()
 
 
@@ -155,6 +162,7 @@ class BrokerServer:
         self.store = open_store(config.store, config.data_path,
                                 retention_ms=int(config.retention * 1000),
                                 dedup_window_ms=int(config.dedup_window * 1000))
+        self.broker.status_provider = self.status
         self.connections: dict[int, Connection] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -184,11 +192,15 @@ class BrokerServer:
                                    self._store_failed, max_batch=self.config.max_batch)
         await asyncio.wrap_future(loop.run_in_executor(None, self._worker.start))
         log.info("store %s opened", self.store.description)
-        await self._recover()
-        self._server = await loop.create_server(
-            lambda: Connection(self, next(self._ids)),
-            self.config.host, self.config.port, ssl=self._ssl_context(),
-            reuse_address=True, backlog=1024)
+        try:
+            await self._recover()
+            self._server = await loop.create_server(
+                lambda: Connection(self, next(self._ids)),
+                self.config.host, self.config.port, ssl=self._ssl_context(),
+                reuse_address=True, backlog=1024)
+        except BaseException:
+            await loop.run_in_executor(None, self._worker.stop)  # close the store we opened
+            raise
         host, port = self.address
         log.info("bbmq %s listening on %s:%d", __version__, host, port)
         if not self.broker.config.authorizer.enabled and not _is_loopback(self.config.host):
@@ -292,7 +304,7 @@ class BrokerServer:
 
     def status(self) -> dict[str, Any]:
         host, port = self.address
-        return {"pid": None, "address": f"{host}:{port}", "store": self.store.description,
+        return {"pid": os.getpid(), "address": f"{host}:{port}", "store": self.store.description,
                 "uptime_s": round(time.time() - self.started_at, 1),
                 "connections": len(self.connections), "store_available": self.worker.available}
 
@@ -303,12 +315,8 @@ async def serve(config: Config, ready: asyncio.Future[BrokerServer] | None = Non
     SIGHUP reopens log files (after logrotate) when logging goes to a
     WatchedFileHandler, as the daemon's does.
     """
-    import logging.handlers  # noqa: PLC0415
-    import os  # noqa: PLC0415
-
     server = BrokerServer(config)
     await server.start()
-    server.broker.status_provider = lambda: {**server.status(), "pid": os.getpid()}
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -326,7 +334,7 @@ async def serve(config: Config, ready: asyncio.Future[BrokerServer] | None = Non
     metrics: asyncio.Server | None = None
     try:
         if config.metrics_port:
-            from bbmq.metrics import start_metrics  # noqa: PLC0415 (only when metrics are on)
+            from bbmq.metrics import start_metrics  # noqa: PLC0415 (prometheus only if asked)
 
             metrics = await start_metrics(server, config.metrics_port, config.host)
         if ready is not None:
@@ -336,3 +344,9 @@ async def serve(config: Config, ready: asyncio.Future[BrokerServer] | None = Non
         if metrics is not None:
             metrics.close()
         await server.stop()
+
+
+if __name__ == "__main__":  # the seed's 'python -m bbmq.server start' still works
+    from bbmq.cli import main
+
+    sys.exit(main(["server", *sys.argv[1:]]))

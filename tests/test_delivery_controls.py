@@ -104,17 +104,17 @@ def test_expired_message_is_never_delivered_across_kill_9(tmp_path: Path) -> Non
 
 
 def test_peek_changes_nothing(tmp_path: Path) -> None:
-    with BrokerProcess(tmp_path / "data") as broker:
-        with Consumer("look", port=broker.port) as consumer:
-            consumer.fetch(timeout=0)
-            with Producer("look", port=broker.port) as producer:
-                ids = producer.publish_many([b"a", b"b", b"c"])
-            before = admin(broker.port, "stats")
-            peeked = admin(broker.port, "peek", topic="look", n=10)
-            assert admin(broker.port, "peek", topic="look", n=10) == peeked
-            assert [m["id"] for m in peeked] == ids  # type: ignore[index, union-attr]
-            assert [m["body"] for m in peeked] == ["a", "b", "c"]  # type: ignore[index, union-attr]
-            after = admin(broker.port, "stats")
-            assert before["topics"] == after["topics"]  # type: ignore[index]
-            got = [consumer.fetch(timeout=5) for _ in ids]
-            assert [(m.id, m.attempt) for m in got if m] == [(i, 1) for i in ids]
+    with (BrokerProcess(tmp_path / "data") as broker,
+          Consumer("look", port=broker.port) as consumer):
+        consumer.fetch(timeout=0)
+        with Producer("look", port=broker.port) as producer:
+            ids = producer.publish_many([b"a", b"b", b"c"])
+        before = admin(broker.port, "stats")
+        peeked = admin(broker.port, "peek", topic="look", n=10)
+        assert admin(broker.port, "peek", topic="look", n=10) == peeked
+        assert [m["id"] for m in peeked] == ids  # type: ignore[index, union-attr]
+        assert [m["body"] for m in peeked] == ["a", "b", "c"]  # type: ignore[index, union-attr]
+        after = admin(broker.port, "stats")
+        assert before["topics"] == after["topics"]  # type: ignore[index]
+        got = [consumer.fetch(timeout=5) for _ in ids]
+        assert [(m.id, m.attempt) for m in got if m] == [(i, 1) for i in ids]

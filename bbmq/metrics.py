@@ -1,0 +1,148 @@
+"""Prometheus metrics, read from the broker core at scrape time and served by the event loop.
+
+Two choices keep this free for the broker and safe:
+
+* Nothing is counted twice.  The core already keeps running totals per topic
+  and group (:class:`bbmq.core.Counters`), so a custom collector turns them into
+  metric families when Prometheus asks; the hot path pays nothing.  Only the
+  store's commit latency needs a metric object of its own, a Histogram fed by
+  the store thread (``Histogram.observe`` is thread-safe).
+* The HTTP endpoint runs on the broker's own asyncio loop instead of
+  ``prometheus_client.start_http_server``'s thread, so the collector reads the
+  core's dicts on the thread that changes them and never races it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Final
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from prometheus_client.process_collector import ProcessCollector
+
+if TYPE_CHECKING:
+    from bbmq.server import BrokerServer
+
+log = logging.getLogger("bbmq.metrics")
+
+#: The core's per-topic counters, exported as ``bbmq_messages_<name>_total``.
+TOPIC_COUNTERS: Final = ("published", "delivered", "acked", "redelivered", "expired",
+                         "dead_lettered")
+#: Commits take from well under a millisecond (memory, SQLite in cache) to a second (fsync
+#: on a busy disk, a remote MySQL).
+COMMIT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                         1.0, 2.5)
+#: A scraper gets this long to send its request line and headers.
+REQUEST_TIMEOUT_S: Final = 10.0
+
+
+class MetricsPortError(OSError):
+    """The metrics port could not be opened; the message names it and says what to do."""
+
+
+class BrokerCollector:
+    """Turns the broker core's counters and queue sizes into metric families on each scrape."""
+
+    def __init__(self, server: BrokerServer) -> None:
+        self.server = server
+
+    def collect(self) -> Iterator[Metric]:
+        broker = self.server.broker
+        counters = {name: CounterMetricFamily(f"bbmq_messages_{name}",
+                                              f"Messages {name.replace('_', ' ')}, per topic",
+                                              labels=["topic"])
+                    for name in TOPIC_COUNTERS}
+        backlog = GaugeMetricFamily("bbmq_topic_backlog_messages",
+                                    "Messages kept for the first group of a topic with none yet",
+                                    labels=["topic"])
+        ready = GaugeMetricFamily("bbmq_group_ready_messages",
+                                  "Messages a group can deliver now", labels=["topic", "group"])
+        inflight = GaugeMetricFamily("bbmq_group_inflight_messages",
+                                     "Messages delivered to a group and not yet acked",
+                                     labels=["topic", "group"])
+        delayed = GaugeMetricFamily("bbmq_group_delayed_messages",
+                                    "Messages of a group waiting for their delay to pass",
+                                    labels=["topic", "group"])
+        consumers = GaugeMetricFamily("bbmq_group_consumers", "Consumers connected to a group",
+                                      labels=["topic", "group"])
+        for topic in broker.topics.values():
+            for name, family in counters.items():
+                family.add_metric([topic.name], getattr(topic.counters, name))
+            backlog.add_metric([topic.name], len(topic.backlog))
+            for group in topic.groups.values():
+                labels = [topic.name, group.name]
+                ready.add_metric(labels, group.ready)
+                inflight.add_metric(labels, len(group.inflight))
+                delayed.add_metric(labels, len(group.delayed))
+                consumers.add_metric(labels, len(group.consumers))
+        yield from counters.values()
+        yield from (backlog, ready, inflight, delayed, consumers)
+        yield GaugeMetricFamily("bbmq_connections", "Open client connections",
+                                value=len(self.server.connections))
+        yield GaugeMetricFamily("bbmq_queued_bytes", "Message bytes held in memory",
+                                value=broker.queued_bytes)
+        yield GaugeMetricFamily("bbmq_store_available",
+                                "1 while the store accepts writes, 0 during an outage",
+                                value=int(self.server.worker.available))
+
+
+def build_registry(server: BrokerServer) -> CollectorRegistry:
+    """A registry of its own per broker (never the global one), with the commit histogram wired
+    to the store thread."""
+    registry = CollectorRegistry()
+    registry.register(BrokerCollector(server))
+    ProcessCollector(registry=registry)
+    commit_seconds = Histogram("bbmq_store_commit_seconds",
+                               "Seconds each store transaction took to commit",
+                               buckets=COMMIT_BUCKETS, registry=registry)
+    server.worker.observe_commit = commit_seconds.observe
+    return registry
+
+
+async def start_metrics(server: BrokerServer, port: int, host: str) -> asyncio.Server:
+    """Serve ``GET /metrics`` on ``host:port`` from the running event loop."""
+    registry = build_registry(server)
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _answer(reader, writer, registry)
+
+    try:
+        http = await asyncio.start_server(answer, host, port, reuse_address=True)
+    except OSError as error:
+        raise MetricsPortError(error.errno or errno.EADDRINUSE,
+                      f"cannot serve metrics on {host}:{port}: {error.strerror or error}; "
+                      "choose another --metrics-port (0 turns metrics off)") from None
+    bound_port = http.sockets[0].getsockname()[1]
+    log.info("Prometheus metrics on http://%s:%d/metrics", host, bound_port)
+    return http
+
+
+async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                  registry: CollectorRegistry) -> None:
+    """One HTTP/1.0-style exchange: read the request head, answer, close."""
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
+        method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
+        path = rest.split(" ", 1)[0].split("?", 1)[0]
+        content_type, extra = "text/plain", ""
+        if method not in ("GET", "HEAD"):
+            status, body, extra = "405 Method Not Allowed", b"use GET\n", "Allow: GET, HEAD\r\n"
+        elif path != "/metrics":
+            status, body = "404 Not Found", b"metrics are at /metrics\n"
+        else:
+            status, body, content_type = "200 OK", generate_latest(registry), CONTENT_TYPE_LATEST
+        writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n{extra}"
+                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
+        if method != "HEAD":
+            writer.write(body)
+        await writer.drain()
+    except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+            ConnectionError):
+        pass  # a scraper that hung up or sent garbage gets nothing more
+    finally:
+        writer.close()
