@@ -84,6 +84,15 @@ class BrokerController:
         self.stop()
 
 
+def clean_environment() -> dict[str, str]:
+    """This process's environment without BBMQ_* settings, able to import this bbmq."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BBMQ_")}
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as probe:
@@ -116,7 +125,7 @@ class BrokerProcess:
             args += ["--" + name.replace("_", "-"), str(value)]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
-                                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                            env=clean_environment())
         deadline = time.monotonic() + timeout
         while True:
             if self.process.poll() is not None:
@@ -158,4 +167,4 @@ class BrokerProcess:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.kill()
+        self.stop()

@@ -145,7 +145,7 @@ def test_admin_commands_say_what_to_do_when_no_broker_answers() -> None:
 
 
 def test_dlq_replay_and_purge_end_to_end(tmp_path: Path) -> None:
-    with BrokerProcess(tmp_path / "data", "--max-attempts", "1") as broker, \
+    with BrokerProcess(tmp_path / "data", max_attempts=1) as broker, \
             Consumer("jobs", "default", "127.0.0.1", broker.port) as consumer, \
             Producer("jobs", "127.0.0.1", broker.port) as producer, \
             Admin("127.0.0.1", broker.port) as admin:
@@ -182,7 +182,7 @@ def test_dlq_replay_and_purge_end_to_end(tmp_path: Path) -> None:
 
 def test_the_metrics_page_counts_a_known_workload(tmp_path: Path) -> None:
     metrics_port = free_port()
-    with BrokerProcess(tmp_path / "data", "--metrics-port", str(metrics_port)) as broker, \
+    with BrokerProcess(tmp_path / "data", metrics_port=metrics_port) as broker, \
             Consumer("metered", "g", "127.0.0.1", broker.port) as consumer, \
             Admin("127.0.0.1", broker.port) as admin:
         with Producer("metered", "127.0.0.1", broker.port) as producer:
