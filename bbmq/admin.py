@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 from bbmq import protocol as p
+from bbmq.cli_options import add_client_arguments, client_options
 from bbmq.client import BrokerError, ConnectionLost, Consumer, Message, Producer, _Client
 
 DLQ_SUFFIX: Final = ".dlq"
@@ -170,8 +171,7 @@ def stats_table(stats: Mapping[str, Any]) -> str:
 
 
 def _connect(args: argparse.Namespace) -> Admin:
-    return Admin(args.host, args.port, name=args.name, tls=args.tls,
-                 ca_file=args.ca_file).connect()
+    return Admin(**client_options(args)).connect()
 
 
 def _stats(args: argparse.Namespace) -> int:
@@ -272,10 +272,10 @@ def _dlq_replay(args: argparse.Namespace) -> int:
             return 0
     replayed = 0
     progress_at = time.monotonic() + 1.0
-    with Consumer(dlq, args.group, args.host, args.port, name=args.name, tls=args.tls,
-                  ca_file=args.ca_file) as consumer, \
-            Producer(args.topic, args.host, args.port, name=args.name or "bbmq-dlq-replay",
-                     tls=args.tls, ca_file=args.ca_file) as producer:
+    options = client_options(args)
+    with Consumer(dlq, args.group, **options) as consumer, \
+            Producer(args.topic, **{**options, "name": args.name or "bbmq-dlq-replay"}) \
+            as producer:
         for batch in _dead_letters(consumer, args.count, args.timeout):
             producer.publish_many([message.body for message in batch])
             consumer.ack_many(batch)  # only now: the re-publish was acked above
@@ -330,7 +330,6 @@ def _name(kind: str) -> Callable[[str], str]:
 
 def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register stats, topics, purge, group, peek and dlq on the top-level ``bbmq`` command."""
-    from bbmq.cli import add_client_arguments  # noqa: PLC0415 (bbmq.cli imports this module)
 
     topic, group = _name("topic"), _name("group")
 

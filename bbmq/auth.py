@@ -60,6 +60,13 @@ class Authorizer:
             rules.append(TokenRule(token.encode(), permissions, tuple(patterns.split("|"))))
         return cls(rules)
 
+    def admin_token(self) -> str | None:
+        """A configured token with the admin permission (for ``bbmq server status``)."""
+        for rule in self.rules:
+            if Permission.ADMIN in rule.permissions:
+                return rule.token.decode()
+        return None
+
     def allows(self, token: object, permission: Permission, topic: str | None) -> bool:
         """True if ``token`` grants ``permission`` (on ``topic``, unless admin)."""
         if not self.rules:

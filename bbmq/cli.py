@@ -13,9 +13,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from bbmq import config as settings
 from bbmq._version import __version__
 from bbmq.admin import add_admin_commands
+from bbmq.cli_options import add_client_arguments, client_options
 from bbmq.client import (
-    DEFAULT_HOST,
-    DEFAULT_PORT,
     BrokerError,
     Consumer,
     Message,
@@ -23,22 +22,16 @@ from bbmq.client import (
     default_address,
     ping,
 )
-from bbmq.daemon import add_server_commands
+from bbmq.daemon import add_server_commands, load_config
 from bbmq.server import serve
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-def _load_config(args: argparse.Namespace) -> settings.Config:
-    flags = {setting.name: getattr(args, setting.name) for setting in settings.SETTINGS}
-    return settings.load(flags, config_file=args.config)
 
 
 def _run(args: argparse.Namespace) -> int:
-    config = _load_config(args)
+    config = load_config(args)
     handler: logging.Handler = (logging.handlers.WatchedFileHandler(config.log_path)
                                 if config.log_file else logging.StreamHandler(sys.stderr))
-    logging.basicConfig(level=config.log_level.upper(), format=LOG_FORMAT, handlers=[handler])
+    logging.basicConfig(level=config.log_level.upper(), format=settings.LOG_FORMAT,
+                        handlers=[handler])
     try:
         asyncio.run(serve(config))
     except OSError as error:
@@ -61,8 +54,7 @@ def _read_lines(fd: int) -> Iterator[list[bytes]]:
 
 
 def _publish(args: argparse.Namespace) -> int:
-    with Producer(args.topic, args.host, args.port, name=args.name, tls=args.tls,
-                  ca_file=args.ca_file) as producer:
+    with Producer(args.topic, **client_options(args)) as producer:
         if args.messages:
             batches: Iterable[list[bytes]] = [[m.encode() for m in args.messages]]
         else:
@@ -79,8 +71,8 @@ def _publish(args: argparse.Namespace) -> int:
 def _consume(args: argparse.Namespace) -> int:
     prefetch = min(args.prefetch, args.count) if args.count else args.prefetch
     received = 0
-    with Consumer(args.topic, args.group, args.host, args.port, name=args.name,
-                  tls=args.tls, ca_file=args.ca_file, prefetch=prefetch) as consumer:
+    with Consumer(args.topic, args.group, prefetch=prefetch,
+                  **client_options(args)) as consumer:
         if args.timeout is None:
             messages: Iterable[Message | None] = consumer
         else:
@@ -108,18 +100,6 @@ def _ping(args: argparse.Namespace) -> int:
     host, port = default_address()
     print(f"PONG from {args.host or host}:{args.port or port} in {rtt * 1000:.2f} ms")
     return 0
-
-
-def add_client_arguments(parser: argparse.ArgumentParser) -> None:
-    """Where the broker is, for commands that connect as a client."""
-    parser.add_argument("--host", default=None,
-                        help=f"broker host (env BBMQ_HOST, default {DEFAULT_HOST})")
-    parser.add_argument("--port", type=int, default=None,
-                        help=f"broker port (env BBMQ_PORT, default {DEFAULT_PORT})")
-    parser.add_argument("--tls", action="store_true", help="connect with TLS")
-    parser.add_argument("--ca-file", default=None,
-                        help="CA certificate to verify the broker (with --tls)")
-    parser.add_argument("--name", default=None, help="this client's name, shown to consumers")
 
 
 def build_parser() -> argparse.ArgumentParser:

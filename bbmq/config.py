@@ -21,6 +21,8 @@ from urllib.parse import urlsplit, urlunsplit
 from bbmq.auth import Authorizer
 
 MIB: Final = 1024 * 1024
+#: Every log line: time, level, logger (bbmq.server, bbmq.store ...), message.
+LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 @dataclass(frozen=True, slots=True)

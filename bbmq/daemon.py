@@ -56,6 +56,7 @@ import daemon
 
 from bbmq import config as settings
 from bbmq.admin import Admin, format_duration, stats_table
+from bbmq.auth import Authorizer
 from bbmq.client import BrokerError
 from bbmq.server import BrokerServer, serve
 from bbmq.store.base import StoreUnavailable
@@ -354,9 +355,8 @@ def _run_broker(config: settings.Config, report: StartupReport) -> int:
         report.fail(f"cannot open the log file {config.log_path}: {error.strerror}; "
                     "give a writable --log-file")
         return 1
-    from bbmq.cli import LOG_FORMAT  # noqa: PLC0415 (bbmq.cli imports this module)
 
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(logging.Formatter(settings.LOG_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(config.log_level)
@@ -482,7 +482,8 @@ def daemon_status(config: settings.Config, timeout: float) -> tuple[int, dict[st
         return (1 if state.pidfile_exists else 3), facts
     host, port = _client_host(config.host), config.port
     try:
-        with Admin(host, port, tls=_status_tls(config), timeout=timeout) as admin:
+        with Admin(host, port, tls=_status_tls(config), timeout=timeout,
+                   token=Authorizer.parse(config.auth_tokens).admin_token()) as admin:
             facts["stats"] = admin.stats()
     except BrokerError as error:
         facts["answering"] = False
