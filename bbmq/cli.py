@@ -28,8 +28,9 @@ from bbmq.server import serve
 
 def _run(args: argparse.Namespace) -> int:
     config = load_config(args)
+    to_file = config.sources["log_file"] != "default"  # the foreground logs to stderr
     handler: logging.Handler = (logging.handlers.WatchedFileHandler(config.log_path)
-                                if config.log_file else logging.StreamHandler(sys.stderr))
+                                if to_file else logging.StreamHandler(sys.stderr))
     logging.basicConfig(level=config.log_level.upper(), format=settings.LOG_FORMAT,
                         handlers=[handler])
     try:
