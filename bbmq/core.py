@@ -227,13 +227,18 @@ class TimerKind(Enum):
     DELAYED = auto()
 
 
-@dataclass(slots=True)
-class PendingPublish:
-    """A message handed to the store; ``session`` is None for the broker's own (DLQ)."""
+class PendingPublish(Reply):
+    """A message handed to the store, and its publisher's reply slot.
 
-    session: Session | None
-    message: NewMessage
-    reply: Reply | None = None
+    ``session`` is None for the broker's own messages (dead letters).
+    """
+
+    __slots__ = ("message", "session")
+
+    def __init__(self, session: Session | None, message: NewMessage) -> None:
+        super().__init__()
+        self.session = session
+        self.message = message
 
 
 class Broker:
@@ -352,9 +357,9 @@ class Broker:
             self._reply(pending, error)
 
     def _reply(self, pending: PendingPublish, data: bytes) -> None:
-        session, reply = pending.session, pending.reply
-        if session is not None and reply is not None and session.id in self.sessions:
-            reply.data = data
+        session = pending.session
+        if session is not None and session.id in self.sessions:
+            pending.data = data
             self._send_replies(session)
 
     def _send_replies(self, session: Session) -> None:
@@ -507,11 +512,11 @@ class Broker:
                                 "broker memory limit reached; retry after consumers catch up")
         self.queued_bytes += len(frame.body)
         expires = now_ms + frame.ttl_ms if frame.ttl_ms is not None else None
-        reply = Reply()
-        session.replies.append(reply)
-        self._to_store.append(PendingPublish(session, NewMessage(
+        pending = PendingPublish(session, NewMessage(
             session.topic, frame.body, session.sender, now_ms, frame.msgid,
-            now_ms + frame.delay_ms if frame.delay_ms else 0, expires), reply))
+            now_ms + frame.delay_ms if frame.delay_ms else 0, expires))
+        session.replies.append(pending)
+        self._to_store.append(pending)
 
     def _on_fetch(self, session: Session, frame: p.Fetch, now_ms: int) -> None:
         self._require(session, Role.SUBSCRIBER, "FETCH")

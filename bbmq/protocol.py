@@ -384,13 +384,19 @@ class Publish(TypedFrame):
     ttl_ms: int | None = None
 
     def encode(self) -> bytes:
+        if self.msgid is not None and not self.delay_ms and self.ttl_ms is None:  # hot path
+            return b"HEAD PUBLISH msgid=%s %d\r\n%sTAIL\r\n" % (
+                self.msgid.encode("ascii"), len(self.body), self.body)
         options = {"msgid": self.msgid, "delay": self.delay_ms or None, "ttl": self.ttl_ms}
         return encode(self.VERB, _format_options(options), self.body)
 
     @classmethod
     def from_frame(cls, frame: Frame) -> Publish:
-        if not frame.args:  # the hot path: a plain PUBLISH
+        args = frame.args
+        if not args:  # the hot paths: a plain PUBLISH, and one with only a msgid
             return cls(frame.body)
+        if len(args) == 1 and args[0].startswith("msgid=") and 7 <= len(args[0]) <= 106:
+            return cls(frame.body, args[0][6:])
         options = _parse_options("PUBLISH", frame.args, _PUBLISH_OPTIONS)
         msgid = options.get("msgid")
         if msgid is not None and not 1 <= len(msgid) <= MAX_MSGID_CHARS:
