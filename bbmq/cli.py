@@ -22,7 +22,7 @@ from bbmq.client import (
     default_address,
     ping,
 )
-from bbmq.daemon import add_server_commands, load_config
+from bbmq.daemon import AlreadyRunning, PidFile, add_server_commands, load_config
 from bbmq.server import serve
 
 
@@ -33,8 +33,15 @@ def _run(args: argparse.Namespace) -> int:
                                 if to_file else logging.StreamHandler(sys.stderr))
     logging.basicConfig(level=config.log_level.upper(), format=settings.LOG_FORMAT,
                         handlers=[handler])
+    # The foreground broker holds the same locked pidfile as the daemon, so that
+    # 'bbmq server status' and 'stop' find it and a second broker refuses the data dir.
     try:
-        asyncio.run(serve(config))
+        config.pid_path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        with PidFile(config.pid_path):
+            asyncio.run(serve(config))
+    except AlreadyRunning as error:
+        print(f"bbmq: {error}, or give another --data-dir or --pid-file", file=sys.stderr)
+        return 1
     except OSError as error:
         print(f"bbmq: cannot start: {error}; is another broker on "
               f"{config.host}:{config.port}? choose another --port", file=sys.stderr)

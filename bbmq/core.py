@@ -96,14 +96,11 @@ class Message:
 
     def header(self, attempt: int) -> bytes:
         """The MESSAGE header line for this delivery (built per delivery: saves memory)."""
-        parts = ["HEAD MESSAGE", str(self.id), str(attempt)]
-        if self.sender is not None:
-            parts.append("from=" + self.sender)
-        parts.append(f"ts={self.published_ms}")
-        if self.meta:
-            parts += [f"{key}={value}" for key, value in self.meta.items()]
-        parts.append(str(len(self.body)))
-        return " ".join(parts).encode()
+        sender = b"" if self.sender is None else b" from=" + self.sender.encode()
+        extra = b"" if self.meta is None else "".join(
+            f" {key}={value}" for key, value in self.meta.items()).encode()
+        return b"HEAD MESSAGE %d %d%s ts=%d%s %d" % (
+            self.id, attempt, sender, self.published_ms, extra, len(self.body))
 
 
 class Lease:
@@ -222,7 +219,6 @@ class Topic:
 
 
 class TimerKind(Enum):
-    LEASE = auto()
     POLL = auto()
     DELAYED = auto()
 
@@ -250,6 +246,10 @@ class Broker:
         self.topics: dict[str, Topic] = {}
         self._timers: list[tuple[int, int, TimerKind, Any]] = []
         self._timer_seq = itertools.count()
+        #: Ack deadlines as (deadline, group, message id).  Every lease gets the same
+        #: timeout, so they come due in delivery order: a FIFO, not the timer heap.
+        #: An entry outlives its lease's ack; it holds no message, so no memory with it.
+        self._lease_deadlines: deque[tuple[int, Group, int]] = deque()
         self._batch = Batch()
         self._to_store: list[PendingPublish] = []
         self._dirty: dict[int, Session] = {}
@@ -336,12 +336,16 @@ class Broker:
     def stored(self, publishes: list[PendingPublish], ids: list[StoredId], now_ms: int) -> None:
         """The store committed these publishes: ack the publishers, queue the messages."""
         touched: set[Topic] = set()
+        publishers: dict[int, Session] = {}
         for pending, stored_id in zip(publishes, ids, strict=True):
-            self._reply(pending, p.ProducerAckMessage(stored_id.id).encode())
+            if (session := pending.session) is not None:
+                pending.data = p.ProducerAckMessage(stored_id.id).encode()
+                publishers[session.id] = session
             if stored_id.duplicate:
                 self.queued_bytes -= len(pending.message.body)
             else:
                 touched.add(self._accept(pending.message, stored_id.id, now_ms))
+        self._send_replies_to(publishers)
         for topic in touched:
             for group in topic.groups.values():
                 self._dispatch(group, now_ms)
@@ -352,15 +356,18 @@ class Broker:
             ErrorCode.STORE_UNAVAILABLE,
             f"message not stored ({reason}); it was not acknowledged, publish it again",
         ).encode()
+        publishers: dict[int, Session] = {}
         for pending in publishes:
             self.queued_bytes -= len(pending.message.body)
-            self._reply(pending, error)
+            if (session := pending.session) is not None:
+                pending.data = error
+                publishers[session.id] = session
+        self._send_replies_to(publishers)
 
-    def _reply(self, pending: PendingPublish, data: bytes) -> None:
-        session = pending.session
-        if session is not None and session.id in self.sessions:
-            pending.data = data
-            self._send_replies(session)
+    def _send_replies_to(self, publishers: dict[int, Session]) -> None:
+        for session_id, session in publishers.items():
+            if self.sessions.get(session_id) is session:  # not gone meanwhile
+                self._send_replies(session)
 
     def _send_replies(self, session: Session) -> None:
         replies = session.replies
@@ -372,18 +379,21 @@ class Broker:
 
     def next_deadline(self) -> int | None:
         """When :meth:`tick` next has work, in the same milliseconds as ``now_ms``."""
-        return self._timers[0][0] if self._timers else None
+        deadlines = [queue[0][0] for queue in (self._timers, self._lease_deadlines) if queue]
+        return min(deadlines) if deadlines else None
 
     def tick(self, now_ms: int) -> None:
         """Run every timer that is due: ack timeouts, long-poll ends, delayed messages."""
+        leases = self._lease_deadlines
+        while leases and leases[0][0] <= now_ms:
+            deadline, group, message_id = leases.popleft()
+            lease = group.inflight.get(message_id)
+            if lease is not None and lease.deadline_ms == deadline:
+                self._take_back(group, lease, now_ms, "ack timeout")
+                self._dispatch(group, now_ms)
         while self._timers and self._timers[0][0] <= now_ms:
             deadline, _, kind, subject = heapq.heappop(self._timers)
-            if kind is TimerKind.LEASE:
-                group, lease = subject
-                if group.inflight.get(lease.message.id) is lease and lease.deadline_ms == deadline:
-                    self._take_back(group, lease, now_ms, "ack timeout")
-                    self._dispatch(group, now_ms)
-            elif kind is TimerKind.POLL:
+            if kind is TimerKind.POLL:
                 session, request = subject
                 if session.requests and session.requests[0] is request:
                     self._finish_request(session, now_ms)
@@ -503,7 +513,8 @@ class Broker:
         self._send_replies(session)
 
     def _on_publish(self, session: Session, frame: p.Publish, now_ms: int) -> None:
-        self._require(session, Role.PUBLISHER, "PUBLISH")
+        if session.role is not Role.PUBLISHER:
+            self._require(session, Role.PUBLISHER, "PUBLISH")
         if not self.accepting:
             raise ProtocolError(ErrorCode.SERVER_CLOSING,
                                 "server is shutting down; publish again after it restarts")
@@ -700,6 +711,7 @@ class Broker:
         while topic.backlog:
             message = topic.backlog.popleft()
             message.refs += 1
+            group.counters.published += 1
             self._enqueue(group, message, 0, now_ms, fresh=True)
         return group
 
@@ -858,7 +870,7 @@ class Broker:
         lease = Lease(message, attempt, session, deadline)
         group.inflight[message.id] = lease
         session.leases[message.id] = lease
-        self._schedule(deadline, TimerKind.LEASE, (group, lease))
+        self._lease_deadlines.append((deadline, group, message.id))
         self._batch.deliveries.append(DeliveryRecord(message.id, group.name, attempt, now_ms))
         group.counters.delivered += 1
         self._topic(group.topic).counters.delivered += 1

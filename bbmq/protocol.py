@@ -37,7 +37,10 @@ _VERB_RE: Final = re.compile(r"[A-Z_]+")
 _NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,200}(?:\.dlq)?")
 _SENDER_RE: Final = re.compile(r"[!-~]{1,200}")
 _ARG_RE: Final = re.compile(r"[!-~]+")  # printable ASCII, no space
-_HEADER_RE: Final = re.compile(rb"HEAD ([A-Z_]+)((?: [!-~]+)*) ([0-9]{1,18})")
+#: A well-formed header line with its CRLF, matched in place in the decoder's buffer;
+#: for an empty body (acks, FETCH, PING ...) the whole frame, TAIL included (group 3 None).
+_HEADER_LINE_RE: Final = re.compile(
+    rb"HEAD ([A-Z_]+)((?: [!-~]+)*) (?:0\r\nTAIL\r\n|([0-9]{1,18})\r\n)")
 
 
 class ErrorCode(StrEnum):
@@ -121,60 +124,84 @@ class FrameDecoder:
         """Add bytes; return every frame they complete, in order."""
         if self._failed is not None:
             raise self._failed
-        buffer = self._buffer
-        buffer += data
+        # Most reads hold whole frames and leave nothing over: parse such a read in
+        # place (slicing bytes copies once; slicing a bytearray into bytes, twice).
+        buffer: bytes | bytearray
+        if self._buffer:
+            buffer = self._buffer
+            buffer += data
+        else:
+            buffer = data
         frames: list[Frame] = []
         pos = 0  # consumed bytes are dropped once per feed, not once per frame
+        max_body = self.max_body_bytes
+        line_limit = self.max_header_bytes + len(_CRLF)
         try:
             while True:
                 if self._pending is None:
-                    end = buffer.find(_CRLF, pos, pos + self.max_header_bytes + len(_CRLF))
-                    if end < 0:
-                        if len(buffer) - pos > self.max_header_bytes + 1:
-                            raise ProtocolError(
-                                ErrorCode.FRAME_TOO_LARGE,
-                                f"header line longer than {self.max_header_bytes} bytes; "
-                                "frames start with 'HEAD <VERB> ... <SIZE>\\r\\n'",
-                                fatal=True,
-                            )
-                        break
-                    self._pending = self._parse_header(bytes(buffer[pos:end]))
-                    pos = end + len(_CRLF)
+                    # The common case in one regex, in place: no search, no copy of the line.
+                    match = _HEADER_LINE_RE.match(buffer, pos, pos + line_limit + len(_TAIL))
+                    size_text = None if match is None else match[3]
+                    # (The match may run past the header limit by the TAIL it allows for.)
+                    line_bytes = 0 if match is None else (
+                        match.end() - pos - (len(_TAIL) if size_text is None else 0))
+                    if match is not None and line_bytes <= line_limit and (
+                        size_text is None or int(size_text) <= max_body
+                    ):
+                        arg_text = match[2]
+                        verb = match[1].decode()
+                        args = tuple(arg_text.decode().split(" ")[1:]) if arg_text else ()
+                        pos = match.end()
+                        if size_text is None:  # an empty body: the frame is whole already
+                            frames.append(Frame(verb, args))
+                            continue
+                        self._pending = (verb, args, int(size_text))
+                    else:
+                        end = buffer.find(_CRLF, pos, pos + line_limit)
+                        if end < 0:
+                            if len(buffer) - pos > self.max_header_bytes + 1:
+                                raise ProtocolError(
+                                    ErrorCode.FRAME_TOO_LARGE,
+                                    f"header line longer than {self.max_header_bytes} bytes; "
+                                    "frames start with 'HEAD <VERB> ... <SIZE>\\r\\n'",
+                                    fatal=True,
+                                )
+                            break
+                        self._pending = self._explain_header(bytes(buffer[pos:end]))
+                        pos = end + len(_CRLF)
                 verb, args, size = self._pending
                 stop = pos + size
                 if len(buffer) < stop + len(_TAIL):
                     break
-                if buffer[stop : stop + len(_TAIL)] != _TAIL:
+                if not buffer.startswith(_TAIL, stop):
                     raise ProtocolError(
                         ErrorCode.INVALID_PROTOCOL,
                         f"{verb}: expected 'TAIL\\r\\n' after the {size}-byte body; "
                         "check the SIZE field",
                         fatal=True,
                     )
-                frames.append(Frame(verb, args, bytes(buffer[pos:stop])))
+                frames.append(Frame(verb, args, bytes(buffer[pos:stop])))  # bytes(bytes) is free
                 pos = stop + len(_TAIL)
                 self._pending = None
         except ProtocolError as error:
             self._failed = error
-            buffer.clear()
+            self._buffer.clear()
             if not frames:
                 raise
             # Hand out the frames that were whole; the error is in .error and the next feed.
             return frames
-        del buffer[:pos]
+        if buffer is self._buffer:
+            del buffer[:pos]
+        else:
+            self._buffer += buffer[pos:]
         return frames
 
-    def _parse_header(self, line: bytes) -> tuple[str, tuple[str, ...], int]:
-        match = _HEADER_RE.fullmatch(line)
-        if match is not None:  # the common case, in one regex
-            verb, args, size_text = match.groups()
-            size = int(size_text)
-            if size <= self.max_body_bytes:
-                return verb.decode(), tuple(args.decode().split(" ")[1:]) if args else (), size
-        return self._explain_header(line)
-
     def _explain_header(self, line: bytes) -> tuple[str, tuple[str, ...], int]:
-        """The slow path: find what is wrong with a header line, and say it."""
+        """The slow path, for a line the header regex refused: say what is wrong with it.
+
+        (A line it refused can still be valid, e.g. SIZE with leading zeros past
+        18 digits; then this parses it.)
+        """
         if not line.startswith(_HEAD):
             raise ProtocolError(
                 ErrorCode.INVALID_PROTOCOL,

@@ -409,7 +409,7 @@ def test_recover_returns_every_field_unchanged(store: Store) -> None:
     recovered = list(store.recover())
     assert recovered == [
         RecoveredMessage(i, m.topic, m.body, m.sender, m.published_ms, m.deliver_at_ms,
-                         m.expires_at_ms, m.meta, {})
+                         m.expires_at_ms, m.meta or {}, {})
         for i, m in zip(ids, messages, strict=True)
     ]
 

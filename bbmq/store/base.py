@@ -36,7 +36,8 @@ class NewMessage:
     msgid: str | None = None
     deliver_at_ms: int = 0
     expires_at_ms: int | None = None
-    meta: dict[str, str] = field(default_factory=dict)
+    #: Extra MESSAGE keys (dead letters carry their origin); None, not a dict per message.
+    meta: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,7 +136,7 @@ class MemoryStore:
                 continue
             recovered.append(RecoveredMessage(
                 message_id, m.topic, m.body, m.sender, m.published_ms, m.deliver_at_ms,
-                m.expires_at_ms, dict(m.meta), pending,
+                m.expires_at_ms, dict(m.meta or {}), pending,
             ))
         return iter(recovered)
 
