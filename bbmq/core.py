@@ -40,6 +40,8 @@ from bbmq.store.base import (
 
 SERVER_NAME: Final = "bbmq"
 DLQ_SUFFIX: Final = ".dlq"
+#: Most messages one ADMIN peek returns (its answer is one frame, bodies included).
+MAX_PEEK: Final = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -466,7 +468,9 @@ class Broker:
                                 "handshake already done; open a new connection for another role")
         self._authorize(frame)
         name = frame.options.get("name")
-        session.sender = p.check_sender(str(name)) if name is not None else None
+        if name is not None and not isinstance(name, str):
+            raise ProtocolError(ErrorCode.BAD_NAME, "handshake 'name' must be a JSON string")
+        session.sender = p.check_sender(name) if name is not None else None
         match frame:
             case p.ClientPublisher():
                 session.role, session.topic = Role.PUBLISHER, frame.topic
@@ -576,24 +580,35 @@ class Broker:
             case "topics":
                 return sorted(self.topics)
             case "purge":
-                return {"purged": self.purge(self._param_topic(params).name,
-                                             params.get("group"), now_ms)}
+                topic = self._param_topic(params)
+                group = self._param_group(topic, params).name if "group" in params else None
+                return {"purged": self.purge(topic.name, group, now_ms)}
             case "group_delete":
                 topic = self._param_topic(params)
                 self.delete_group(topic.name, self._param_group(topic, params).name, now_ms)
                 return {"deleted": True}
             case "peek":
                 count = params.get("n", 10)
-                if not isinstance(count, int) or count < 0:
+                if isinstance(count, bool) or not isinstance(count, int) or not (
+                        0 <= count <= MAX_PEEK):
                     raise ProtocolError(ErrorCode.INVALID_PROTOCOL,
-                                        "peek: 'n' must be a whole number >= 0")
-                return self.peek(self._param_topic(params).name, params.get("group"), count)
+                                        f"peek: 'n' must be a whole number from 0 to {MAX_PEEK}")
+                topic = self._param_topic(params)
+                group = self._param_group(topic, params).name if "group" in params else None
+                return self.peek(topic.name, group, count)
         raise ProtocolError(ErrorCode.INVALID_PROTOCOL,
                             f"unknown admin command {command[:40]!r} "
                             "(known: stats, topics, purge, group_delete, peek)")
 
+    @staticmethod
+    def _param_text(params: dict[str, Any], key: str) -> str:
+        value = params.get(key, "")
+        if not isinstance(value, str):
+            raise ProtocolError(ErrorCode.BAD_NAME, f"admin parameter {key!r} must be a string")
+        return value
+
     def _param_topic(self, params: dict[str, Any]) -> Topic:
-        name = p.check_name("topic", str(params.get("topic", "")))
+        name = p.check_name("topic", self._param_text(params, "topic"))
         topic = self.topics.get(name)
         if topic is None:
             raise ProtocolError(ErrorCode.INVALID_PROTOCOL,
@@ -602,7 +617,7 @@ class Broker:
 
     @staticmethod
     def _param_group(topic: Topic, params: dict[str, Any]) -> Group:
-        name = p.check_name("group", str(params.get("group", "")))
+        name = p.check_name("group", Broker._param_text(params, "group"))
         group = topic.groups.get(name)
         if group is None:
             known = ", ".join(sorted(topic.groups)) or "none yet"

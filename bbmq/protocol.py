@@ -28,6 +28,11 @@ from typing import Any, ClassVar, Final, NamedTuple
 MAX_HEADER_BYTES: Final = 1024
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1024 * 1024
 MAX_MSGID_CHARS: Final = 100
+#: Longest delay, ttl or wait_ms: 2**32 seconds (136 years, as beanstalkd), which keeps
+#: every deadline far inside a signed 64-bit column.
+MAX_DURATION_MS: Final = 2**32 * 1000
+#: Message ids, counts and attempts fit a signed 64-bit integer.
+MAX_INTEGER: Final = 2**63 - 1
 
 _CRLF: Final = b"\r\n"
 _HEAD: Final = b"HEAD "
@@ -56,6 +61,7 @@ class ErrorCode(StrEnum):
     UNAUTHORIZED = "UNAUTHORIZED"
     TIMEOUT = "TIMEOUT"
     SERVER_CLOSING = "SERVER_CLOSING"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
 
 
 class ProtocolError(Exception):
@@ -276,14 +282,25 @@ def _invalid(text: str) -> ProtocolError:
     return ProtocolError(ErrorCode.INVALID_PROTOCOL, text)
 
 
-def _parse_int(verb: str, what: str, text: str, minimum: int = 0) -> int:
+def _parse_int(verb: str, what: str, text: str, minimum: int = 0,
+               maximum: int = MAX_INTEGER) -> int:
     try:  # isdigit() alone lets through non-ASCII digits and strings int() refuses
-        value = int(text) if text.isascii() and text.isdigit() else -1
+        value = int(text) if text.isascii() and text.isdigit() and len(text) <= 19 else -1
     except ValueError:
         value = -1
-    if value < minimum:
-        raise _invalid(f"{verb}: {what} must be a whole number >= {minimum}, got {text[:40]!r}")
+    if not minimum <= value <= maximum:
+        raise _invalid(f"{verb}: {what} must be a whole number from {minimum} to {maximum}, "
+                       f"got {text[:40]!r}")
     return value
+
+
+def _parse_duration(verb: str, what: str, text: str, minimum: int = 0) -> int:
+    return _parse_int(verb, what, text, minimum, MAX_DURATION_MS)
+
+
+def _no_args(frame: Frame) -> None:
+    if frame.args:
+        raise _invalid(f"{frame.verb}: takes no arguments")
 
 
 def _parse_options(verb: str, args: tuple[str, ...], allowed: frozenset[str]) -> dict[str, str]:
@@ -428,9 +445,9 @@ class Publish(TypedFrame):
         msgid = options.get("msgid")
         if msgid is not None and not 1 <= len(msgid) <= MAX_MSGID_CHARS:
             raise _invalid(f"PUBLISH: msgid must be 1-{MAX_MSGID_CHARS} printable characters")
-        delay = _parse_int("PUBLISH", "delay", options.get("delay", "0"))
+        delay = _parse_duration("PUBLISH", "delay", options.get("delay", "0"))
         ttl_text = options.get("ttl")
-        ttl = None if ttl_text is None else _parse_int("PUBLISH", "ttl", ttl_text, minimum=1)
+        ttl = None if ttl_text is None else _parse_duration("PUBLISH", "ttl", ttl_text, minimum=1)
         return cls(frame.body, msgid, delay, ttl)
 
 
@@ -452,7 +469,7 @@ class Fetch(TypedFrame):
         if len(frame.args) > 2:
             raise _invalid("FETCH: expected [<n> [<wait_ms>]]")
         count = _parse_int("FETCH", "n", frame.args[0], minimum=1) if frame.args else 1
-        wait = _parse_int("FETCH", "wait_ms", frame.args[1]) if len(frame.args) == 2 else None
+        wait = _parse_duration("FETCH", "wait_ms", frame.args[1]) if len(frame.args) == 2 else None
         return cls(count, wait)
 
 
@@ -497,7 +514,7 @@ class Nack(TypedFrame):
             raise _invalid("NACK: expected <id> [delay=<ms>] [reason=<text>]")
         message_id = _parse_int("NACK", "message id", frame.args[0], minimum=1)
         options = _parse_options("NACK", frame.args[1:], _NACK_OPTIONS)
-        return cls(message_id, _parse_int("NACK", "delay", options.get("delay", "0")),
+        return cls(message_id, _parse_duration("NACK", "delay", options.get("delay", "0")),
                    options.get("reason"))
 
 
@@ -512,6 +529,7 @@ class Ping(TypedFrame):
 
     @classmethod
     def from_frame(cls, frame: Frame) -> Ping:
+        _no_args(frame)
         _no_body(frame)
         return cls()
 
@@ -527,6 +545,7 @@ class ClientShutdownSignal(TypedFrame):
 
     @classmethod
     def from_frame(cls, frame: Frame) -> ClientShutdownSignal:
+        _no_args(frame)
         _no_body(frame)
         return cls()
 

@@ -90,8 +90,15 @@ class Connection(asyncio.Protocol):
             broker.send_error(self.id, error.code, error.text, close=True)
         else:
             now = now_ms()
-            for frame in frames:
-                broker.receive(self.id, frame, now)
+            try:
+                for frame in frames:
+                    broker.receive(self.id, frame, now)
+            except Exception:  # a bug: this connection's state is suspect, the broker's not
+                log.exception("conn=%d peer=%s: failed on a frame; closing the connection",
+                              self.id, self.peer)
+                broker.send_error(self.id, ErrorCode.INTERNAL_ERROR,
+                                  "the broker failed on this frame (a bug, in its log); "
+                                  "reconnect, and please report it", close=True)
             if (late := self.decoder.error) is not None:  # garbage after whole frames
                 broker.send_error(self.id, late.code, late.text, close=True)
             if not self.handshaken and broker.sessions[self.id].role is not Role.NEW:
@@ -130,8 +137,8 @@ class Connection(asyncio.Protocol):
     def _check_idle(self) -> None:
         limit = self.server.config.idle_timeout
         session = self.server.broker.sessions.get(self.id)
-        if session is not None and session.requests:  # waiting on a FETCH is not idle
-            self.last_read = time.monotonic()
+        if session is not None and (session.requests or session.replies):
+            self.last_read = time.monotonic()  # waiting on a FETCH or on acks is not idle
         idle_for = time.monotonic() - self.last_read
         if idle_for < limit:
             self._arm_timeout(limit - idle_for, self._check_idle)

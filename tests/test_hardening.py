@@ -13,7 +13,11 @@ import pytest
 
 from bbmq import Consumer, Producer
 from bbmq import protocol as p
+from bbmq.core import Broker, PendingPublish, Session
 from bbmq.protocol import ErrorCode
+from bbmq.store.base import Batch, NewMessage, StoredId
+from bbmq.store.sqlite import SQLiteStore
+from bbmq.store.worker import StoreWorker
 from bbmq.testing import BrokerController, BrokerProcess
 
 from .conftest import RawClient
@@ -275,3 +279,102 @@ def admin_error(port: int, command: str, **params: object) -> p.Error:
         return result
     finally:
         client.close()
+
+
+def test_extreme_numbers_and_wrong_types_get_errors_and_the_store_keeps_working(
+        tmp_path: Path, store_url: str) -> None:
+    """Values at the edge of every numeric field: refused with an ERROR, never a dead
+    store thread (a delay past 64 bits once stalled every publisher of a SQLite broker)."""
+    huge = str(p.MAX_DURATION_MS + 1)
+    with BrokerController(data_dir=tmp_path, store=store_url) as broker:
+        publisher = RawClient(broker.port)
+        publisher.handshake(p.ClientPublisher("edges"))
+        refused = [f"delay={huge}", f"ttl={huge}", "delay=9223372036854775807",
+                   "ttl=99999999999999999999999"]
+        for option in refused:
+            publisher.send(b"HEAD PUBLISH %s 1\r\nxTAIL\r\n" % option.encode())
+        replies = publisher.receive(len(refused))
+        assert [r.code for r in replies] == [ErrorCode.INVALID_PROTOCOL] * len(refused)  # type: ignore[attr-defined]
+        publisher.send(p.Publish(b"far", delay_ms=p.MAX_DURATION_MS), p.Publish(b"now"))
+        far, now = publisher.receive(2)
+        assert isinstance(far, p.ProducerAckMessage) and isinstance(now, p.ProducerAckMessage)
+        for garbage in (b"HEAD PING x 0\r\nTAIL\r\n", b"HEAD PING a=b 0\r\nTAIL\r\n"):
+            publisher.send(garbage)
+            [error] = publisher.receive()
+            assert isinstance(error, p.Error) and error.code == ErrorCode.INVALID_PROTOCOL
+        publisher.close()
+
+        subscriber = RawClient(broker.port)
+        subscriber.handshake(p.ClientSubscriber("edges", "g"))
+        subscriber.send(b"HEAD FETCH 1 %s 0\r\nTAIL\r\n" % huge.encode(),
+                        b"HEAD NACK 1 delay=%s 0\r\nTAIL\r\n" % huge.encode(), p.Fetch(1))
+        first, second, message = subscriber.receive(3)
+        assert first.code == second.code == ErrorCode.INVALID_PROTOCOL  # type: ignore[attr-defined]
+        assert isinstance(message, p.Message) and message.body == b"now"
+        subscriber.close()
+
+        for params in ({"topic": "edges", "n": 10**20}, {"topic": "edges", "n": True},
+                       {"topic": "edges", "n": -1}):
+            assert admin_error(broker.port, "peek", **params).code == ErrorCode.INVALID_PROTOCOL
+        for command, params in (("purge", {"topic": "edges", "group": ""}),
+                                ("peek", {"topic": 5}), ("purge", {"topic": ["edges"]})):
+            assert admin_error(broker.port, command, **params).code == ErrorCode.BAD_NAME
+        queued = admin(broker.port, "peek", topic="edges", group="g", n=5)
+        assert sorted(m["body"] for m in queued) == ["far", "now"]  # type: ignore[attr-defined,index]
+        for name in (5, True, ["a"]):
+            raw = RawClient(broker.port)
+            raw.send(p.ClientPublisher("edges", {"name": name}))
+            [error] = raw.receive()
+            assert isinstance(error, p.Error) and error.code == ErrorCode.BAD_NAME, name
+            raw.close()
+
+
+class RefusesOneBatch(SQLiteStore):
+    """A real SQLite store whose first write fails the way a refused value does."""
+
+    refused = False
+
+    def write(self, batch: Batch) -> list[StoredId]:
+        if not self.refused:
+            self.refused = True
+            raise OverflowError("Python int too large to convert to SQLite INTEGER")
+        return super().write(batch)
+
+
+def test_the_store_thread_outlives_a_batch_the_database_refuses(tmp_path: Path) -> None:
+    stored: list[int] = []
+    failed: list[str] = []
+    done = threading.Condition()
+
+    def on_stored(publishes: list[PendingPublish], ids: list[StoredId]) -> None:
+        with done:
+            stored.extend(stored_id.id for stored_id in ids)
+            done.notify_all()
+
+    def on_failed(publishes: list[PendingPublish], reason: str) -> None:
+        with done:
+            failed.extend(reason for _ in publishes)
+            done.notify_all()
+
+    broker = Broker()
+    session = broker.sessions.setdefault(1, Session(1))
+
+    def publish(body: bytes) -> PendingPublish:
+        return PendingPublish(session, NewMessage("t", body, None, 1_000))
+
+    worker = StoreWorker(RefusesOneBatch(tmp_path / "s.sqlite3"),
+                         lambda fn, *args: fn(*args), on_stored, on_failed)
+    worker.start()
+    try:
+        worker.submit([publish(b"poison")], Batch())
+        with done:
+            assert done.wait_for(lambda: failed, timeout=10)
+        assert "too large" in failed[0]
+        deadline = time.monotonic() + 10
+        while not stored and time.monotonic() < deadline:  # retried until past the backoff
+            worker.submit([publish(b"fine")], Batch())
+            with done:
+                done.wait_for(lambda: stored, timeout=0.2)
+        assert stored, f"the store thread stopped writing (failures: {failed})"
+    finally:
+        assert worker.stop(10)

@@ -165,10 +165,15 @@ class StoreWorker:
         started = time.monotonic()
         try:
             ids = self.store.write(batch)
-        except StoreUnavailable as error:
-            if self.available:
-                log.error("store %s unavailable: %s; retrying with backoff",
-                          self.store.description, error)
+        except Exception as error:  # the thread must outlive any one batch
+            if isinstance(error, StoreUnavailable):
+                if self.available:
+                    log.error("store %s unavailable: %s; retrying with backoff",
+                              self.store.description, error)
+            else:  # a bug, or data the database refused: say so loudly, keep going
+                log.exception("store %s refused a batch of %d messages and %d changes; "
+                              "its publishes are refused, its changes retried with backoff",
+                              self.store.description, len(publishes), len(changes))
             self.available = False
             ours = [p for p in publishes if p.session is None]
             theirs = [p for p in publishes if p.session is not None]
@@ -192,6 +197,9 @@ class StoreWorker:
             removed = self.store.prune(int(time.time() * 1000))
         except StoreUnavailable as error:
             log.warning("prune skipped, store unavailable: %s", error)
+            return
+        except Exception:
+            log.exception("prune failed; trying again at the next interval")
             return
         if removed:
             log.info("pruned %d finished rows from the store", removed)
