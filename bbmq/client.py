@@ -34,6 +34,10 @@ from bbmq.protocol import ErrorCode
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 15333
+#: How long an ack may wait to share a write with the acks after it (see Channel.send_soon).
+ACK_LINGER_S = 0.002
+#: Frames that ``send_soon`` holds at most before it writes them at once.
+SOON_MAX_FRAMES = 128
 log = logging.getLogger("bbmq.client")
 
 
@@ -102,13 +106,67 @@ class Channel:
         self.sock = sock
         self.decoder = p.FrameDecoder(max_body_bytes=1 << 31)
         self.frames: deque[p.Frame] = deque()
-        self.send_lock = threading.Lock()
+        #: Guards the socket's sending side and ``_soon``; the flusher waits on it.
+        self._sending = threading.Condition()
+        self._soon: list[bytes] = []
+        self._flusher: threading.Thread | None = None
         self.closed = False
 
     def send(self, data: bytes) -> None:
+        """Write ``data`` now, after whatever ``send_soon`` still holds."""
+        with self._sending:
+            if self._soon:
+                data = b"".join((*self._soon, data))
+                self._soon.clear()
+            self._write(data)
+
+    def send_soon(self, data: bytes) -> None:
+        """Write ``data`` within ACK_LINGER_S, in one write with the frames that join it.
+
+        For acks while a stream of messages is being worked through: a hundred
+        acks in one write instead of a hundred.  Frames sent with :meth:`send`
+        go after these, so the order on the wire is the order of the calls.
+        """
+        with self._sending:
+            self._soon.append(data)
+            if len(self._soon) >= SOON_MAX_FRAMES:
+                self._write_soon()
+                return
+            if self._flusher is None:
+                self._flusher = threading.Thread(target=self._flush_soon, daemon=True,
+                                                 name="bbmq-ack-flusher")
+                self._flusher.start()
+            elif len(self._soon) == 1:
+                self._sending.notify()  # wake the flusher: it has something to linger over
+
+    def flush(self) -> None:
+        """Write what ``send_soon`` holds, now."""
+        with self._sending:
+            self._write_soon()
+
+    def _flush_soon(self) -> None:
+        with self._sending:
+            while not self.closed:
+                if not self._soon:
+                    self._sending.wait()
+                    continue
+                linger_until = time.monotonic() + ACK_LINGER_S  # the next acks join this write
+                while (left := linger_until - time.monotonic()) > 0 and self._soon:
+                    self._sending.wait(left)
+                try:
+                    self._write_soon()
+                except ConnectionLost:
+                    return  # the channel is closed: its user hears of it at the next call
+
+    def _write_soon(self) -> None:
+        if self._soon and not self.closed:
+            data = b"".join(self._soon)
+            self._soon.clear()
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
         try:
-            with self.send_lock:
-                self.sock.sendall(data)
+            self.sock.sendall(data)
         except OSError as error:
             self.close()
             raise ConnectionLost(f"send to {self.address[0]}:{self.address[1]} failed: "
@@ -121,6 +179,8 @@ class Channel:
     def read(self, timeout: float | None = None) -> p.TypedFrame | None:
         """The next frame from the broker, or None when ``timeout`` seconds pass first."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        if not self.frames and self._soon:
+            self.flush()  # about to wait on the broker: nothing of ours should wait too
         while not self.frames:
             if self.closed:
                 raise ConnectionLost("connection already closed")
@@ -174,6 +234,9 @@ class Channel:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            with self._sending:
+                self._soon.clear()
+                self._sending.notify()  # the flusher ends
             with contextlib.suppress(OSError):
                 self.sock.close()
 
@@ -409,8 +472,14 @@ class Consumer(_Client):
                 consumed = 0
 
     def ack(self, message: Message | int) -> None:
-        """Done with the message: it will not be delivered again (to this group)."""
-        self.ack_many([message])
+        """Done with the message: it will not be delivered again (to this group).
+
+        While more delivered messages are already waiting to be worked through,
+        the ack may wait up to ACK_LINGER_S to share one write with the next
+        ones; close() (or leaving the ``with`` block) sends what is left.
+        """
+        self._send_acks(p.Ack((message.id if isinstance(message, Message) else message,))
+                        .encode())
 
     def ack_many(self, messages: Iterable[Message | int]) -> None:
         """Ack several messages in as few frames as fit in a header."""
@@ -426,7 +495,14 @@ class Consumer(_Client):
             length += len(text) + 1
         if chunk:
             frames.append(p.encode("ACK", chunk))
-        self.channel.send(b"".join(frames))
+        self._send_acks(b"".join(frames))
+
+    def _send_acks(self, data: bytes) -> None:
+        channel = self.channel
+        if channel.pending():  # more messages to work through: their acks can share a write
+            channel.send_soon(data)
+        else:
+            channel.send(data)
 
     def nack(self, message: Message | int, *, delay: float | None = None,
              reason: str | None = None) -> None:
@@ -464,23 +540,26 @@ class Consumer(_Client):
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bbmq-handler") as pool:
             channel = self.channel
-            channel.send(p.Fetch(1, 0).encode())  # nothing in flight yet: probe
-            in_request = True
+            reserved = 0  # slots held for the open FETCH: one per message it may still bring
             while not stop.is_set():
-                if not in_request:
+                if not reserved:
                     if not slots.acquire(timeout=0.2):
                         continue
-                    slots.release()
-                    channel.send(p.Fetch(1, 200).encode())
-                    in_request = True
+                    reserved = 1
+                    while reserved < self.prefetch and slots.acquire(blocking=False):
+                        reserved += 1
+                    # A long poll for as many as there are free slots: it ends as soon as
+                    # it brought what was ready, so a trickle is never held back.
+                    channel.send(p.Fetch(reserved, 200).encode())
                 frame = channel.read(1.0)
                 if frame is None:
                     continue
                 if isinstance(frame, p.QueueEmpty):
-                    in_request = False
+                    for _ in range(reserved):
+                        slots.release()
+                    reserved = 0
                 elif isinstance(frame, p.Message):
-                    in_request = False
-                    slots.acquire()
+                    reserved -= 1  # this message takes one of the request's slots
                     pool.submit(process, Message(frame.id, frame.body, frame.attempt, frame.meta))
                 else:
                     self._unexpected(frame)

@@ -236,6 +236,31 @@ def test_consumer_run_acks_on_success_and_retries_failures(broker: BrokerControl
     consumer.close()
 
 
+def test_acks_that_wait_to_share_a_write_reach_the_broker_unprompted(
+        broker: BrokerController) -> None:
+    """An ack held back to share a write (Channel.send_soon) is sent within the linger
+    time by the flusher, with no further call from the user; a NACK after it stays after it."""
+    with Producer("linger", port=broker.port) as producer:
+        producer.publish_many([b"a", b"b"])
+    consumer = Consumer("linger", "g", port=broker.port).connect()
+    first, second = consumer.fetch(timeout=5), consumer.fetch(timeout=5)
+    assert first is not None and second is not None
+
+    def group_counters() -> tuple[int, int]:
+        assert broker.server is not None
+        counters = broker.server.broker.topics["linger"].groups["g"].counters
+        return counters.acked, counters.redelivered
+
+    consumer.channel.send_soon(p.Ack((first.id,)).encode())
+    wait_for(lambda: broker.call(group_counters) == (1, 0), timeout=5)
+    consumer.channel.send_soon(p.Ack((second.id,)).encode())
+    consumer.nack(second)  # the held ack goes first, so this NACK is of an acked message
+    wait_for(lambda: broker.call(group_counters) == (2, 0), timeout=5)
+    error = consumer.channel.read(timeout=5)
+    assert isinstance(error, p.Error) and error.code == ErrorCode.UNKNOWN_MESSAGE
+    consumer.close()
+
+
 def _script(name: str, *args: str, port: int, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BBMQ_PORT": str(port)}
     return subprocess.run([sys.executable, str(REPO / name), *args], input=stdin, text=True,
