@@ -6,6 +6,15 @@ The client library is the public API of this package::
 """
 
 from bbmq._version import __version__
-from bbmq.client import BrokerError, ConnectionLost, Consumer, Message, Producer
+from bbmq.client import (
+    BrokerError,
+    ConnectionLost,
+    Consumer,
+    InvalidArgument,
+    Message,
+    Producer,
+    PublishError,
+)
 
-__all__ = ["BrokerError", "ConnectionLost", "Consumer", "Message", "Producer", "__version__"]
+__all__ = ["BrokerError", "ConnectionLost", "Consumer", "InvalidArgument", "Message", "Producer",
+           "PublishError", "__version__"]

@@ -17,12 +17,12 @@ import json
 import ssl
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
 from bbmq import protocol as p
-from bbmq.cli_options import add_client_arguments, client_options
+from bbmq.cli_options import add_client_arguments, client_options, name_type
 from bbmq.client import BrokerError, ConnectionLost, Consumer, Message, Producer, _Client
 
 DLQ_SUFFIX: Final = ".dlq"
@@ -270,6 +270,11 @@ def _dlq_replay(args: argparse.Namespace) -> int:
         if dlq not in admin.topics():
             print(f"nothing to replay: {args.topic} has no dead letters (no topic {dlq})")
             return 0
+        groups = sorted(admin.stats()["topics"][dlq]["groups"])
+    if groups and args.group not in groups:  # subscribing would create it: refuse instead
+        print(f"bbmq: {dlq} has no group {args.group!r} (groups: {', '.join(groups)}); "
+              "pick one with --group", file=sys.stderr)
+        return 1
     replayed = 0
     progress_at = time.monotonic() + 1.0
     options = client_options(args)
@@ -318,20 +323,10 @@ def _dlq_purge(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- argparse
 
 
-def _name(kind: str) -> Callable[[str], str]:
-    """An argparse type that checks a topic or group name before anything is sent."""
-    def check(text: str) -> str:
-        try:
-            return p.check_name(kind, text)
-        except p.ProtocolError as error:
-            raise argparse.ArgumentTypeError(error.text) from None
-    return check
-
-
 def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Register stats, topics, purge, group, peek and dlq on the top-level ``bbmq`` command."""
 
-    topic, group = _name("topic"), _name("group")
+    topic, group = name_type("topic"), name_type("group")
 
     stats = commands.add_parser("stats", help="per topic and group: queues, totals and rates")
     stats.add_argument("--json", action="store_true", help="print JSON for scripts")

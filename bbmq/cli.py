@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from bbmq import config as settings
 from bbmq._version import __version__
 from bbmq.admin import add_admin_commands
-from bbmq.cli_options import add_client_arguments, client_options
+from bbmq.cli_options import add_client_arguments, client_options, name_type
 from bbmq.client import (
     BrokerError,
     Consumer,
@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     publish = commands.add_parser(
         "publish", help="publish messages (arguments, or stdin lines); prints their ids")
-    publish.add_argument("topic")
+    publish.add_argument("topic", type=name_type("topic"))
     publish.add_argument("messages", nargs="*", help="messages (default: one per stdin line)")
     publish.add_argument("--delay", type=float, default=None,
                          help="seconds before the messages may be delivered")
@@ -134,8 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.set_defaults(func=_publish)
 
     consume = commands.add_parser("consume", help="print messages as they arrive, acking each")
-    consume.add_argument("topic")
-    consume.add_argument("--group", default="default", help="consumer group (default: default)")
+    consume.add_argument("topic", type=name_type("topic"))
+    consume.add_argument("--group", default="default", type=name_type("group"),
+                         help="consumer group (default: default)")
     consume.add_argument("-n", "--count", type=int, default=0,
                          help="exit after this many messages")
     consume.add_argument("--timeout", type=float, default=None,
@@ -157,7 +158,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "publish" and not any(e.startswith("-") for e in extra):
+        args.messages += extra  # 'publish TOPIC --delay 3 a b': argparse leaves a b over
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.func(args))
     except settings.ConfigError as error:

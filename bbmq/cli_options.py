@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import Any
 
+from bbmq import protocol as p
 from bbmq.client import DEFAULT_HOST, DEFAULT_PORT
+
+
+def name_type(kind: str) -> Callable[[str], str]:
+    """An argparse type that checks a topic or group name before anything is sent."""
+    def check(text: str) -> str:
+        try:
+            return p.check_name(kind, text)
+        except p.ProtocolError as error:
+            raise argparse.ArgumentTypeError(error.text) from None
+    return check
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import os
 import socket
 import ssl
@@ -54,6 +55,42 @@ class BrokerError(Exception):
         super().__init__(f"{code}: {text}")
         self.code = code
         self.text = text
+
+
+class PublishError(BrokerError):
+    """The broker refused a message for good (a bad option, say): fix it, do not retry.
+
+    Messages published in the same call may have been stored all the same:
+    ``ids`` holds, in call order, each message's id, or 0 where it was not.
+    """
+
+    def __init__(self, code: str, text: str, ids: list[int]) -> None:
+        super().__init__(code, text)
+        self.ids = ids
+
+
+class InvalidArgument(BrokerError, ValueError):
+    """Refused before anything was sent (a bad name or option), with the code the broker
+    would have given."""
+
+
+def _checked_name(kind: str, name: str) -> str:
+    try:
+        return p.check_name(kind, name)
+    except p.ProtocolError as error:
+        raise InvalidArgument(error.code, error.text) from None
+
+
+def _milliseconds(what: str, seconds: float | None, *, minimum: int) -> int | None:
+    """``seconds`` as whole milliseconds (rounded up), checked against the protocol's bounds."""
+    if seconds is None:
+        return None
+    ms = math.ceil(seconds * 1000)
+    if not minimum <= ms <= p.MAX_DURATION_MS:
+        raise InvalidArgument(ErrorCode.INVALID_PROTOCOL,
+                              f"{what} must be from {minimum / 1000:g} to "
+                              f"{p.MAX_DURATION_MS // 1000} seconds, got {seconds!r}")
+    return ms
 
 
 class ConnectionLost(BrokerError):
@@ -326,7 +363,7 @@ class Producer(_Client):
                  timeout: float = 30.0, retry_for: float = 30.0) -> None:
         super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
                          timeout=timeout)
-        self.topic = p.check_name("topic", topic)
+        self.topic = _checked_name("topic", topic)
         self.retry_for = retry_for
         self._msgid_prefix = uuid.uuid4().hex[:16]
         self._msgid_seq = itertools.count()
@@ -351,7 +388,9 @@ class Producer(_Client):
         SERVER_BUSY) or whose ack was lost with the connection are sent again,
         with the same msgid, until ``retry_for`` runs out.
         """
-        frames = [self._frame(body, delay, ttl) for body in bodies]
+        delay_ms = _milliseconds("delay", delay, minimum=0) or 0
+        ttl_ms = _milliseconds("ttl", ttl, minimum=1)
+        frames = [self._frame(body, delay_ms, ttl_ms) for body in bodies]
         ids: list[int] = [0] * len(frames)
         todo = list(range(len(frames)))
         deadline = time.monotonic() + self.retry_for
@@ -374,11 +413,10 @@ class Producer(_Client):
                 pause = min(1.0, pause * 2)
         return ids
 
-    def _frame(self, body: bytes | str, delay: float | None, ttl: float | None) -> bytes:
+    def _frame(self, body: bytes | str, delay_ms: int, ttl_ms: int | None) -> bytes:
         data = body.encode() if isinstance(body, str) else body
         msgid = f"{self._msgid_prefix}-{next(self._msgid_seq)}"
-        return p.Publish(data, msgid, int(delay * 1000) if delay else 0,
-                         int(ttl * 1000) if ttl else None).encode()
+        return p.Publish(data, msgid, delay_ms, ttl_ms).encode()
 
     def _pipeline(self, frames: list[bytes], todo: list[int], ids: list[int],
                   window: int) -> p.Error | None:
@@ -390,9 +428,10 @@ class Producer(_Client):
         channel = self.channel
         sent = replied = 0
         refused: p.Error | None = None
-        while replied < len(todo):
+        failed: p.Error | None = None  # a final refusal: send no more, read what is owed
+        while replied < (sent if failed else len(todo)):
             # Top the window up in large writes: once half of it has been acked.
-            if sent < len(todo) and (sent == 0 or sent - replied <= window // 2):
+            if not failed and sent < len(todo) and (sent == 0 or sent - replied <= window // 2):
                 end = min(len(todo), replied + window)
                 channel.send(b"".join(frames[index] for index in todo[sent:end]))
                 sent = end
@@ -405,10 +444,12 @@ class Producer(_Client):
             elif isinstance(reply, p.Error) and reply.code in _RETRYABLE:
                 refused = reply
             elif isinstance(reply, p.Error):
-                raise BrokerError(reply.code, reply.text)
+                failed = failed or reply
             else:
                 continue  # PONG and the like: not a reply to a PUBLISH
             replied += 1
+        if failed:
+            raise PublishError(failed.code, failed.text, ids)
         return refused
 
 
@@ -429,8 +470,8 @@ class Consumer(_Client):
                  timeout: float = 30.0, prefetch: int = 100) -> None:
         super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
                          timeout=timeout)
-        self.topic = p.check_name("topic", topic)
-        self.group = p.check_name("group", group)
+        self.topic = _checked_name("topic", topic)
+        self.group = _checked_name("group", group)
         self.prefetch = max(1, prefetch)
         self._credit = 0  # messages requested by the stream and not yet received
 
@@ -509,7 +550,7 @@ class Consumer(_Client):
         """Give the message back: redelivered at once, or after ``delay`` seconds."""
         message_id = message.id if isinstance(message, Message) else message
         reason_token = None if reason is None else "_".join(reason.split())[:200] or None
-        self.channel.send(p.Nack(message_id, int(delay * 1000) if delay else 0,
+        self.channel.send(p.Nack(message_id, _milliseconds("delay", delay, minimum=0) or 0,
                                  reason_token).encode())
 
     def run(self, handler: Callable[[Message], object], *, workers: int = 4,

@@ -420,10 +420,17 @@ class Broker:
             if not rec.pending:
                 topic.backlog.append(message)
                 continue
+            exhausted = []
             for name, attempts in rec.pending.items():
                 group = topic.groups.setdefault(name, Group(rec.topic, name))
                 message.refs += 1
-                self._enqueue(group, message, attempts, now_ms, fresh=attempts == 0)
+                if self._out_of_attempts(group, attempts):  # its last delivery was cut short
+                    exhausted.append((group, attempts))
+                else:
+                    self._enqueue(group, message, attempts, now_ms, fresh=attempts == 0)
+            for group, attempts in exhausted:  # once every group holds its reference
+                self._dead_letter(group, message, attempts, "unacked when the broker stopped",
+                                  now_ms)
         return loaded
 
     # ------------------------------------------------------------------ frames
@@ -770,8 +777,7 @@ class Broker:
         if self._expired(message, now_ms):
             self._expire(group, message, lease.attempts, now_ms)
             return
-        max_attempts = self.config.max_attempts
-        if max_attempts and lease.attempts >= max_attempts and not group.topic.endswith(DLQ_SUFFIX):
+        if self._out_of_attempts(group, lease.attempts):
             self._dead_letter(group, message, lease.attempts, reason, now_ms)
             return
         group.counters.redelivered += 1
@@ -782,6 +788,12 @@ class Broker:
             self._schedule(due, TimerKind.DELAYED, group)
         else:
             heapq.heappush(group.retry, (message.id, message, lease.attempts))
+
+    def _out_of_attempts(self, group: Group, attempts: int) -> bool:
+        """Delivered as often as allowed: the next step is the dead-letter topic."""
+        max_attempts = self.config.max_attempts
+        return bool(max_attempts) and attempts >= max_attempts and not group.topic.endswith(
+            DLQ_SUFFIX)
 
     @staticmethod
     def _expired(message: Message, now_ms: int) -> bool:

@@ -354,6 +354,25 @@ def test_recover_rebuilds_queues_with_attempts() -> None:
     assert messages(h.take(late)) == [(9, 1, b"backlog")]
 
 
+def test_recovered_message_whose_last_attempt_was_cut_short_is_dead_lettered() -> None:
+    """A crash during the last allowed delivery must not buy the message another one."""
+    h = CoreHarness(max_attempts=3)
+    h.broker.recover(
+        [RecoveredMessage(7, "t", b"last", None, 1, 0, None, {}, {"a": 3, "b": 1})],
+        [GroupRecord("t", "a", 0, 1), GroupRecord("t", "b", 0, 1)], h.now)
+    h.commit()
+    [dead] = [m for m in h.stored.messages if m.topic == "t.dlq"]
+    assert dead.body == b"last" and dead.meta is not None
+    assert (dead.meta["original_group"], dead.meta["attempts"]) == ("a", "3")
+    assert [(a.message_id, a.group) for a in h.stored.acks] == [(7, "a")]
+    assert 7 not in h.stored.done  # group b still owes it
+    a, b = h.subscriber("t", "a"), h.subscriber("t", "b")
+    h.send(a, p.Fetch(1, 0))
+    h.send(b, p.Fetch(1, 0))
+    assert messages(h.take(a)) == []
+    assert messages(h.take(b)) == [(7, 2, b"last")]
+
+
 def test_deliveries_pause_when_a_connection_outbox_is_full() -> None:
     h = CoreHarness(max_output_bytes=1000)
     sub = h.subscriber("t")

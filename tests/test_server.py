@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bbmq import BrokerError, ConnectionLost, Consumer, Producer
+from bbmq import BrokerError, ConnectionLost, Consumer, InvalidArgument, Producer, PublishError
 from bbmq import protocol as p
 from bbmq.protocol import ErrorCode
 from bbmq.testing import BrokerController
@@ -259,6 +259,31 @@ def test_acks_that_wait_to_share_a_write_reach_the_broker_unprompted(
     error = consumer.channel.read(timeout=5)
     assert isinstance(error, p.Error) and error.code == ErrorCode.UNKNOWN_MESSAGE
     consumer.close()
+
+
+def test_a_refused_publish_leaves_the_producer_in_step(broker: BrokerController) -> None:
+    """Every reply owed is read before the refusal is raised, so the next publish gets its
+    own ack, not a stale one; the refusal says which messages were stored."""
+    with Producer("step", port=broker.port) as producer:
+        frames = [p.Publish(b"before", "m1").encode(), b"HEAD PUBLISH delay=-1 1\r\nxTAIL\r\n",
+                  p.Publish(b"after", "m2").encode()]
+        ids = [0, 0, 0]
+        with pytest.raises(PublishError) as refused:
+            producer._pipeline(frames, [0, 1, 2], ids, window=10)
+        assert refused.value.code == ErrorCode.INVALID_PROTOCOL
+        assert refused.value.ids[0] and refused.value.ids[1] == 0 and refused.value.ids[2]
+        next_id = producer.publish(b"next")
+        assert next_id > refused.value.ids[2]
+        with pytest.raises(InvalidArgument, match="ttl must be"):
+            producer.publish(b"x", ttl=0)
+        with pytest.raises(InvalidArgument, match="delay must be"):
+            producer.publish(b"x", delay=-1)
+    with Consumer("step", port=broker.port) as consumer:
+        got = [consumer.fetch(timeout=5) for _ in range(3)]
+        assert [(m.id, m.body) for m in got if m] == [
+            (refused.value.ids[0], b"before"), (refused.value.ids[2], b"after"), (next_id, b"next")]
+    with pytest.raises(InvalidArgument):
+        Consumer("step", "bad group")
 
 
 def _script(name: str, *args: str, port: int, stdin: str = "") -> subprocess.CompletedProcess[str]:
