@@ -282,7 +282,12 @@ def _dlq_replay(args: argparse.Namespace) -> int:
             Producer(args.topic, **{**options, "name": args.name or "bbmq-dlq-replay"}) \
             as producer:
         for batch in _dead_letters(consumer, args.count, args.timeout):
-            producer.publish_many([message.body for message in batch])
+            # Back to the group that gave up on each, not to every group of the topic.
+            by_group: dict[str | None, list[Message]] = {}
+            for message in batch:
+                by_group.setdefault(message.meta.get("original_group"), []).append(message)
+            for group, messages in by_group.items():
+                producer.publish_many([message.body for message in messages], group=group)
             consumer.ack_many(batch)  # only now: the re-publish was acked above
             replayed += len(batch)
             if time.monotonic() >= progress_at:
@@ -376,8 +381,8 @@ def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
         "replay", help="re-publish the messages of TOPIC.dlq to TOPIC, then ack them")
     replay.add_argument("topic", type=topic)
     replay.add_argument("--group", type=group, default="default",
-                        help="the consumer group of TOPIC.dlq to take them from "
-                             "(default: default)")
+                        help="the consumer group of TOPIC.dlq to take them from; it must "
+                             "exist, unless TOPIC.dlq has no group yet (default: default)")
     replay.add_argument("-n", "--count", type=int, default=0,
                         help="replay at most this many (default: all)")
     replay.add_argument("--timeout", type=float, default=1.0, metavar="SECONDS",

@@ -372,16 +372,18 @@ class Producer(_Client):
         return p.ClientPublisher(self.topic, self._options())
 
     def publish(self, body: bytes | str, *, delay: float | None = None,
-                ttl: float | None = None) -> int:
+                ttl: float | None = None, group: str | None = None) -> int:
         """Publish one message; return its id once the broker has stored it.
 
         ``delay`` (seconds) defers delivery; ``ttl`` (seconds) drops it if not
-        delivered in time.
+        delivered in time; ``group`` gives it to that consumer group only (the
+        others never see it), as ``bbmq dlq replay`` does.
         """
-        return self.publish_many([body], delay=delay, ttl=ttl)[0]
+        return self.publish_many([body], delay=delay, ttl=ttl, group=group)[0]
 
     def publish_many(self, bodies: Iterable[bytes | str], *, window: int = 1000,
-                     delay: float | None = None, ttl: float | None = None) -> list[int]:
+                     delay: float | None = None, ttl: float | None = None,
+                     group: str | None = None) -> list[int]:
         """Publish in order with up to ``window`` unacked in flight; return the ids in order.
 
         Messages the broker could not take for now (STORE_UNAVAILABLE,
@@ -390,7 +392,8 @@ class Producer(_Client):
         """
         delay_ms = _milliseconds("delay", delay, minimum=0) or 0
         ttl_ms = _milliseconds("ttl", ttl, minimum=1)
-        frames = [self._frame(body, delay_ms, ttl_ms) for body in bodies]
+        only = None if group is None else _checked_name("group", group)
+        frames = [self._frame(body, delay_ms, ttl_ms, only) for body in bodies]
         ids: list[int] = [0] * len(frames)
         todo = list(range(len(frames)))
         deadline = time.monotonic() + self.retry_for
@@ -413,10 +416,11 @@ class Producer(_Client):
                 pause = min(1.0, pause * 2)
         return ids
 
-    def _frame(self, body: bytes | str, delay_ms: int, ttl_ms: int | None) -> bytes:
+    def _frame(self, body: bytes | str, delay_ms: int, ttl_ms: int | None,
+               group: str | None) -> bytes:
         data = body.encode() if isinstance(body, str) else body
         msgid = f"{self._msgid_prefix}-{next(self._msgid_seq)}"
-        return p.Publish(data, msgid, delay_ms, ttl_ms).encode()
+        return p.Publish(data, msgid, delay_ms, ttl_ms, group).encode()
 
     def _pipeline(self, frames: list[bytes], todo: list[int], ids: list[int],
                   window: int) -> p.Error | None:

@@ -532,11 +532,13 @@ class Broker:
         if self.queued_bytes + len(frame.body) > self.config.max_queued_bytes:
             raise ProtocolError(ErrorCode.SERVER_BUSY,
                                 "broker memory limit reached; retry after consumers catch up")
+        if frame.group is not None:  # created now, so it is stored with (or before) the message
+            self._ensure_group(session.topic, frame.group, now_ms)
         self.queued_bytes += len(frame.body)
         expires = now_ms + frame.ttl_ms if frame.ttl_ms is not None else None
         pending = PendingPublish(session, NewMessage(
             session.topic, frame.body, session.sender, now_ms, frame.msgid,
-            now_ms + frame.delay_ms if frame.delay_ms else 0, expires))
+            now_ms + frame.delay_ms if frame.delay_ms else 0, expires, group=frame.group))
         session.replies.append(pending)
         self._to_store.append(pending)
 
@@ -744,9 +746,16 @@ class Broker:
         topic = self._topic(new.topic)
         topic.last_id = max(topic.last_id, message_id)
         topic.counters.published += 1
-        if not topic.groups:
-            topic.backlog.append(message)
-        for group in topic.groups.values():
+        if new.group is not None:  # for one group only (made at PUBLISH time, unless deleted)
+            groups = [topic.groups[new.group]] if new.group in topic.groups else []
+            if not groups:
+                self._batch.done.append(message_id)
+                self.queued_bytes -= len(new.body)
+        else:
+            groups = list(topic.groups.values())
+            if not groups:
+                topic.backlog.append(message)
+        for group in groups:
             message.refs += 1
             group.counters.published += 1
             self._enqueue(group, message, 0, now_ms, fresh=True)

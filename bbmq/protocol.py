@@ -414,24 +414,28 @@ class ClientAdmin(TypedFrame):
         return cls(_json_body(frame))
 
 
-_PUBLISH_OPTIONS: Final = frozenset({"msgid", "delay", "ttl"})
+_PUBLISH_OPTIONS: Final = frozenset({"msgid", "delay", "ttl", "group"})
 
 
 @dataclass(slots=True)
 class Publish(TypedFrame):
-    """One message.  ``delay_ms`` defers delivery; ``ttl_ms`` expires it unseen."""
+    """One message.  ``delay_ms`` defers delivery; ``ttl_ms`` expires it unseen;
+    ``group`` gives it to that one consumer group of the topic only (a DLQ replay)."""
 
     VERB: ClassVar[str] = "PUBLISH"
     body: bytes
     msgid: str | None = None
     delay_ms: int = 0
     ttl_ms: int | None = None
+    group: str | None = None
 
     def encode(self) -> bytes:
-        if self.msgid is not None and not self.delay_ms and self.ttl_ms is None:  # hot path
+        if (self.msgid is not None and not self.delay_ms and self.ttl_ms is None
+                and self.group is None):  # the hot path
             return b"HEAD PUBLISH msgid=%s %d\r\n%sTAIL\r\n" % (
                 self.msgid.encode("ascii"), len(self.body), self.body)
-        options = {"msgid": self.msgid, "delay": self.delay_ms or None, "ttl": self.ttl_ms}
+        options = {"msgid": self.msgid, "delay": self.delay_ms or None, "ttl": self.ttl_ms,
+                   "group": self.group}
         return encode(self.VERB, _format_options(options), self.body)
 
     @classmethod
@@ -448,7 +452,9 @@ class Publish(TypedFrame):
         delay = _parse_duration("PUBLISH", "delay", options.get("delay", "0"))
         ttl_text = options.get("ttl")
         ttl = None if ttl_text is None else _parse_duration("PUBLISH", "ttl", ttl_text, minimum=1)
-        return cls(frame.body, msgid, delay, ttl)
+        group = options.get("group")
+        return cls(frame.body, msgid, delay, ttl,
+                   None if group is None else check_name("group", group))
 
 
 @dataclass(slots=True)

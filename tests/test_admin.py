@@ -147,9 +147,13 @@ def test_admin_commands_say_what_to_do_when_no_broker_answers() -> None:
 def test_dlq_replay_and_purge_end_to_end(tmp_path: Path) -> None:
     with BrokerProcess(tmp_path / "data", max_attempts=1) as broker, \
             Consumer("jobs", "default", "127.0.0.1", broker.port) as consumer, \
+            Consumer("jobs", "audit", "127.0.0.1", broker.port) as auditor, \
             Producer("jobs", "127.0.0.1", broker.port) as producer, \
             Admin("127.0.0.1", broker.port) as admin:
         [poison] = producer.publish_many(["poison"])
+        audited = auditor.fetch(timeout=5)  # another group, which copes with the message
+        assert audited is not None and audited.id == poison
+        auditor.ack(audited)
         first = consumer.fetch(timeout=5)
         assert first is not None and first.id == poison
         consumer.nack(first, reason="boom")
@@ -166,6 +170,11 @@ def test_dlq_replay_and_purge_end_to_end(tmp_path: Path) -> None:
         assert again is not None and again.body == b"poison" and again.attempt == 1
         assert again.id != poison
         consumer.ack(again)
+        audit = group_stats(admin, "jobs", "audit")  # the replay went to 'default' alone
+        assert (audit["ready"], audit["inflight"], audit["acked"]) == (0, 0, 1)
+        mistyped = bbmq(broker, "dlq", "replay", "jobs", "--group", "nosuch")
+        assert mistyped.returncode == 1 and "no group 'nosuch'" in mistyped.stderr
+        assert sorted(admin.stats()["topics"]["jobs.dlq"]["groups"]) == ["default"]
         dlq_group = group_stats(admin, "jobs.dlq", "default")
         assert (dlq_group["ready"], dlq_group["inflight"], dlq_group["acked"]) == (0, 0, 1)
 

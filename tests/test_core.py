@@ -354,6 +354,22 @@ def test_recover_rebuilds_queues_with_attempts() -> None:
     assert messages(h.take(late)) == [(9, 1, b"backlog")]
 
 
+def test_a_message_for_one_group_reaches_that_group_only() -> None:
+    h = CoreHarness()
+    a, b = h.subscriber("t", "a"), h.subscriber("t", "b")
+    pub = h.publisher("t")
+    [only_b] = h.publish(pub, b"for b", group="b")
+    [new_group] = h.publish(pub, b"for c", group="c")  # made at once, as a subscribe would
+    assert ("t", "c") in [(g.topic, g.group) for g in h.stored.groups]
+    for session in (a, b):
+        h.send(session, p.Fetch(5, 0))
+    assert messages(h.take(a)) == []
+    assert messages(h.take(b)) == [(only_b, 1, b"for b")]
+    c = h.subscriber("t", "c")
+    h.send(c, p.Fetch(5, 0))
+    assert messages(h.take(c)) == [(new_group, 1, b"for c")]
+
+
 def test_recovered_message_whose_last_attempt_was_cut_short_is_dead_lettered() -> None:
     """A crash during the last allowed delivery must not buy the message another one."""
     h = CoreHarness(max_attempts=3)

@@ -390,6 +390,16 @@ def test_backlog_of_a_topic_without_groups_has_empty_pending(store: Store) -> No
     assert pending(store) == {a: {}, b: {"g": 0}}
 
 
+def test_a_message_for_one_group_is_owed_by_that_group_only(store: Store) -> None:
+    store.write(Batch(groups=[GroupRecord("t", "g", 0, 1), GroupRecord("t", "h", 0, 1)]))
+    both, only_g, nobody = publish(store, msg("t"), msg("t", group="g"), msg("t", group="x"))
+    lone = publish(store, msg("no_groups", group="g"))[0]
+    assert pending(store) == {both: {"g": 0, "h": 0}, only_g: {"g": 0}}
+    store.write(Batch(acks=[AckRecord(only_g, "g", 2)]))
+    assert pending(store) == {both: {"g": 0, "h": 0}}
+    assert nobody and lone  # stored, owed by no group, and so never recovered
+
+
 def test_only_groups_that_started_before_a_message_owe_it(store: Store) -> None:
     a, b, c = publish(store, msg(), msg(), msg())
     store.write(Batch(groups=[GroupRecord("t", "g", c, 1), GroupRecord("t", "h", b, 1)]))
@@ -518,6 +528,25 @@ def test_a_newer_schema_is_refused(sql_storage: Storage) -> None:
         store.groups()
 
 
+def test_a_version_1_database_is_upgraded_and_keeps_its_messages(sql_storage: Storage) -> None:
+    """The real upgrade path: a database as bbmq's first schema left it (no
+    messages.only_group), with a message in it, opened by this bbmq."""
+    store = sql_storage.opened()
+    store.write(Batch(groups=[GroupRecord("t", "g", 0, 1)]))
+    (kept,) = publish(store, msg(body=b"from v1"))
+    store.close()
+    sql_storage.query("ALTER TABLE bbmq_messages DROP COLUMN only_group")
+    sql_storage.query("UPDATE bbmq_meta SET value = ? WHERE name = ?", "1", "schema_version")
+    store = sql_storage.opened()
+    assert sql_storage.query("SELECT value FROM bbmq_meta WHERE name = ?", "schema_version") == [
+        (str(sql_module.SCHEMA_VERSION),)
+    ]
+    assert pending(store) == {kept: {"g": 0}}
+    (targeted,) = publish(store, msg(body=b"for g", group="g"))
+    assert [m.body for m in store.recover()] == [b"from v1", b"for g"]
+    assert targeted > kept
+
+
 def test_an_older_schema_is_upgraded(
     sql_storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -591,8 +620,8 @@ def batches(draw: st.DrawFn) -> list[dict[str, Any]]:
     topics, groups, msgids = st.sampled_from("ab"), st.sampled_from(["g", "h"]), \
         st.one_of(st.none(), st.sampled_from(["m1", "m2", "m3"]))
     recipe = st.fixed_dictionaries({
-        "messages": st.lists(st.tuples(topics, msgids, st.integers(0, 3 * WINDOW_MS)),
-                             max_size=4),
+        "messages": st.lists(st.tuples(topics, msgids, st.integers(0, 3 * WINDOW_MS),
+                                       st.one_of(st.none(), groups)), max_size=4),
         "groups": st.lists(st.tuples(topics, groups, st.integers(0, 8)), max_size=2),
         "deliveries": st.lists(st.tuples(st.integers(0, 99), groups, st.integers(1, 4)),
                                max_size=3),
@@ -608,8 +637,8 @@ def _batch(recipe: dict[str, Any], issued: list[int]) -> Batch:
     def pick(n: int) -> int:
         return issued[n % len(issued)] if issued else 1
     return Batch(
-        messages=[msg(t, f"{t}{k}{p}".encode(), msgid=k, published_ms=p)
-                  for t, k, p in recipe["messages"]],
+        messages=[msg(t, f"{t}{k}{p}".encode(), msgid=k, published_ms=p, group=g)
+                  for t, k, p, g in recipe["messages"]],
         groups=[GroupRecord(t, g, s, 1) for t, g, s in recipe["groups"]],
         deliveries=[DeliveryRecord(pick(n), g, a, 1) for n, g, a in recipe["deliveries"]],
         acks=[AckRecord(pick(n), g, 1) for n, g in recipe["acks"]],

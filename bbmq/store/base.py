@@ -38,6 +38,8 @@ class NewMessage:
     expires_at_ms: int | None = None
     #: Extra MESSAGE keys (dead letters carry their origin); None, not a dict per message.
     meta: dict[str, str] | None = None
+    #: Only this consumer group of the topic receives the message (a DLQ replay); None: all.
+    group: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -127,6 +127,10 @@ class MemoryStore:
             m = entry.message
             state = self._deliveries.get(message_id, {})
             groups = owed.get(m.topic, {})
+            if m.group is not None:  # owed by that one group, or by nobody
+                groups = {m.group: groups[m.group]} if m.group in groups else {}
+                if not groups:
+                    continue
             pending = {
                 group: state[group].attempts if group in state else 0
                 for group, start_id in groups.items()

@@ -18,7 +18,14 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pymysql
 
-from bbmq.store.sql import DEFAULT_DEDUP_WINDOW_MS, Connection, Cursor, SQLStore, Table
+from bbmq.store.sql import (
+    DEFAULT_DEDUP_WINDOW_MS,
+    Column,
+    Connection,
+    Cursor,
+    SQLStore,
+    Table,
+)
 
 DEFAULT_PORT: Final = 3306
 DEFAULT_TABLE_PREFIX: Final = "bbmq_"
@@ -145,16 +152,17 @@ class MySQLStore(SQLStore):
         pass
 
     def _create_table(self, table: Table) -> list[str]:
-        columns = [
-            f"{c.name} {_TYPES[c.kind]}{' NULL' if c.nullable else ' NOT NULL'}"
-            for c in table.columns
-        ]
+        columns = [self._column(c) for c in table.columns]
         columns.append(f"PRIMARY KEY ({', '.join(table.primary_key)})")
         name = self.prefix + table.name
         columns += [
             f"INDEX {name}_{'_'.join(cols)} ({', '.join(cols)})" for cols in table.indexes
         ]
         return [f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(columns)}) {_TABLE_OPTIONS}"]
+
+    def _column(self, column: Column) -> str:
+        null = ' NULL' if column.nullable else " NOT NULL"
+        return f"{column.name} {_TYPES[column.kind]}{null}"
 
     def _upsert_clause(self, key: Sequence[str], update: Sequence[str]) -> str:
         # VALUES(c) works on MariaDB and MySQL (deprecated, not removed, in 8.0).

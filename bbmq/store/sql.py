@@ -13,7 +13,8 @@ The tables (``<prefix>`` defaults to ``bbmq_``):
   ``UPDATE ... SET last_id = last_id + n`` inside the batch's transaction, so
   they are never reused, even by several brokers sharing one MySQL database;
 * ``messages`` -- one row per stored message; ``done_ms`` marks a message kept
-  for retention after every group finished with it;
+  for retention after every group finished with it; ``only_group`` names the
+  one group that receives it (a DLQ replay), NULL for every group;
 * ``msgids`` -- ``(topic, msgid) -> message_id`` for idempotent publishing.  It
   outlives the message and goes only when :meth:`SQLStore.prune` finds it
   older than the dedup window;
@@ -44,12 +45,6 @@ from bbmq.store.base import (
 )
 
 DEFAULT_DEDUP_WINDOW_MS: Final = 24 * 3600 * 1000
-
-#: The schema this code writes.  Bump it together with an entry in UPGRADES.
-SCHEMA_VERSION = 1
-#: ``UPGRADES[v](store)`` returns the statements that take a schema from version
-#: ``v`` to ``v + 1``; open() runs them in order.  Version 1 is the first.
-UPGRADES: dict[int, Callable[[SQLStore], list[str]]] = {}
 
 _PREFIX_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 #: Rows per IN (...) list: far below SQLite's and MySQL's parameter limits.
@@ -113,6 +108,8 @@ class Table:
     indexes: tuple[tuple[str, ...], ...] = ()
 
 
+_ONLY_GROUP: Final = Column("only_group", "name", nullable=True)
+
 TABLES: Final = (
     Table("meta", (Column("name", "key"), Column("value", "text")), ("name",)),
     Table("sequence", (Column("name", "key"), Column("last_id", "int")), ("name",)),
@@ -128,6 +125,7 @@ TABLES: Final = (
             Column("expires_at_ms", "int", nullable=True),
             Column("meta", "text", nullable=True),
             Column("done_ms", "int", nullable=True),
+            _ONLY_GROUP,
         ),
         ("id",),
         indexes=(("done_ms",),),
@@ -165,6 +163,16 @@ TABLES: Final = (
         ("message_id", "grp"),
     ),
 )
+
+
+#: The schema this code writes.  Bump it together with an entry in UPGRADES.
+SCHEMA_VERSION = 2
+#: ``UPGRADES[v](store)`` returns the statements that take a schema from version
+#: ``v`` to ``v + 1``; open() runs them in order.  Version 1 is the first.
+UPGRADES: dict[int, Callable[[SQLStore], list[str]]] = {
+    # 2: messages.only_group, for messages published to one group (dlq replay).
+    1: lambda store: [store._add_column("messages", _ONLY_GROUP)],
+}
 
 
 class SQLStore(ABC):
@@ -213,7 +221,7 @@ class SQLStore(ABC):
         self._q_insert_message = self._insert(
             f"{p}messages",
             ("id", "topic", "body", "sender", "published_ms", "deliver_at_ms", "expires_at_ms",
-             "meta"),
+             "meta", "only_group"),
         )
         self._q_upsert_msgid = self._insert(
             f"{p}msgids", ("topic", "msgid", "message_id", "published_ms"), ("topic", "msgid"),
@@ -239,19 +247,22 @@ class SQLStore(ABC):
             f"SELECT topic, grp, start_id, created_ms FROM {p}groups ORDER BY topic, grp"
         )
         self._q_page = self._sql(
-            f"SELECT id, topic, body, sender, published_ms, deliver_at_ms, expires_at_ms, meta"
-            f" FROM {p}messages WHERE done_ms IS NULL AND id > ? ORDER BY id LIMIT ?"
+            f"SELECT id, topic, body, sender, published_ms, deliver_at_ms, expires_at_ms, meta,"
+            f" only_group FROM {p}messages WHERE done_ms IS NULL AND id > ? ORDER BY id LIMIT ?"
         )
         self._q_page_deliveries = self._sql(
             f"SELECT message_id, grp, attempts, acked_ms FROM {p}deliveries"
             f" WHERE message_id BETWEEN ? AND ?"
         )
-        # Mirrors the filter in _page(): a message with no group is backlog, one
-        # with groups is pending while a group that should get it has not acked.
+        # Mirrors the filter in _page(): a message of a topic with no group is
+        # backlog (unless it is for one group only), one with groups is pending
+        # while a group that should get it has not acked.
         self._q_count_pending = self._sql(
             f"SELECT COUNT(*) FROM {p}messages m WHERE m.done_ms IS NULL AND ("
-            f"NOT EXISTS (SELECT 1 FROM {p}groups g WHERE g.topic = m.topic)"
+            f"(m.only_group IS NULL AND NOT EXISTS"
+            f" (SELECT 1 FROM {p}groups g WHERE g.topic = m.topic))"
             f" OR EXISTS (SELECT 1 FROM {p}groups g WHERE g.topic = m.topic"
+            f" AND (m.only_group IS NULL OR g.grp = m.only_group)"
             f" AND g.start_id < m.id AND NOT EXISTS (SELECT 1 FROM {p}deliveries d"
             f" WHERE d.message_id = m.id AND d.grp = g.grp AND d.acked_ms IS NOT NULL)))"
         )
@@ -279,6 +290,14 @@ class SQLStore(ABC):
     @abstractmethod
     def _create_table(self, table: Table) -> list[str]:
         """``CREATE TABLE IF NOT EXISTS`` (and index) statements for ``table``."""
+
+    @abstractmethod
+    def _column(self, column: Column) -> str:
+        """A column's definition: name, type, NULL or NOT NULL."""
+
+    def _add_column(self, table: str, column: Column) -> str:
+        """The ALTER TABLE that adds ``column`` (nullable, for rows that predate it)."""
+        return f"ALTER TABLE {self.prefix}{table} ADD COLUMN {self._column(column)}"
 
     @abstractmethod
     def _upsert_clause(self, key: Sequence[str], update: Sequence[str]) -> str:
@@ -453,7 +472,8 @@ class SQLStore(ABC):
             cursor.executemany(
                 self._q_insert_message,
                 [(first + i, m.topic, m.body, m.sender, m.published_ms, m.deliver_at_ms,
-                  m.expires_at_ms, json.dumps(m.meta, separators=(",", ":")) if m.meta else None)
+                  m.expires_at_ms, json.dumps(m.meta, separators=(",", ":")) if m.meta else None,
+                  m.group)
                  for i, m in enumerate(fresh)],
             )
             keyed = [(m.topic, m.msgid, first + i, m.published_ms)
@@ -551,9 +571,15 @@ class SQLStore(ABC):
                 states.setdefault(message_id, {})[group] = (attempts, acked_ms is not None)
         page: list[RecoveredMessage] = []
         body_bytes = 0
-        for id_, topic, body, sender, published_ms, deliver_at_ms, expires_at_ms, meta in rows:
+        for (id_, topic, body, sender, published_ms, deliver_at_ms, expires_at_ms, meta,
+             only_group) in rows:
             body_bytes += len(body)
             groups = owed.get(topic)
+            if only_group is not None:  # owed by that one group, or by nobody
+                groups = {only_group: groups[only_group]} if groups and only_group in groups \
+                    else {}
+                if not groups:
+                    continue
             pending: dict[str, int] = {}
             if groups:
                 state = states.get(id_, {})

@@ -14,7 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
-from bbmq.store.sql import DEFAULT_DEDUP_WINDOW_MS, Connection, Cursor, SQLStore, Table
+from bbmq.store.sql import (
+    DEFAULT_DEDUP_WINDOW_MS,
+    Column,
+    Connection,
+    Cursor,
+    SQLStore,
+    Table,
+)
 
 _SYNCHRONOUS: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
 #: Primary result codes that say "not now" rather than "bug": busy or locked
@@ -78,10 +85,7 @@ class SQLiteStore(SQLStore):
 
     def _create_table(self, table: Table) -> list[str]:
         name = self.prefix + table.name
-        columns = [
-            f"{c.name} {_TYPES[c.kind]}{'' if c.nullable else ' NOT NULL'}"
-            for c in table.columns
-        ]
+        columns = [self._column(c) for c in table.columns]
         columns.append(f"PRIMARY KEY ({', '.join(table.primary_key)})")
         # An INTEGER primary key is the rowid already; other tables are
         # clustered on their key instead of carrying a hidden rowid.
@@ -95,6 +99,10 @@ class SQLiteStore(SQLStore):
             for cols in table.indexes
         ]
         return statements
+
+    def _column(self, column: Column) -> str:
+        null = "" if column.nullable else " NOT NULL"
+        return f"{column.name} {_TYPES[column.kind]}{null}"
 
     def _upsert_clause(self, key: Sequence[str], update: Sequence[str]) -> str:
         conflict = f"ON CONFLICT ({', '.join(key)})"
