@@ -459,6 +459,8 @@ class Producer(_Client):
 
 _RETRYABLE = frozenset({ErrorCode.STORE_UNAVAILABLE, ErrorCode.SERVER_BUSY,
                         ErrorCode.SERVER_CLOSING})
+#: Errors after which the server closes the connection and a consumer may come back.
+_RECONNECT = frozenset({ErrorCode.SERVER_CLOSING, ErrorCode.SERVER_BUSY, ErrorCode.TIMEOUT})
 
 
 class Consumer(_Client):
@@ -564,39 +566,64 @@ class Consumer(_Client):
 
         A message is acked when ``handler`` returns and nacked when it raises,
         with an exponential retry delay: ``backoff * 2**(attempt-1)`` seconds,
-        at most ``max_backoff``.
+        at most ``max_backoff``.  A lost connection (a broker restart, say) is
+        re-established with backoff; what was in flight on it is redelivered.
         """
         stop = stop or threading.Event()
         slots = threading.Semaphore(self.prefetch)
 
-        def process(message: Message) -> None:
+        def process(message: Message, channel: Channel) -> None:
             try:
                 handler(message)
             except Exception as error:
                 delay = min(max_backoff, backoff * 2 ** (message.attempt - 1))
                 reason = type(error).__name__
-                log.warning("handler failed on message %d (attempt %d): %s; retry in %.1f s",
-                            message.id, message.attempt, error, delay)
-                self._settle(lambda: self.nack(message, delay=delay, reason=reason))
+                max_attempts = self.server_info.get("max_attempts", 0)
+                if max_attempts and message.attempt >= max_attempts:
+                    log.warning("handler failed on message %d (attempt %d of %d): %s; it goes "
+                                "to the dead-letter topic %s.dlq", message.id, message.attempt,
+                                max_attempts, error, self.topic)
+                else:
+                    log.warning("handler failed on message %d (attempt %d): %s; retry in "
+                                "%.1f s", message.id, message.attempt, error, delay)
+                nack = p.Nack(message.id, _milliseconds("delay", delay, minimum=0) or 0,
+                              "_".join(reason.split())[:200] or None)
+                self._settle(lambda: channel.send(nack.encode()))
             else:
-                self._settle(lambda: self.ack(message))
+                self._settle(lambda: channel.send_soon(p.Ack((message.id,)).encode()))
             finally:
                 slots.release()
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bbmq-handler") as pool:
-            channel = self.channel
             reserved = 0  # slots held for the open FETCH: one per message it may still bring
+            pause = 0.1
             while not stop.is_set():
-                if not reserved:
-                    if not slots.acquire(timeout=0.2):
-                        continue
-                    reserved = 1
-                    while reserved < self.prefetch and slots.acquire(blocking=False):
-                        reserved += 1
-                    # A long poll for as many as there are free slots: it ends as soon as
-                    # it brought what was ready, so a trickle is never held back.
-                    channel.send(p.Fetch(reserved, 200).encode())
-                frame = channel.read(1.0)
+                try:
+                    channel = self.channel
+                    if not reserved:
+                        if not slots.acquire(timeout=0.2):
+                            continue
+                        reserved = 1
+                        while reserved < self.prefetch and slots.acquire(blocking=False):
+                            reserved += 1
+                        # A long poll for as many as there are free slots: it ends as soon
+                        # as it brought what was ready, so a trickle is never held back.
+                        channel.send(p.Fetch(reserved, 200).encode())
+                    frame = channel.read(1.0)
+                    if isinstance(frame, p.Error) and frame.code in _RECONNECT:
+                        channel.close()
+                        raise ConnectionLost(f"the broker closed the connection: {frame.text}")
+                except ConnectionLost as error:
+                    for _ in range(reserved):
+                        slots.release()
+                    reserved = 0
+                    self._channel = None
+                    log.warning("consumer of %s/%s: %s; reconnecting in %.1f s",
+                                self.topic, self.group, error, pause)
+                    stop.wait(pause)
+                    pause = min(max_backoff, pause * 2)
+                    continue
+                pause = 0.1
                 if frame is None:
                     continue
                 if isinstance(frame, p.QueueEmpty):
@@ -605,7 +632,8 @@ class Consumer(_Client):
                     reserved = 0
                 elif isinstance(frame, p.Message):
                     reserved -= 1  # this message takes one of the request's slots
-                    pool.submit(process, Message(frame.id, frame.body, frame.attempt, frame.meta))
+                    pool.submit(process, Message(frame.id, frame.body, frame.attempt, frame.meta),
+                                channel)
                 else:
                     self._unexpected(frame)
 

@@ -176,8 +176,8 @@ class Group:
 
     topic: str
     name: str
-    #: First deliveries in id order.
-    fresh: deque[tuple[Message, int]] = field(default_factory=deque)
+    #: First deliveries in id order (attempts 0, so no tuple: it saves 64 B per message).
+    fresh: deque[Message] = field(default_factory=deque)
     #: Redeliveries, a heap by id: they go ahead of newer messages.
     retry: list[tuple[int, Message, int]] = field(default_factory=list)
     #: Deferred messages, a heap by due time.
@@ -199,12 +199,12 @@ class Group:
         if self.retry:
             _, message, attempts = heapq.heappop(self.retry)
             return message, attempts
-        return self.fresh.popleft()
+        return self.fresh.popleft(), 0
 
     def entries(self) -> Iterator[tuple[Message, int]]:
         """Everything queued (ready first, in delivery order, then delayed), without changing it."""
         yield from ((m, a) for _, m, a in sorted(self.retry, key=lambda e: e[0]))
-        yield from self.fresh
+        yield from ((m, 0) for m in self.fresh)
         yield from ((m, a) for _, _, m, a in sorted(self.delayed, key=lambda e: e[:2]))
 
 
@@ -427,7 +427,7 @@ class Broker:
                 if self._out_of_attempts(group, attempts):  # its last delivery was cut short
                     exhausted.append((group, attempts))
                 else:
-                    self._enqueue(group, message, attempts, now_ms, fresh=attempts == 0)
+                    self._enqueue(group, message, attempts, now_ms)
             for group, attempts in exhausted:  # once every group holds its reference
                 self._dead_letter(group, message, attempts, "unacked when the broker stopped",
                                   now_ms)
@@ -653,11 +653,14 @@ class Broker:
         }
 
     def purge(self, topic_name: str, group_name: str | None, now_ms: int) -> int:
-        """Drop queued (not in-flight) messages of one group, or of every group and the backlog."""
+        """Drop queued (not in-flight) messages of one group, or of every group and the backlog.
+
+        Returns how many distinct messages were dropped from at least one queue.
+        """
         topic = self.topics[topic_name]
         groups = ([self._param_group(topic, {"group": group_name})] if group_name
                   else list(topic.groups.values()))
-        purged = 0
+        purged: set[int] = set()
         for group in groups:
             entries = list(group.entries())
             group.fresh.clear()
@@ -665,14 +668,14 @@ class Broker:
             group.delayed.clear()
             for message, _ in entries:
                 self._finish(group, message, now_ms)
-            purged += len(entries)
+                purged.add(message.id)
         if not group_name:
-            purged += len(topic.backlog)
             for message in topic.backlog:
+                purged.add(message.id)
                 self._batch.done.append(message.id)
                 self.queued_bytes -= len(message.body)
             topic.backlog.clear()
-        return purged
+        return len(purged)
 
     def delete_group(self, topic_name: str, group_name: str, now_ms: int) -> None:
         """Remove a group with everything it owes; its consumers are disconnected."""
@@ -736,7 +739,7 @@ class Broker:
             message = topic.backlog.popleft()
             message.refs += 1
             group.counters.published += 1
-            self._enqueue(group, message, 0, now_ms, fresh=True)
+            self._enqueue(group, message, 0, now_ms)
         return group
 
     def _accept(self, new: NewMessage, message_id: int, now_ms: int) -> Topic:
@@ -758,16 +761,16 @@ class Broker:
         for group in groups:
             message.refs += 1
             group.counters.published += 1
-            self._enqueue(group, message, 0, now_ms, fresh=True)
+            self._enqueue(group, message, 0, now_ms)
         return topic
 
-    def _enqueue(self, group: Group, message: Message, attempts: int, now_ms: int, *,
-                 fresh: bool) -> None:
+    def _enqueue(self, group: Group, message: Message, attempts: int, now_ms: int) -> None:
+        """Queue a message for a group: a first delivery if it never had one, else a retry."""
         if message.deliver_at_ms > now_ms:
             heapq.heappush(group.delayed, (message.deliver_at_ms, message.id, message, attempts))
             self._schedule(message.deliver_at_ms, TimerKind.DELAYED, group)
-        elif fresh:
-            group.fresh.append((message, attempts))
+        elif not attempts:
+            group.fresh.append(message)
         else:
             heapq.heappush(group.retry, (message.id, message, attempts))
 

@@ -317,18 +317,16 @@ class BrokerServer:
                 "connections": len(self.connections), "store_available": self.worker.available}
 
 
-def tune_garbage_collector() -> None:
+def collect_rarely() -> None:
     """Make the cyclic GC cheap for a process that holds many long-lived small objects.
 
     Queued messages, leases and msgid records live for seconds to hours, and
     with CPython's default thresholds (a collection every 700 allocations) the
     GC keeps re-scanning them: about a third of the broker's time under load.
-    What recovery loaded is frozen out of the GC's sight, and collections run
-    a hundred times less often; the broker makes few reference cycles, and the
-    ones it makes (a closed session and its leases) are still collected.
+    Collections run a hundred times less often; the broker makes few reference
+    cycles, and the ones it makes (a closed session and its leases) are still
+    collected.
     """
-    gc.collect()
-    gc.freeze()
     gc.set_threshold(70_000, 20, 20)
 
 
@@ -339,8 +337,10 @@ async def serve(config: Config, ready: asyncio.Future[BrokerServer] | None = Non
     WatchedFileHandler, as the daemon's does.
     """
     server = BrokerServer(config)
+    collect_rarely()  # before recovery too: it allocates a million objects in seconds
     await server.start()
-    tune_garbage_collector()
+    gc.collect()
+    gc.freeze()  # what recovery loaded stays out of the collector's sight
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -14,7 +14,7 @@ import pytest
 from bbmq import BrokerError, ConnectionLost, Consumer, InvalidArgument, Producer, PublishError
 from bbmq import protocol as p
 from bbmq.protocol import ErrorCode
-from bbmq.testing import BrokerController
+from bbmq.testing import BrokerController, BrokerProcess
 
 from .conftest import RawClient, wait_for
 
@@ -284,6 +284,29 @@ def test_a_refused_publish_leaves_the_producer_in_step(broker: BrokerController)
             (refused.value.ids[0], b"before"), (refused.value.ids[2], b"after"), (next_id, b"next")]
     with pytest.raises(InvalidArgument):
         Consumer("step", "bad group")
+
+
+def test_consumer_run_reconnects_when_the_broker_restarts(tmp_path: Path) -> None:
+    done: list[bytes] = []
+    stop = threading.Event()
+    with BrokerProcess(tmp_path / "data") as broker:
+        consumer = Consumer("steady", port=broker.port)
+        runner = threading.Thread(target=consumer.run, args=(lambda m: done.append(m.body),),
+                                  kwargs={"stop": stop}, daemon=True)
+        runner.start()
+        with Producer("steady", port=broker.port) as producer:
+            producer.publish(b"before")
+        wait_for(lambda: done == [b"before"], timeout=10)
+        assert broker.stop() == 0
+        broker.start()
+        with Producer("steady", port=broker.port) as producer:
+            producer.publish(b"after")
+        wait_for(lambda: b"after" in done, timeout=20)
+        assert set(done) == {b"before", b"after"}  # "before" twice if its ack met the stop
+        stop.set()
+        runner.join(10)
+        assert not runner.is_alive()
+        consumer.close()
 
 
 def _script(name: str, *args: str, port: int, stdin: str = "") -> subprocess.CompletedProcess[str]:
