@@ -320,6 +320,9 @@ def _dead_letters(consumer: Consumer, limit: int, timeout: float) -> Iterator[li
 def _dlq_purge(args: argparse.Namespace) -> int:
     dlq = args.topic + DLQ_SUFFIX
     with _connect(args) as admin:
+        if dlq not in admin.topics():
+            print(f"nothing to purge: {args.topic} has no dead letters (no topic {dlq})")
+            return 0
         purged = admin.purge(dlq)
     print(f"purged {purged} dead letters from {dlq}")
     return 0

@@ -103,6 +103,7 @@ CLIENT_EXAMPLES: list[p.TypedFrame] = [
     p.Publish(b"x", delay_ms=1500),
     p.Publish(b"x", ttl_ms=60_000),
     p.Publish(b"TAIL\r\nHEAD PUBLISH 0\r\n", "id-1", 5, 7),
+    p.Publish(b"x", msgid="r-1", group="billing"),
     p.Publish(BINARY),
     p.Fetch(),
     p.Fetch(5),
@@ -176,6 +177,23 @@ def test_parse_defaults() -> None:
     assert p.parse(Frame("CLIENT_PUBLISHER", ("t",))) == p.ClientPublisher("t", {})
     assert p.parse(Frame("PUBLISH", ("delay=0",), b"x")) == p.Publish(b"x")
     assert p.parse(Frame("PUBLISH", ("msgid=a", "msgid=b"), b"")) == p.Publish(b"", "b")  # last
+
+
+def test_numbers_past_their_bounds_and_bad_group_names_are_refused() -> None:
+    too_long = str(p.MAX_DURATION_MS + 1)
+    for frame in (Frame("PUBLISH", (f"delay={too_long}",), b"x"),
+                  Frame("PUBLISH", (f"ttl={too_long}",), b"x"),
+                  Frame("FETCH", ("1", too_long)), Frame("NACK", ("1", f"delay={too_long}")),
+                  Frame("ACK", ("9" * 20,)), Frame("PING", ("x",)),
+                  Frame("CLIENT_SHUTDOWN_SIGNAL", ("a=b",))):
+        with pytest.raises(ProtocolError) as refused:
+            p.parse(frame)
+        assert refused.value.code is ErrorCode.INVALID_PROTOCOL and not refused.value.fatal
+    with pytest.raises(ProtocolError) as bad_name:
+        p.parse(Frame("PUBLISH", ("group=no spaces",), b"x"))
+    assert bad_name.value.code is ErrorCode.BAD_NAME
+    assert p.parse(Frame("PUBLISH", (f"delay={p.MAX_DURATION_MS}",), b"x")) == p.Publish(
+        b"x", delay_ms=p.MAX_DURATION_MS)
 
 
 def test_message_keeps_unknown_meta_keys_in_order() -> None:
