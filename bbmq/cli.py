@@ -8,6 +8,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
 
 from bbmq import config as settings
@@ -22,8 +23,16 @@ from bbmq.client import (
     default_address,
     ping,
 )
-from bbmq.daemon import AlreadyRunning, PidFile, add_server_commands, load_config
+from bbmq.daemon import (
+    AlreadyRunning,
+    PidFile,
+    add_server_commands,
+    describe_failure,
+    load_config,
+)
+from bbmq.protocol import ErrorCode
 from bbmq.server import serve
+from bbmq.store import SchemaVersionError, StoreUnavailable
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -38,15 +47,16 @@ def _run(args: argparse.Namespace) -> int:
     try:
         config.pid_path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         with PidFile(config.pid_path):
-            asyncio.run(serve(config))
+            clean = asyncio.run(serve(config))
     except AlreadyRunning as error:
         print(f"bbmq: {error}, or give another --data-dir or --pid-file", file=sys.stderr)
         return 1
-    except OSError as error:
-        print(f"bbmq: cannot start: {error}; is another broker on "
-              f"{config.host}:{config.port}? choose another --port", file=sys.stderr)
+    except (OSError, ValueError, StoreUnavailable, SchemaVersionError) as error:
+        # What stops a start is said in one line (the cause, what to do), not a traceback.
+        logging.getLogger("bbmq").debug("start failed", exc_info=True)
+        print(f"bbmq: could not start: {describe_failure(error, config)}", file=sys.stderr)
         return 1
-    return 0
+    return 0 if clean else 1
 
 
 def _read_lines(fd: int) -> Iterator[list[bytes]]:
@@ -77,31 +87,56 @@ def _publish(args: argparse.Namespace) -> int:
 
 
 def _consume(args: argparse.Namespace) -> int:
-    prefetch = min(args.prefetch, args.count) if args.count else args.prefetch
+    """Print and ack messages; once connected, come back when the broker restarts."""
     received = 0
-    with Consumer(args.topic, args.group, prefetch=prefetch,
-                  **client_options(args)) as consumer:
-        if args.timeout is None:
-            messages: Iterable[Message | None] = consumer
-        else:
-            messages = iter(lambda: consumer.fetch(args.timeout), None)
-        for message in messages:
-            assert message is not None
-            if args.verbose:
-                meta = " ".join(f"{k}={v}" for k, v in message.meta.items())
-                print(f"id={message.id} attempt={message.attempt} {meta}", flush=True)
-            sys.stdout.buffer.write(message.body + b"\n")
-            sys.stdout.flush()
-            consumer.ack(message)
-            received += 1
-            if args.count and received >= args.count:
-                break
-    return 0
+    pause = 0.1
+    connected = False  # not reaching the broker at all is an error to report, not to retry
+    while True:
+        wanted = args.count - received if args.count else 0
+        consumer = Consumer(args.topic, args.group, prefetch=min(args.prefetch, wanted)
+                            if wanted else args.prefetch, **client_options(args))
+        try:
+            consumer.connect()
+            connected = True
+            for _ in _print_messages(consumer, args):
+                received += 1
+                if args.count and received >= args.count:
+                    return 0
+            return 0  # --timeout passed without a message
+        except BrokerError as error:
+            if not connected or error.code not in _CONSUMER_COMES_BACK:
+                raise
+            print(f"bbmq: {error.text}; reconnecting in {pause:.1f} s", file=sys.stderr)
+        finally:
+            consumer.close()
+        time.sleep(pause)  # back off while the broker restarts
+        pause = min(5.0, pause * 2)
+
+
+_CONSUMER_COMES_BACK = frozenset({"CONNECTION_LOST", ErrorCode.SERVER_CLOSING, ErrorCode.TIMEOUT})
+
+
+def _print_messages(consumer: Consumer, args: argparse.Namespace) -> Iterator[Message]:
+    """Print and ack each message as it comes (after --timeout seconds without one, stop)."""
+    if args.timeout is None:
+        messages: Iterable[Message | None] = consumer
+    else:
+        messages = iter(lambda: consumer.fetch(args.timeout), None)
+    for message in messages:
+        assert message is not None
+        if args.verbose:
+            meta = " ".join(f"{k}={v}" for k, v in message.meta.items())
+            print(f"id={message.id} attempt={message.attempt} {meta}", flush=True)
+        sys.stdout.buffer.write(message.body + b"\n")
+        sys.stdout.flush()
+        consumer.ack(message)
+        yield message
 
 
 def _ping(args: argparse.Namespace) -> int:
     try:
-        rtt = ping(args.host, args.port, timeout=args.timeout)
+        rtt = ping(args.host, args.port, timeout=args.timeout, tls=args.tls,
+                   ca_file=args.ca_file)
     except BrokerError as error:
         print(f"bbmq: no answer: {error.text}", file=sys.stderr)
         return 1
@@ -173,3 +208,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader went away ('| head'): say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

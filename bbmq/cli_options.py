@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -28,9 +29,11 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"broker port (env BBMQ_PORT, default {DEFAULT_PORT})")
     parser.add_argument("--token", default=None,
                         help="authentication token, when the broker requires one (env BBMQ_TOKEN)")
-    parser.add_argument("--tls", action="store_true", help="connect with TLS")
-    parser.add_argument("--ca-file", default=None,
-                        help="CA certificate to verify the broker (with --tls)")
+    parser.add_argument("--tls", action="store_true",
+                        default=os.environ.get("BBMQ_TLS", "").lower() in ("1", "true", "yes"),
+                        help="connect with TLS (env BBMQ_TLS=1)")
+    parser.add_argument("--ca-file", default=os.environ.get("BBMQ_CA_FILE"),
+                        help="CA certificate to verify the broker (with --tls; env BBMQ_CA_FILE)")
     parser.add_argument("--name", default=None, help="this client's name, shown to consumers")
 
 

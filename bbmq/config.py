@@ -1,8 +1,9 @@
 """Every server setting, its default and where its value came from, defined once.
 
 A setting's value comes from, in order of precedence: a command-line flag,
-a ``BBMQ_<NAME>`` environment variable, the TOML file given by ``--config``
-(keys as the setting names, e.g. ``ack_timeout = 30``), then the default.
+a ``BBMQ_<NAME>`` environment variable (an empty one counts as unset), the
+TOML file given by ``--config`` (keys as the setting names, e.g.
+``ack_timeout = 30``), then the default.
 The CLI builds its flags from :data:`SETTINGS`, so a new setting is one line
 here and nothing else.
 """
@@ -16,9 +17,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
 from bbmq.auth import Authorizer
+from bbmq.store.mysql import redact_url
 
 MIB: Final = 1024 * 1024
 #: Every log line: time, level, logger (bbmq.server, bbmq.store ...), message.
@@ -80,6 +81,9 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("data_dir", "bbmq-data", str, "directory for the SQLite store, pidfile and log"),
     Setting("store", "", str, "sqlite (default, in the data dir), sqlite:///path.db, "
             "mysql://user:pass@host:3306/db, or memory:// (not durable)", secret=True),
+    Setting("store_password", None, _optional_str,
+            "password for a mysql:// store, as is (no URL encoding); overrides one in --store",
+            secret=True),
     Setting("max_message_size", MIB, _positive_int, "largest message body in bytes"),
     Setting("ack_timeout", 30.0, _non_negative_float,
             "seconds a delivered message may stay unacked before it is redelivered"),
@@ -153,14 +157,10 @@ class Config:
 def mask(name: str, value: Any) -> str:
     """A secret setting as it may be shown: URL passwords and tokens replaced by ***."""
     text = "" if value is None else str(value)
-    if name == "store" and "@" in text:
-        parts = urlsplit(text)
-        if parts.password is not None:
-            netloc = f"{parts.username}:***@{parts.hostname}"
-            if parts.port:
-                netloc += f":{parts.port}"
-            return urlunsplit(parts._replace(netloc=netloc))
-        return text
+    if name == "store":
+        return redact_url(text)
+    if name == "store_password" and text:
+        return "***"
     if name == "auth_tokens" and text:
         return ",".join("***" + entry[entry.find(":"):] for entry in text.split(","))
     return text
@@ -202,7 +202,7 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
         raw: Any
         if flags.get(setting.name) is not None:
             raw, source = flags[setting.name], "flag " + setting.flag
-        elif setting.env in environ:
+        elif environ.get(setting.env):  # set but empty counts as unset (compose's ${X:-})
             raw, source = environ[setting.env], "env " + setting.env
         elif setting.name in file_values:
             raw, source = file_values[setting.name], f"file {config_file}"

@@ -365,17 +365,17 @@ def _run_broker(config: settings.Config, report: StartupReport) -> int:
              ", ".join(f"{name}={value} ({source})" for name, value, source in config.describe()
                        if source != "default"))
     try:
-        asyncio.run(_serve_and_report(config, report))
+        clean = asyncio.run(_serve_and_report(config, report))
     except BaseException as error:
         report.fail(describe_failure(error, config))
         log.error("stopped on an error: %s", describe_failure(error, config),
                   exc_info=not isinstance(error, SystemExit))
         return 1
     log.info("daemon pid %d exited", os.getpid())
-    return 0
+    return 0 if clean else 1
 
 
-async def _serve_and_report(config: settings.Config, report: StartupReport) -> None:
+async def _serve_and_report(config: settings.Config, report: StartupReport) -> bool:
     ready: asyncio.Future[BrokerServer] = asyncio.get_running_loop().create_future()
     serving = asyncio.ensure_future(serve(config, ready))
     either: list[asyncio.Future[Any]] = [serving, ready]
@@ -383,7 +383,7 @@ async def _serve_and_report(config: settings.Config, report: StartupReport) -> N
     if ready.done():
         host, port = ready.result().address
         report.ready(f"{os.getpid()} {host}:{port}")
-    await serving
+    return await serving
 
 
 def describe_failure(error: BaseException, config: settings.Config) -> str:

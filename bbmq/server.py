@@ -169,7 +169,8 @@ class BrokerServer:
         ))
         self.store = open_store(config.store, config.data_path,
                                 retention_ms=int(config.retention * 1000),
-                                dedup_window_ms=int(config.dedup_window * 1000))
+                                dedup_window_ms=int(config.dedup_window * 1000),
+                                password=config.store_password)
         self.broker.status_provider = self.status
         self.connections: dict[int, Connection] = {}
         self._ids = itertools.count(1)
@@ -284,8 +285,11 @@ class BrokerServer:
         self.broker.store_failed(publishes, reason)
         self.flush()
 
-    async def stop(self, grace: float = 10.0) -> None:
-        """Stop accepting, let stored work finish, say goodbye to clients, close the store."""
+    async def stop(self, grace: float = 10.0) -> bool:
+        """Stop accepting, let stored work finish, say goodbye to clients, close the store.
+
+        Returns False if the store thread did not finish its writes within ``grace``.
+        """
         log.info("shutting down: %d connections", len(self.connections))
         if self._server is not None:
             self._server.close()
@@ -307,8 +311,10 @@ class BrokerServer:
             self._timer.cancel()
         stopped = await asyncio.get_running_loop().run_in_executor(None, worker.stop, grace)
         if not stopped:
-            log.error("store thread did not finish within %.0f s", grace)
+            log.error("store thread did not finish within %.0f s: writes not yet committed "
+                      "(acks, deliveries) are lost and those messages will be redelivered", grace)
         log.info("stopped")
+        return stopped
 
     def status(self) -> dict[str, Any]:
         host, port = self.address
@@ -330,11 +336,11 @@ def collect_rarely() -> None:
     gc.set_threshold(70_000, 20, 20)
 
 
-async def serve(config: Config, ready: asyncio.Future[BrokerServer] | None = None) -> None:
-    """Run a broker until SIGTERM/SIGINT, then drain and return.
+async def serve(config: Config, ready: asyncio.Future[BrokerServer] | None = None) -> bool:
+    """Run a broker until SIGTERM/SIGINT, then drain; True if the drain finished cleanly.
 
     SIGHUP reopens log files (after logrotate) when logging goes to a
-    WatchedFileHandler, as the daemon's does.
+    WatchedFileHandler, as the daemon's does; otherwise it is only logged.
     """
     server = BrokerServer(config)
     collect_rarely()  # before recovery too: it allocates a million objects in seconds
@@ -353,8 +359,8 @@ async def serve(config: Config, ready: asyncio.Future[BrokerServer] | None = Non
             handler.reopenIfNeeded()
         log.info("SIGHUP: log file reopened")
 
-    if log_files:
-        loop.add_signal_handler(signal.SIGHUP, reopen_log_files)
+    loop.add_signal_handler(signal.SIGHUP, reopen_log_files if log_files else lambda: log.info(
+        "SIGHUP: no log file to reopen (logging to stderr)"))
     metrics: asyncio.Server | None = None
     try:
         if config.metrics_port:
@@ -367,7 +373,8 @@ async def serve(config: Config, ready: asyncio.Future[BrokerServer] | None = Non
     finally:
         if metrics is not None:
             metrics.close()
-        await server.stop()
+        clean = await server.stop()
+    return clean
 
 
 if __name__ == "__main__":  # the seed's 'python -m bbmq.server start' still works

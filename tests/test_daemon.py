@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from bbmq import config as settings
 from bbmq.client import BrokerError, Consumer, Producer
 
 from .broker_process import answers_ping, free_port, process_alive, run_bbmq, wait_for
@@ -269,6 +270,22 @@ def test_config_precedence_flag_env_file_default(tmp_path: Path) -> None:
     assert "hunter2" not in table.stdout
     assert any(line.split() == ["port", "2222", "env", "BBMQ_PORT"]
                for line in table.stdout.splitlines())
+
+
+def test_secrets_are_masked_whatever_they_hold_and_an_empty_env_is_unset(
+        tmp_path: Path) -> None:
+    config_file = tmp_path / "bbmq.toml"
+    config_file.write_text('auth_tokens = "s3cret:admin:*"\n')
+    # Compose passes "${BBMQ_AUTH_TOKENS:-}" as an empty string: that must not switch off
+    # the tokens of the file.
+    config = settings.load({"store": "mysql://bbmq:pa#ss/w?rd@db:3306/bbmq",
+                            "store_password": "p@ss:/#?"},
+                           environ={"BBMQ_AUTH_TOKENS": ""}, config_file=config_file)
+    shown = {name: value for name, value, _ in config.describe()}
+    assert shown["store"] == "mysql://bbmq:***@db:3306/bbmq"
+    assert shown["store_password"] == "***"
+    assert shown["auth_tokens"] == "***:admin:*"
+    assert config.sources["auth_tokens"] == f"file {config_file}"
 
 
 def test_restart_keeps_the_messages(daemon: Daemon) -> None:

@@ -37,7 +37,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
 
@@ -374,9 +374,11 @@ def test_compose_and_dockerfile_agree() -> None:
     assert store.scheme == "mysql" and store.hostname == MYSQL_SERVICE
     assert broker["depends_on"][MYSQL_SERVICE]["condition"] == "service_healthy"
     mysql_env = service_environment(compose["services"][MYSQL_SERVICE])
-    assert (store.username, store.password, store.path.lstrip("/")) == (
+    # The password travels as is, beside the URL: the mysql image takes it raw too.
+    assert store.password is None, "the password belongs in BBMQ_STORE_PASSWORD, unencoded"
+    assert (store.username, environment["BBMQ_STORE_PASSWORD"], store.path.lstrip("/")) == (
         mysql_env["MYSQL_USER"], mysql_env["MYSQL_PASSWORD"], mysql_env["MYSQL_DATABASE"]
-    ), "BBMQ_STORE does not use the credentials the mysql service creates"
+    ), "the broker does not use the credentials the mysql service creates"
 
     for name in ("producer", "consumer"):
         tool = compose["services"][name]
@@ -539,6 +541,7 @@ def test_compose_broker_command_runs_here(tmp_path: Path, local_database: str) -
     # free on this machine). BBMQ_HOST=0.0.0.0 and the rest stay as they are.
     container_env = container_environment(broker_service, image)
     container_env["BBMQ_STORE"] = _local_store(container_env["BBMQ_STORE"], local_database)
+    container_env["BBMQ_STORE_PASSWORD"] = unquote(urlsplit(local_database).password or "")
     assert container_env["BBMQ_DATA_DIR"] in image.volumes
     container_env["BBMQ_DATA_DIR"] = str(tmp_path / "data")
     port = _free_port()

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import ssl
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,12 @@ def test_tls_end_to_end(tmp_path: Path, authority: trustme.CA) -> None:
         plain.send(p.Ping())
         assert plain.closed_by_server()
         plain.close()
+        # The command line too, flags or environment (the image's healthcheck is 'bbmq ping').
+        by_flag = subprocess.run([sys.executable, "-m", "bbmq", "ping", "--port", str(broker.port),
+                                  "--tls", "--ca-file", str(ca_file)],
+                                 capture_output=True, text=True, timeout=30, check=False)
+        assert by_flag.returncode == 0 and "PONG" in by_flag.stdout, by_flag.stderr
+        by_env = subprocess.run([sys.executable, "-m", "bbmq", "ping", "--port", str(broker.port)],
+                                env={**os.environ, "BBMQ_TLS": "1", "BBMQ_CA_FILE": str(ca_file)},
+                                capture_output=True, text=True, timeout=30, check=False)
+        assert by_env.returncode == 0 and "PONG" in by_env.stdout, by_env.stderr

@@ -332,6 +332,29 @@ def test_producer_and_consumer_scripts_as_a_user_would(broker: BrokerController)
     assert again.returncode == 0 and again.stdout == ""  # all three were acked
 
 
+def test_consumer_script_keeps_going_across_a_broker_restart(tmp_path: Path) -> None:
+    out = tmp_path / "consumed.txt"
+    with BrokerProcess(tmp_path / "data") as broker, out.open("wb") as sink:
+        with Producer("restarts", port=broker.port) as producer:
+            producer.publish(b"one")
+        consumer = subprocess.Popen(
+            [sys.executable, str(REPO / "consumer.py"), "restarts", "-n", "2"], cwd=REPO,
+            env={**os.environ, "BBMQ_PORT": str(broker.port)}, stdout=sink,
+            stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: out.read_bytes() == b"one\n", timeout=20)
+            assert broker.stop() == 0
+            broker.start()
+            with Producer("restarts", port=broker.port) as producer:
+                producer.publish(b"two")
+            _, stderr = consumer.communicate(timeout=60)
+        finally:
+            consumer.kill()
+        assert consumer.returncode == 0, stderr
+        assert out.read_bytes().splitlines()[-1] == b"two"
+        assert b"reconnecting" in stderr
+
+
 def test_scripts_explain_an_unreachable_broker() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

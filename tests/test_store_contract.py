@@ -18,6 +18,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -596,6 +597,33 @@ def test_open_store_decodes_mysql_credentials(tmp_path: Path) -> None:
     store = open_store("mysql://b%20ob:s%40cret:x@db:3307/bbmq?table_prefix=x_", tmp_path)
     assert isinstance(store, MySQLStore)
     assert (store.params.user, store.params.password, store.prefix) == ("b ob", "s@cret:x", "x_")
+    raw = open_store("mysql://bbmq@db/bbmq", tmp_path, password="p@ss:/#?%40")
+    assert isinstance(raw, MySQLStore) and raw.params.password == "p@ss:/#?%40"  # as given
+
+
+@pytest.mark.mysql
+def test_a_store_password_with_url_characters_logs_in_as_given(tmp_path: Path) -> None:
+    """--store-password reaches MySQL unencoded: a password full of URL syntax works."""
+    server = urlsplit(require_mysql())
+    user, password = f"bbmq_pw_{uuid.uuid4().hex[:8]}", "p@ss:/#?%40 x"
+    admin = connect(require_mysql())
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute("CREATE USER %s@'%%' IDENTIFIED BY %s", (user, password))
+            cursor.execute(f"GRANT ALL ON `{server.path.lstrip('/')}`.* TO %s@'%%'", (user,))
+        url = f"mysql://{user}@{server.hostname}:{server.port or 3306}{server.path}" \
+              f"?table_prefix={unique_table_prefix()}"
+        store = open_store(url, tmp_path, password=password)
+        store.open()
+        try:
+            assert publish(store, msg(body=b"logged in"))
+        finally:
+            store.close()
+            drop_tables(require_mysql(), parse_qs(urlsplit(url).query)["table_prefix"][0])
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute("DROP USER IF EXISTS %s@'%%'", (user,))
+        admin.close()
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ within seconds rather than a hang.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -68,7 +68,8 @@ def parse_mysql_url(url: str) -> MySQLParams:
     try:
         port = parts.port or DEFAULT_PORT
     except ValueError:
-        raise ValueError(f"bad port in MySQL URL {redact_url(url)!r}") from None
+        raise ValueError(f"bad port in MySQL URL {redact_url(url)!r} (a password with / # ? "
+                         "must be percent-encoded, or given with --store-password)") from None
     database = unquote(parts.path.lstrip("/"))
     if parts.scheme != "mysql" or not parts.hostname or not parts.username or not database:
         raise ValueError(
@@ -112,8 +113,11 @@ class MySQLStore(SQLStore):
         table_prefix: str | None = None,
         connect_timeout_s: float = 5.0,
         io_timeout_s: float = 30.0,
+        password: str | None = None,
     ) -> None:
         self.params = parse_mysql_url(url)
+        if password is not None:
+            self.params = replace(self.params, password=password)
         self.connect_timeout_s = connect_timeout_s
         self.io_timeout_s = io_timeout_s
         super().__init__(
