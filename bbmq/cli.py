@@ -36,6 +36,17 @@ from bbmq.store import SchemaVersionError, StoreUnavailable
 
 
 def _run(args: argparse.Namespace) -> int:
+    code = _run_broker(args)
+    # Leave without the interpreter's finalization, as the daemon does: a store thread
+    # still stuck in a database that never answered (a start given up on SIGTERM, a drain
+    # that timed out) can crash CPython's teardown. Everything of ours is closed by now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _run_broker(args: argparse.Namespace) -> int:
     config = load_config(args)
     to_file = config.sources["log_file"] != "default"  # the foreground logs to stderr
     handler: logging.Handler = (logging.handlers.WatchedFileHandler(config.log_path)

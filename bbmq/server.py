@@ -10,6 +10,7 @@ the store its work.  Flow control uses asyncio's own write-buffer limits:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import ipaddress
 import itertools
@@ -199,7 +200,8 @@ class BrokerServer:
             log.warning("store is memory://: messages are NOT durable and are lost on restart")
         self._worker = StoreWorker(self.store, loop.call_soon_threadsafe, self._stored,
                                    self._store_failed, max_batch=self.config.max_batch)
-        await asyncio.wrap_future(loop.run_in_executor(None, self._worker.start))
+        log.info("opening store %s", self.store.description)
+        await asyncio.wrap_future(self._worker.start())
         log.info("store %s opened", self.store.description)
         try:
             await self._recover()
@@ -343,12 +345,10 @@ async def serve(config: Config, ready: asyncio.Future[BrokerServer] | None = Non
     WatchedFileHandler, as the daemon's does; otherwise it is only logged.
     """
     server = BrokerServer(config)
-    collect_rarely()  # before recovery too: it allocates a million objects in seconds
-    await server.start()
-    gc.collect()
-    gc.freeze()  # what recovery loaded stays out of the collector's sight
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    # From the first moment: a SIGTERM during a long recovery (or a hung database) ends
+    # the start instead of being ignored (as PID 1 in a container would) or killing us.
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     log_files = [handler for handler in logging.getLogger().handlers
@@ -361,6 +361,20 @@ async def serve(config: Config, ready: asyncio.Future[BrokerServer] | None = Non
 
     loop.add_signal_handler(signal.SIGHUP, reopen_log_files if log_files else lambda: log.info(
         "SIGHUP: no log file to reopen (logging to stderr)"))
+    collect_rarely()  # before recovery too: it allocates a million objects in seconds
+    starting = asyncio.ensure_future(server.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        log.info("stop requested while starting: the start is abandoned, nothing was served")
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting  # closes the store it may have opened
+        return True
+    stopping.cancel()
+    starting.result()  # the start's own error, if it failed
+    gc.collect()
+    gc.freeze()  # what recovery loaded stays out of the collector's sight
     metrics: asyncio.Server | None = None
     try:
         if config.metrics_port:

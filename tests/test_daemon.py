@@ -22,7 +22,14 @@ import pytest
 from bbmq import config as settings
 from bbmq.client import BrokerError, Consumer, Producer
 
-from .broker_process import answers_ping, free_port, process_alive, run_bbmq, wait_for
+from .broker_process import (
+    answers_ping,
+    bbmq_env,
+    free_port,
+    process_alive,
+    run_bbmq,
+    wait_for,
+)
 
 
 @dataclass
@@ -286,6 +293,28 @@ def test_secrets_are_masked_whatever_they_hold_and_an_empty_env_is_unset(
     assert shown["store_password"] == "***"
     assert shown["auth_tokens"] == "***:admin:*"
     assert config.sources["auth_tokens"] == f"file {config_file}"
+
+
+def test_sigterm_while_the_store_hangs_ends_the_start_at_once(tmp_path: Path) -> None:
+    """A database that accepts the connection and never answers: SIGTERM must not wait
+    for its 30 s timeout, nor be ignored (as it would be by PID 1 in a container)."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # completes TCP handshakes, never says a word
+        store = f"mysql://bbmq@127.0.0.1:{silent.getsockname()[1]}/bbmq"
+        log = tmp_path / "broker.log"
+        with log.open("wb") as sink:
+            broker = subprocess.Popen(
+                [sys.executable, "-m", "bbmq", "server", "run", "--port", str(free_port()),
+                 "--data-dir", str(tmp_path / "data"), "--store", store],
+                env=bbmq_env(), stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: b"opening store" in log.read_bytes(), "the start")
+            broker.send_signal(signal.SIGTERM)
+            assert broker.wait(timeout=10) == 0, log.read_text()
+        finally:
+            broker.kill()
+    assert "stop requested while starting" in log.read_text()
 
 
 def test_restart_keeps_the_messages(daemon: Daemon) -> None:

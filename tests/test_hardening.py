@@ -364,7 +364,7 @@ def test_the_store_thread_outlives_a_batch_the_database_refuses(tmp_path: Path) 
 
     worker = StoreWorker(RefusesOneBatch(tmp_path / "s.sqlite3"),
                          lambda fn, *args: fn(*args), on_stored, on_failed)
-    worker.start()
+    worker.start().result(10)
     try:
         worker.submit([publish(b"poison")], Batch())
         with done:

@@ -56,10 +56,14 @@ class StoreWorker:
         #: Seconds each successful commit took, for metrics (set by the server).
         self.observe_commit: Callable[[float], None] = lambda seconds: None
 
-    def start(self) -> None:
-        """Open the store on the worker thread; raises what ``open`` raised."""
+    def start(self) -> concurrent.futures.Future[None]:
+        """Start the thread and open the store on it; the future holds what ``open`` raised.
+
+        Nothing here blocks, so a caller may stop waiting (a SIGTERM while a database
+        hangs) without a thread of its own stuck in the wait.
+        """
         self._thread.start()
-        self.call(self.store.open).result()
+        return self.call(self.store.open)
 
     def call(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
         """Run ``fn`` on the store thread (recovery, admin queries)."""
