@@ -426,6 +426,8 @@ class Broker:
                 message.refs += 1
                 if self._out_of_attempts(group, attempts):  # its last delivery was cut short
                     exhausted.append((group, attempts))
+                elif (due := rec.retry_at.get(name, 0)) > now_ms:  # a NACK delay still running
+                    self._delay(group, message, attempts, due)
                 else:
                     self._enqueue(group, message, attempts, now_ms)
             for group, attempts in exhausted:  # once every group holds its reference
@@ -767,12 +769,15 @@ class Broker:
     def _enqueue(self, group: Group, message: Message, attempts: int, now_ms: int) -> None:
         """Queue a message for a group: a first delivery if it never had one, else a retry."""
         if message.deliver_at_ms > now_ms:
-            heapq.heappush(group.delayed, (message.deliver_at_ms, message.id, message, attempts))
-            self._schedule(message.deliver_at_ms, TimerKind.DELAYED, group)
+            self._delay(group, message, attempts, message.deliver_at_ms)
         elif not attempts:
             group.fresh.append(message)
         else:
             heapq.heappush(group.retry, (message.id, message, attempts))
+
+    def _delay(self, group: Group, message: Message, attempts: int, due_ms: int) -> None:
+        heapq.heappush(group.delayed, (due_ms, message.id, message, attempts))
+        self._schedule(due_ms, TimerKind.DELAYED, group)
 
     def _promote_delayed(self, group: Group, now_ms: int) -> None:
         while group.delayed and group.delayed[0][0] <= now_ms:
@@ -796,8 +801,11 @@ class Broker:
         self._topic(group.topic).counters.redelivered += 1
         if delay_ms:
             due = now_ms + delay_ms
-            heapq.heappush(group.delayed, (due, message.id, message, lease.attempts))
-            self._schedule(due, TimerKind.DELAYED, group)
+            self._delay(group, message, lease.attempts, due)
+            # Stored, so that the delay outlives a restart (the next delivery clears it).
+            delivered_ms = lease.deadline_ms - self.config.ack_timeout_ms
+            self._batch.deliveries.append(DeliveryRecord(
+                message.id, group.name, lease.attempts, delivered_ms, retry_at_ms=due))
         else:
             heapq.heappush(group.retry, (message.id, message, lease.attempts))
 

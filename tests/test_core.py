@@ -354,6 +354,31 @@ def test_recover_rebuilds_queues_with_attempts() -> None:
     assert messages(h.take(late)) == [(9, 1, b"backlog")]
 
 
+def test_a_nack_delay_is_stored_and_honoured_after_recovery() -> None:
+    h = CoreHarness()
+    sub = h.subscriber("t")
+    pub = h.publisher("t")
+    [mid] = h.publish(pub, b"later")
+    h.send(sub, p.Fetch(1))
+    h.send(sub, p.Nack(mid, delay_ms=5_000))
+    h.commit()
+    [record] = [d for d in h.stored.deliveries if d.retry_at_ms is not None]
+    assert (record.message_id, record.attempts, record.retry_at_ms) == (mid, 1, h.now + 5_000)
+    restarted = CoreHarness()
+    restarted.now = h.now + 1_000
+    restarted.broker.recover(
+        [RecoveredMessage(mid, "t", b"later", None, 1, 0, None, {}, {"default": 1},
+                          {"default": record.retry_at_ms})],
+        [GroupRecord("t", "default", 0, 1)], restarted.now)
+    again = restarted.subscriber("t")
+    restarted.send(again, p.Fetch(1, 0))
+    assert messages(restarted.take(again)) == []  # 4 s of the delay are left
+    restarted.advance(4_000)
+    assert messages(restarted.take(again)) == []  # the long poll ended; ask again
+    restarted.send(again, p.Fetch(1, 0))
+    assert messages(restarted.take(again)) == [(mid, 2, b"later")]
+
+
 def test_a_message_for_one_group_reaches_that_group_only() -> None:
     h = CoreHarness()
     a, b = h.subscriber("t", "a"), h.subscriber("t", "b")

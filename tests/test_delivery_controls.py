@@ -53,6 +53,37 @@ def test_delayed_message_is_neither_early_nor_lost_across_kill_9(tmp_path: Path)
     assert received >= published + 2.0 - 0.05  # the broker's clock in ms, ours in s
 
 
+def stored_retry_at(data_dir: Path, message_id: int) -> int | None:
+    database = sqlite3.connect(data_dir / "bbmq.sqlite3")
+    try:
+        row = database.execute("SELECT MAX(retry_at_ms) FROM bbmq_deliveries"
+                               " WHERE message_id = ?", (message_id,)).fetchone()
+    finally:
+        database.close()
+    return None if row[0] is None else int(row[0])
+
+
+def test_a_nack_delay_is_kept_across_kill_9(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with BrokerProcess(data) as broker:
+        with Producer("retry", port=broker.port) as producer:
+            mid = producer.publish(b"try later")
+        with Consumer("retry", port=broker.port) as consumer:
+            first = consumer.fetch(timeout=5)
+            assert first is not None and first.id == mid
+            nacked = time.time()
+            consumer.nack(first, delay=3.0)
+            # The delay is committed with the store's next group commit.
+            wait_for(lambda: stored_retry_at(data, mid) is not None, timeout=10)
+        broker.kill()
+        broker.start()
+        with Consumer("retry", port=broker.port) as consumer:
+            again = consumer.fetch(timeout=15)
+            received = time.time()
+    assert again is not None and (again.id, again.attempt) == (mid, 2)
+    assert received >= nacked + 3.0 - 0.05, "redelivered before its NACK delay ran out"
+
+
 def test_failing_message_lands_in_the_dlq_exactly_once_across_kill_9(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with BrokerProcess(data, max_attempts=2) as broker:

@@ -391,6 +391,18 @@ def test_backlog_of_a_topic_without_groups_has_empty_pending(store: Store) -> No
     assert pending(store) == {a: {}, b: {"g": 0}}
 
 
+def test_a_nack_delay_is_recovered_until_the_next_delivery(store: Store) -> None:
+    (m,) = publish(store, msg())
+    store.write(Batch(groups=[GroupRecord("t", "g", 0, 1), GroupRecord("t", "h", 0, 1)]))
+    store.write(Batch(deliveries=[DeliveryRecord(m, "g", 1, 5),
+                                  DeliveryRecord(m, "g", 1, 5, retry_at_ms=9_000)]))
+    [recovered] = store.recover()
+    assert (recovered.pending, recovered.retry_at) == ({"g": 1, "h": 0}, {"g": 9_000})
+    store.write(Batch(deliveries=[DeliveryRecord(m, "g", 2, 9_001)]))  # delivered again
+    [recovered] = store.recover()
+    assert (recovered.pending, recovered.retry_at) == ({"g": 2, "h": 0}, {})
+
+
 def test_a_message_for_one_group_is_owed_by_that_group_only(store: Store) -> None:
     store.write(Batch(groups=[GroupRecord("t", "g", 0, 1), GroupRecord("t", "h", 0, 1)]))
     both, only_g, nobody = publish(store, msg("t"), msg("t", group="g"), msg("t", group="x"))
@@ -531,12 +543,13 @@ def test_a_newer_schema_is_refused(sql_storage: Storage) -> None:
 
 def test_a_version_1_database_is_upgraded_and_keeps_its_messages(sql_storage: Storage) -> None:
     """The real upgrade path: a database as bbmq's first schema left it (no
-    messages.only_group), with a message in it, opened by this bbmq."""
+    messages.only_group, no deliveries.retry_at_ms), with a message in it, opened by this bbmq."""
     store = sql_storage.opened()
     store.write(Batch(groups=[GroupRecord("t", "g", 0, 1)]))
     (kept,) = publish(store, msg(body=b"from v1"))
     store.close()
     sql_storage.query("ALTER TABLE bbmq_messages DROP COLUMN only_group")
+    sql_storage.query("ALTER TABLE bbmq_deliveries DROP COLUMN retry_at_ms")
     sql_storage.query("UPDATE bbmq_meta SET value = ? WHERE name = ?", "1", "schema_version")
     store = sql_storage.opened()
     assert sql_storage.query("SELECT value FROM bbmq_meta WHERE name = ?", "schema_version") == [
@@ -651,7 +664,8 @@ def batches(draw: st.DrawFn) -> list[dict[str, Any]]:
         "messages": st.lists(st.tuples(topics, msgids, st.integers(0, 3 * WINDOW_MS),
                                        st.one_of(st.none(), groups)), max_size=4),
         "groups": st.lists(st.tuples(topics, groups, st.integers(0, 8)), max_size=2),
-        "deliveries": st.lists(st.tuples(st.integers(0, 99), groups, st.integers(1, 4)),
+        "deliveries": st.lists(st.tuples(st.integers(0, 99), groups, st.integers(1, 4),
+                                         st.one_of(st.none(), st.integers(0, 10**6))),
                                max_size=3),
         "acks": st.lists(st.tuples(st.integers(0, 99), groups), max_size=3),
         "done": st.lists(st.integers(0, 99), max_size=2),
@@ -668,7 +682,7 @@ def _batch(recipe: dict[str, Any], issued: list[int]) -> Batch:
         messages=[msg(t, f"{t}{k}{p}".encode(), msgid=k, published_ms=p, group=g)
                   for t, k, p, g in recipe["messages"]],
         groups=[GroupRecord(t, g, s, 1) for t, g, s in recipe["groups"]],
-        deliveries=[DeliveryRecord(pick(n), g, a, 1) for n, g, a in recipe["deliveries"]],
+        deliveries=[DeliveryRecord(pick(n), g, a, 1, r) for n, g, a, r in recipe["deliveries"]],
         acks=[AckRecord(pick(n), g, 1) for n, g in recipe["acks"]],
         done=[pick(n) for n in recipe["done"]],
         deleted_groups=list(recipe["deleted_groups"]),

@@ -54,12 +54,17 @@ class GroupRecord:
 
 @dataclass(slots=True)  # not frozen, like the others made per message: frozen init is 3x slower
 class DeliveryRecord:
-    """A message was delivered to a group for the ``attempts``-th time."""
+    """A message was delivered to a group for the ``attempts``-th time.
+
+    ``retry_at_ms``: the group gave it back with a delay (NACK delay=...) and wants it
+    again no sooner than this; None once it is delivered again, or without a delay.
+    """
 
     message_id: int
     group: str
     attempts: int
     delivered_ms: int
+    retry_at_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -110,7 +115,8 @@ class RecoveredMessage:
 
     ``pending`` maps each such group to the attempts already made (0: never
     delivered).  A message of a topic that has no group yet has an empty
-    ``pending`` and is part of that topic's backlog.
+    ``pending`` and is part of that topic's backlog.  ``retry_at`` maps the
+    pending groups that asked for it later (a NACK delay) to when.
     """
 
     id: int
@@ -122,6 +128,7 @@ class RecoveredMessage:
     expires_at_ms: int | None
     meta: dict[str, str]
     pending: dict[str, int]
+    retry_at: dict[str, int] = field(default_factory=dict)
 
 
 class Store(Protocol):

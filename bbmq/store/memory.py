@@ -31,6 +31,7 @@ class _Stored:
 class _Delivery:
     attempts: int
     acked: bool = False
+    retry_at_ms: int | None = None
 
 
 class MemoryStore:
@@ -74,8 +75,10 @@ class MemoryStore:
             state = self._deliveries.setdefault(delivery.message_id, {})
             if delivery.group in state:
                 state[delivery.group].attempts = delivery.attempts
+                state[delivery.group].retry_at_ms = delivery.retry_at_ms
             else:
-                state[delivery.group] = _Delivery(delivery.attempts)
+                state[delivery.group] = _Delivery(delivery.attempts,
+                                                  retry_at_ms=delivery.retry_at_ms)
         for ack in batch.acks:
             state = self._deliveries.setdefault(ack.message_id, {})
             state.setdefault(ack.group, _Delivery(0)).acked = True
@@ -138,9 +141,11 @@ class MemoryStore:
             }
             if groups and not pending:
                 continue
+            retry_at = {group: due for group in pending
+                        if group in state and (due := state[group].retry_at_ms) is not None}
             recovered.append(RecoveredMessage(
                 message_id, m.topic, m.body, m.sender, m.published_ms, m.deliver_at_ms,
-                m.expires_at_ms, dict(m.meta or {}), pending,
+                m.expires_at_ms, dict(m.meta or {}), pending, retry_at,
             ))
         return iter(recovered)
 

@@ -109,6 +109,7 @@ class Table:
 
 
 _ONLY_GROUP: Final = Column("only_group", "name", nullable=True)
+_RETRY_AT: Final = Column("retry_at_ms", "int", nullable=True)
 
 TABLES: Final = (
     Table("meta", (Column("name", "key"), Column("value", "text")), ("name",)),
@@ -159,6 +160,7 @@ TABLES: Final = (
             Column("attempts", "int"),
             Column("delivered_ms", "int", nullable=True),
             Column("acked_ms", "int", nullable=True),
+            _RETRY_AT,
         ),
         ("message_id", "grp"),
     ),
@@ -170,8 +172,10 @@ SCHEMA_VERSION = 2
 #: ``UPGRADES[v](store)`` returns the statements that take a schema from version
 #: ``v`` to ``v + 1``; open() runs them in order.  Version 1 is the first.
 UPGRADES: dict[int, Callable[[SQLStore], list[str]]] = {
-    # 2: messages.only_group, for messages published to one group (dlq replay).
-    1: lambda store: [store._add_column("messages", _ONLY_GROUP)],
+    # 2: messages.only_group, for messages published to one group (dlq replay), and
+    # deliveries.retry_at_ms, for NACK delays that survive a restart.
+    1: lambda store: [store._add_column("messages", _ONLY_GROUP),
+                      store._add_column("deliveries", _RETRY_AT)],
 }
 
 
@@ -230,10 +234,10 @@ class SQLStore(ABC):
         self._q_insert_group = self._insert(
             f"{p}groups", ("topic", "grp", "start_id", "created_ms"), ("topic", "grp")
         )
-        deliveries = ("message_id", "grp", "attempts", "delivered_ms", "acked_ms")
+        deliveries = ("message_id", "grp", "attempts", "delivered_ms", "acked_ms", "retry_at_ms")
         self._q_upsert_delivery = self._insert(
             f"{p}deliveries", deliveries, ("message_id", "grp"),
-            update=("attempts", "delivered_ms"),
+            update=("attempts", "delivered_ms", "retry_at_ms"),
         )
         self._q_upsert_ack = self._insert(
             f"{p}deliveries", deliveries, ("message_id", "grp"), update=("acked_ms",)
@@ -251,7 +255,7 @@ class SQLStore(ABC):
             f" only_group FROM {p}messages WHERE done_ms IS NULL AND id > ? ORDER BY id LIMIT ?"
         )
         self._q_page_deliveries = self._sql(
-            f"SELECT message_id, grp, attempts, acked_ms FROM {p}deliveries"
+            f"SELECT message_id, grp, attempts, acked_ms, retry_at_ms FROM {p}deliveries"
             f" WHERE message_id BETWEEN ? AND ?"
         )
         # Mirrors the filter in _page(): a message of a topic with no group is
@@ -422,11 +426,11 @@ class SQLStore(ABC):
         # delivery rows: writing its deliveries and acks first would be wasted work (and
         # on a busy consumer that is most of them, delivered and acked between commits).
         gone = set(batch.done) if batch.done and not self.retention_ms else set()
-        deliveries = [(d.message_id, d.group, d.attempts, d.delivered_ms, None)
+        deliveries = [(d.message_id, d.group, d.attempts, d.delivered_ms, None, d.retry_at_ms)
                       for d in batch.deliveries if d.message_id not in gone]
         if deliveries:
             cursor.executemany(self._q_upsert_delivery, deliveries)
-        acks = [(a.message_id, a.group, 0, None, a.acked_ms)
+        acks = [(a.message_id, a.group, 0, None, a.acked_ms, None)
                 for a in batch.acks if a.message_id not in gone]
         if acks:
             cursor.executemany(self._q_upsert_ack, acks)
@@ -564,11 +568,12 @@ class SQLStore(ABC):
         rows = cursor.fetchall()
         if not rows:
             return [], 0, after, 0
-        states: dict[int, dict[str, tuple[int, bool]]] = {}
+        states: dict[int, dict[str, tuple[int, bool, int | None]]] = {}
         if owed:
             cursor.execute(self._q_page_deliveries, (rows[0][0], rows[-1][0]))
-            for message_id, group, attempts, acked_ms in cursor.fetchall():
-                states.setdefault(message_id, {})[group] = (attempts, acked_ms is not None)
+            for message_id, group, attempts, acked_ms, retry_at_ms in cursor.fetchall():
+                states.setdefault(message_id, {})[group] = (
+                    attempts, acked_ms is not None, retry_at_ms)
         page: list[RecoveredMessage] = []
         body_bytes = 0
         for (id_, topic, body, sender, published_ms, deliver_at_ms, expires_at_ms, meta,
@@ -581,17 +586,20 @@ class SQLStore(ABC):
                 if not groups:
                     continue
             pending: dict[str, int] = {}
+            retry_at: dict[str, int] = {}
             if groups:
                 state = states.get(id_, {})
                 for group, start_id in groups.items():
-                    attempts, acked = state.get(group, (0, False))
+                    attempts, acked, due = state.get(group, (0, False, None))
                     if start_id < id_ and not acked:
                         pending[group] = attempts
+                        if due is not None:
+                            retry_at[group] = due
                 if not pending:
                     continue
             page.append(RecoveredMessage(
                 id_, topic, bytes(body), sender, published_ms, deliver_at_ms, expires_at_ms,
-                json.loads(meta) if meta else {}, pending,
+                json.loads(meta) if meta else {}, pending, retry_at,
             ))
         return page, len(rows), rows[-1][0], body_bytes
 
