@@ -524,7 +524,7 @@ def print_status(code: int, facts: dict[str, Any]) -> None:
     print(f"  address      {server.get('address')}")
     print(f"  store        {store}")
     print(f"  connections  {server.get('connections')}")
-    print(f"  log          {facts['log_file']}")
+    print(f"  log          {server.get('log') or facts['log_file']}")
     print(stats_table(stats))
 
 

@@ -322,7 +322,16 @@ class BrokerServer:
         host, port = self.address
         return {"pid": os.getpid(), "address": f"{host}:{port}", "store": self.store.description,
                 "uptime_s": round(time.time() - self.started_at, 1),
-                "connections": len(self.connections), "store_available": self.worker.available}
+                "connections": len(self.connections), "store_available": self.worker.available,
+                "log": _log_destination()}
+
+
+def _log_destination() -> str:
+    """Where this process's log lines go: the log file, or stderr (a foreground run)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            return handler.baseFilename
+    return "stderr"
 
 
 def collect_rarely() -> None:
