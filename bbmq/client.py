@@ -393,7 +393,13 @@ class Producer(_Client):
         delay_ms = _milliseconds("delay", delay, minimum=0) or 0
         ttl_ms = _milliseconds("ttl", ttl, minimum=1)
         only = None if group is None else _checked_name("group", group)
-        frames = [self._frame(body, delay_ms, ttl_ms, only) for body in bodies]
+        datas = [body.encode() if isinstance(body, str) else body for body in bodies]
+        limit = self.server_info.get("max_message_bytes")  # known once connected
+        if limit and (largest := max(map(len, datas), default=0)) > limit:
+            raise InvalidArgument(ErrorCode.FRAME_TOO_LARGE,
+                                  f"a message of {largest} bytes is over the broker's limit of "
+                                  f"{limit}; split it or raise the broker's --max-message-size")
+        frames = [self._frame(data, delay_ms, ttl_ms, only) for data in datas]
         ids: list[int] = [0] * len(frames)
         todo = list(range(len(frames)))
         deadline = time.monotonic() + self.retry_for
@@ -416,9 +422,7 @@ class Producer(_Client):
                 pause = min(1.0, pause * 2)
         return ids
 
-    def _frame(self, body: bytes | str, delay_ms: int, ttl_ms: int | None,
-               group: str | None) -> bytes:
-        data = body.encode() if isinstance(body, str) else body
+    def _frame(self, data: bytes, delay_ms: int, ttl_ms: int | None, group: str | None) -> bytes:
         msgid = f"{self._msgid_prefix}-{next(self._msgid_seq)}"
         return p.Publish(data, msgid, delay_ms, ttl_ms, group).encode()
 
@@ -439,7 +443,12 @@ class Producer(_Client):
                 end = min(len(todo), replied + window)
                 channel.send(b"".join(frames[index] for index in todo[sent:end]))
                 sent = end
-            reply = channel.read(self.timeout)
+            try:
+                reply = channel.read(self.timeout)
+            except ConnectionLost:
+                if failed:  # the refusal closed the connection (a frame too large, say)
+                    raise PublishError(failed.code, failed.text, ids) from None
+                raise
             if reply is None:
                 channel.close()
                 raise ConnectionLost(f"no ack from the broker within {self.timeout:g} s")
@@ -576,7 +585,7 @@ class Consumer(_Client):
             try:
                 handler(message)
             except Exception as error:
-                delay = min(max_backoff, backoff * 2 ** (message.attempt - 1))
+                delay = min(max_backoff, backoff * 2 ** min(message.attempt - 1, 32))
                 reason = type(error).__name__
                 max_attempts = self.server_info.get("max_attempts", 0)
                 if max_attempts and message.attempt >= max_attempts:
@@ -613,7 +622,9 @@ class Consumer(_Client):
                     if isinstance(frame, p.Error) and frame.code in _RECONNECT:
                         channel.close()
                         raise ConnectionLost(f"the broker closed the connection: {frame.text}")
-                except ConnectionLost as error:
+                except BrokerError as error:
+                    if not isinstance(error, ConnectionLost) and error.code not in _RECONNECT:
+                        raise
                     for _ in range(reserved):
                         slots.release()
                     reserved = 0

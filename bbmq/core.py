@@ -221,6 +221,7 @@ class Topic:
 
 
 class TimerKind(Enum):
+    LEASE = auto()  # only for a lease out of order in the FIFO (the clock stepped back)
     POLL = auto()
     DELAYED = auto()
 
@@ -388,19 +389,26 @@ class Broker:
         """Run every timer that is due: ack timeouts, long-poll ends, delayed messages."""
         leases = self._lease_deadlines
         while leases and leases[0][0] <= now_ms:
-            deadline, group, message_id = leases.popleft()
-            lease = group.inflight.get(message_id)
-            if lease is not None and lease.deadline_ms == deadline:
-                self._take_back(group, lease, now_ms, "ack timeout")
-                self._dispatch(group, now_ms)
+            self._lease_due(*leases.popleft(), now_ms)
         while self._timers and self._timers[0][0] <= now_ms:
             deadline, _, kind, subject = heapq.heappop(self._timers)
-            if kind is TimerKind.POLL:
+            if kind is TimerKind.LEASE:
+                group, message_id = subject
+                self._lease_due(deadline, group, message_id, now_ms)
+            elif kind is TimerKind.POLL:
                 session, request = subject
                 if session.requests and session.requests[0] is request:
                     self._finish_request(session, now_ms)
             else:
                 self._promote_delayed(subject, now_ms)
+
+    def _lease_due(self, deadline: int, group: Group, message_id: int, now_ms: int) -> None:
+        """An ack deadline passed: take the message back, unless it was acked meanwhile,
+        delivered again (a later deadline), or its group deleted."""
+        lease = group.inflight.get(message_id)
+        if lease is not None and lease.deadline_ms == deadline:
+            self._take_back(group, lease, now_ms, "ack timeout")
+            self._dispatch(group, now_ms)
 
     def recover(self, records: Iterable[RecoveredMessage], groups: Iterable[GroupRecord],
                 now_ms: int) -> int:
@@ -692,6 +700,11 @@ class Broker:
             self._finish(group, message, now_ms)
         for lease in group.inflight.values():
             self._finish(group, lease.message, now_ms)
+        # Nothing is left for a timer (ack deadline, delayed message) to find later, and
+        # finish a second time: the other groups may still owe those messages.
+        for queue in (group.fresh, group.retry, group.delayed, group.inflight, group.waiting,
+                      group.consumers):
+            queue.clear()
         del topic.groups[group_name]
         self._batch.deleted_groups.append((topic_name, group_name))
 
@@ -917,7 +930,11 @@ class Broker:
         lease = Lease(message, attempt, session, deadline)
         group.inflight[message.id] = lease
         session.leases[message.id] = lease
-        self._lease_deadlines.append((deadline, group, message.id))
+        leases = self._lease_deadlines
+        if leases and deadline < leases[-1][0]:  # the wall clock stepped back: keep order
+            self._schedule(deadline, TimerKind.LEASE, (group, message.id))
+        else:
+            leases.append((deadline, group, message.id))
         self._batch.deliveries.append(DeliveryRecord(message.id, group.name, attempt, now_ms))
         group.counters.delivered += 1
         self._topic(group.topic).counters.delivered += 1

@@ -354,6 +354,35 @@ def test_recover_rebuilds_queues_with_attempts() -> None:
     assert messages(h.take(late)) == [(9, 1, b"backlog")]
 
 
+def test_ack_deadlines_hold_when_the_wall_clock_steps_back() -> None:
+    h = CoreHarness(ack_timeout_ms=30_000)
+    pub, sub = h.publisher("t"), h.subscriber("t")
+    first, second = h.publish(pub, b"A", b"B")
+    h.send(sub, p.Fetch(1))
+    h.now -= 600_000  # NTP steps the clock back ten minutes
+    h.send(sub, p.Fetch(1))
+    assert [m[0] for m in messages(h.take(sub))] == [first, second]
+    h.advance(31_000)  # B's deadline passed, though A's (in the future now) has not
+    assert second not in h.broker.topics["t"].groups["default"].inflight
+    assert first in h.broker.topics["t"].groups["default"].inflight
+
+
+def test_deleting_a_group_leaves_nothing_for_its_timers_to_finish_twice() -> None:
+    h = CoreHarness(ack_timeout_ms=30_000, max_attempts=1)
+    pub, doomed, other = h.publisher("t"), h.subscriber("t", "doomed"), h.subscriber("t", "g2")
+    [mid] = h.publish(pub, b"M")
+    h.send(doomed, p.Fetch(1))
+    h.broker.delete_group("t", "doomed", h.now)
+    h.commit()
+    h.disconnect(doomed)
+    h.advance(31_000)  # the deleted group's ack deadline for M
+    h.commit()
+    assert mid not in h.stored.done, "g2 still owes M: the store must keep it"
+    assert not [m for m in h.stored.messages if m.topic == "t.dlq"]
+    h.send(other, p.Fetch(1))
+    assert messages(h.take(other)) == [(mid, 1, b"M")]
+
+
 def test_a_nack_delay_is_stored_and_honoured_after_recovery() -> None:
     h = CoreHarness()
     sub = h.subscriber("t")

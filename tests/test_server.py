@@ -309,6 +309,39 @@ def test_consumer_run_reconnects_when_the_broker_restarts(tmp_path: Path) -> Non
         consumer.close()
 
 
+def test_a_message_over_the_limit_is_refused_at_once(tmp_path: Path) -> None:
+    with BrokerController(data_dir=tmp_path, max_message_size=1000) as broker, \
+            Producer("big", port=broker.port, retry_for=30) as producer:
+        with pytest.raises(InvalidArgument, match="over the broker's limit of 1000"):
+            producer.publish(b"x" * 1001)
+        assert producer.publish(b"x" * 1000)
+
+
+def test_consumer_run_waits_out_a_full_broker(tmp_path: Path,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """SERVER_BUSY at the handshake (too many connections) is a reason to retry, not to stop."""
+    done: list[bytes] = []
+    stop = threading.Event()
+    with BrokerController(data_dir=tmp_path, max_connections=1) as broker:
+        with Producer("busy", port=broker.port) as producer:
+            producer.publish(b"job")
+        hog = socket.create_connection(("127.0.0.1", broker.port))  # the one allowed
+        consumer = Consumer("busy", port=broker.port)
+        runner = threading.Thread(target=consumer.run, args=(lambda m: done.append(m.body),),
+                                  kwargs={"stop": stop}, daemon=True)
+        runner.start()
+        try:
+            wait_for(lambda: "too many connections" in caplog.text, timeout=10)
+            assert runner.is_alive(), "run() gave up on SERVER_BUSY"
+            hog.close()
+            wait_for(lambda: done == [b"job"], timeout=20)
+        finally:
+            stop.set()
+            runner.join(10)
+            consumer.close()
+        assert not runner.is_alive()
+
+
 def _script(name: str, *args: str, port: int, stdin: str = "") -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BBMQ_PORT": str(port)}
     return subprocess.run([sys.executable, str(REPO / name), *args], input=stdin, text=True,

@@ -38,6 +38,8 @@ _TYPES: Final = {
 _TABLE_OPTIONS: Final = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 #: Refuse to store a value that does not fit instead of truncating it.
 _SQL_MODE: Final = "TRADITIONAL"
+#: ER_DUP_FIELDNAME: ALTER TABLE ... ADD COLUMN of a column that exists.
+_DUP_FIELDNAME: Final = 1060
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +165,9 @@ class MySQLStore(SQLStore):
             f"INDEX {name}_{'_'.join(cols)} ({', '.join(cols)})" for cols in table.indexes
         ]
         return [f"CREATE TABLE IF NOT EXISTS {name} ({', '.join(columns)}) {_TABLE_OPTIONS}"]
+
+    def _duplicate_column(self, error: Exception) -> bool:
+        return isinstance(error, pymysql.err.MySQLError) and error.args[:1] == (_DUP_FIELDNAME,)
 
     def _column(self, column: Column) -> str:
         null = ' NULL' if column.nullable else " NOT NULL"

@@ -299,6 +299,10 @@ class SQLStore(ABC):
     def _column(self, column: Column) -> str:
         """A column's definition: name, type, NULL or NOT NULL."""
 
+    @abstractmethod
+    def _duplicate_column(self, error: Exception) -> bool:
+        """Whether ``error`` says that a column being added is there already."""
+
     def _add_column(self, table: str, column: Column) -> str:
         """The ALTER TABLE that adds ``column`` (nullable, for rows that predate it)."""
         return f"ALTER TABLE {self.prefix}{table} ADD COLUMN {self._column(column)}"
@@ -399,7 +403,13 @@ class SQLStore(ABC):
             )
         while version < SCHEMA_VERSION:
             for statement in UPGRADES[version](self):
-                cursor.execute(statement)
+                try:
+                    cursor.execute(statement)
+                except Exception as error:
+                    # MySQL commits each ALTER at once: an upgrade cut short (or run by two
+                    # brokers at the same moment) may have added this column already.
+                    if not self._duplicate_column(error):
+                        raise
             version += 1
             cursor.execute(self._q_set_version, (str(version), "schema_version"))
 

@@ -100,6 +100,9 @@ class SQLiteStore(SQLStore):
         ]
         return statements
 
+    def _duplicate_column(self, error: Exception) -> bool:
+        return isinstance(error, sqlite3.OperationalError) and "duplicate column" in str(error)
+
     def _column(self, column: Column) -> str:
         null = "" if column.nullable else " NOT NULL"
         return f"{column.name} {_TYPES[column.kind]}{null}"
