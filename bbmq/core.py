@@ -42,6 +42,9 @@ SERVER_NAME: Final = "bbmq"
 DLQ_SUFFIX: Final = ".dlq"
 #: Most messages one ADMIN peek returns (its answer is one frame, bodies included).
 MAX_PEEK: Final = 1000
+#: The ack-deadline FIFO is compacted once it holds this many entries, or twice the
+#: live ones after the last compaction.
+LEASE_FIFO_MIN: Final = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,8 +254,11 @@ class Broker:
         self._timer_seq = itertools.count()
         #: Ack deadlines as (deadline, group, message id).  Every lease gets the same
         #: timeout, so they come due in delivery order: a FIFO, not the timer heap.
-        #: An entry outlives its lease's ack; it holds no message, so no memory with it.
+        #: An entry outlives its lease's ack (it holds no message); the entries of acked
+        #: leases are dropped whenever the FIFO has doubled, so it stays within twice
+        #: the leases in flight.
         self._lease_deadlines: deque[tuple[int, Group, int]] = deque()
+        self._compact_leases_at = LEASE_FIFO_MIN
         self._batch = Batch()
         self._to_store: list[PendingPublish] = []
         self._dirty: dict[int, Session] = {}
@@ -401,6 +407,14 @@ class Broker:
                     self._finish_request(session, now_ms)
             else:
                 self._promote_delayed(subject, now_ms)
+
+    def _compact_lease_deadlines(self) -> None:
+        """Drop the FIFO entries of leases that ended (acked, nacked, ...), keeping the order."""
+        self._lease_deadlines = deque(
+            entry for entry in self._lease_deadlines
+            if (lease := entry[1].inflight.get(entry[2])) is not None
+            and lease.deadline_ms == entry[0])
+        self._compact_leases_at = max(LEASE_FIFO_MIN, 2 * len(self._lease_deadlines))
 
     def _lease_due(self, deadline: int, group: Group, message_id: int, now_ms: int) -> None:
         """An ack deadline passed: take the message back, unless it was acked meanwhile,
@@ -935,6 +949,8 @@ class Broker:
             self._schedule(deadline, TimerKind.LEASE, (group, message.id))
         else:
             leases.append((deadline, group, message.id))
+            if len(leases) >= self._compact_leases_at:
+                self._compact_lease_deadlines()
         self._batch.deliveries.append(DeliveryRecord(message.id, group.name, attempt, now_ms))
         group.counters.delivered += 1
         self._topic(group.topic).counters.delivered += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from bbmq import protocol as p
+from bbmq.core import LEASE_FIFO_MIN
 from bbmq.protocol import ErrorCode
 from bbmq.store.base import GroupRecord, RecoveredMessage
 
@@ -352,6 +353,22 @@ def test_recover_rebuilds_queues_with_attempts() -> None:
     late = h.subscriber("u", "g")
     h.send(late, p.Fetch(1))
     assert messages(h.take(late)) == [(9, 1, b"backlog")]
+
+
+def test_acked_leases_do_not_pile_up_in_the_deadline_fifo() -> None:
+    h = CoreHarness()
+    pub, sub = h.publisher("t"), h.subscriber("t")
+    ids = h.publish(pub, *(b"m" for _ in range(3 * LEASE_FIFO_MIN)))
+    kept = ids[-1]
+    for message_id in ids[:-1]:  # deliver and ack, one at a time; the last stays in flight
+        h.send(sub, p.Fetch(1))
+        h.take(sub)
+        h.send(sub, p.Ack((message_id,)))
+    h.send(sub, p.Fetch(1))
+    assert messages(h.take(sub)) == [(kept, 1, b"m")]
+    assert len(h.broker._lease_deadlines) < LEASE_FIFO_MIN  # not one entry per delivery
+    h.advance(h.broker.config.ack_timeout_ms + 1)  # the live one still times out
+    assert kept not in h.broker.topics["t"].groups["default"].inflight
 
 
 def test_ack_deadlines_hold_when_the_wall_clock_steps_back() -> None:
