@@ -207,31 +207,29 @@ def _throughput(count: int, total: int, seconds: float) -> Measurement:
 def _publish_phase(total_of: Callable[[Settings], int], chunk: int, window: int,
                    durable: bool) -> Callable[[System, Settings, Progress], Measurement]:
     def run(system: System, settings: Settings, progress: Progress) -> Measurement:
-        total = total_of(settings)
-        progress.total = total
-        queue = system.new_queue(durable)
-        try:
-            child = {"system": system, "queue": queue, "durable": durable, "total": total,
-                     "size": settings.size, "chunk": chunk, "window": window}
-            outcome = run_children([(publisher, child)], settings.time_limit, progress)
-        finally:
-            system.drop_queue(queue, durable)
-        result = outcome.results[0]
-        if result is None:
-            return _failed(outcome)
-        return _throughput(result["count"], total, result["finished"] - result["started"])
+        return _one_child(system, settings, progress, publisher, total_of(settings),
+                          queue_durable=durable, chunk=chunk, window=window, durable=durable)
 
     return run
 
 
 def _consume(system: System, settings: Settings, progress: Progress) -> Measurement:
-    total = progress.total = settings.messages
-    queue = system.new_queue(True)
+    return _one_child(system, settings, progress, _preloaded_consumer, settings.messages,
+                      queue_durable=True)
+
+
+def _one_child(system: System, settings: Settings, progress: Progress,
+               child: Callable[..., dict[str, Any]], total: int, *, queue_durable: bool,
+               **options: Any) -> Measurement:
+    """Throughput of one child process working ``total`` messages on a fresh queue."""
+    progress.total = total
+    queue = system.new_queue(queue_durable)
     try:
-        child = {"system": system, "queue": queue, "total": total, "size": settings.size}
-        outcome = run_children([(_preloaded_consumer, child)], settings.time_limit, progress)
+        arguments = {"system": system, "queue": queue, "total": total, "size": settings.size,
+                     **options}
+        outcome = run_children([(child, arguments)], settings.time_limit, progress)
     finally:
-        system.drop_queue(queue, True)
+        system.drop_queue(queue, queue_durable)
     result = outcome.results[0]
     if result is None:
         return _failed(outcome)

@@ -29,14 +29,15 @@ def admin(port: int, command: str, **params: object) -> object:
         client.close()
 
 
-def stored_attempts(data_dir: Path, message_id: int) -> int:
+def stored_delivery(data_dir: Path, column: str, message_id: int) -> int | None:
+    """The largest ``column`` (attempts, retry_at_ms) of a message's delivery rows on disk."""
     database = sqlite3.connect(data_dir / "bbmq.sqlite3")
     try:
-        row = database.execute("SELECT MAX(attempts) FROM bbmq_deliveries WHERE message_id = ?",
+        row = database.execute(f"SELECT MAX({column}) FROM bbmq_deliveries WHERE message_id = ?",
                                (message_id,)).fetchone()
     finally:
         database.close()
-    return int(row[0] or 0)
+    return None if row[0] is None else int(row[0])
 
 
 def test_delayed_message_is_neither_early_nor_lost_across_kill_9(tmp_path: Path) -> None:
@@ -53,16 +54,6 @@ def test_delayed_message_is_neither_early_nor_lost_across_kill_9(tmp_path: Path)
     assert received >= published + 2.0 - 0.05  # the broker's clock in ms, ours in s
 
 
-def stored_retry_at(data_dir: Path, message_id: int) -> int | None:
-    database = sqlite3.connect(data_dir / "bbmq.sqlite3")
-    try:
-        row = database.execute("SELECT MAX(retry_at_ms) FROM bbmq_deliveries"
-                               " WHERE message_id = ?", (message_id,)).fetchone()
-    finally:
-        database.close()
-    return None if row[0] is None else int(row[0])
-
-
 def test_a_nack_delay_is_kept_across_kill_9(tmp_path: Path) -> None:
     data = tmp_path / "data"
     with BrokerProcess(data) as broker:
@@ -74,7 +65,7 @@ def test_a_nack_delay_is_kept_across_kill_9(tmp_path: Path) -> None:
             nacked = time.time()
             consumer.nack(first, delay=3.0)
             # The delay is committed with the store's next group commit.
-            wait_for(lambda: stored_retry_at(data, mid) is not None, timeout=10)
+            wait_for(lambda: stored_delivery(data, "retry_at_ms", mid) is not None, timeout=10)
         broker.kill()
         broker.start()
         with Consumer("retry", port=broker.port) as consumer:
@@ -92,7 +83,7 @@ def test_failing_message_lands_in_the_dlq_exactly_once_across_kill_9(tmp_path: P
         consumer = Consumer("jobs", port=broker.port).connect()
         first = consumer.fetch(timeout=5)
         assert first is not None and first.attempt == 1
-        wait_for(lambda: stored_attempts(data, mid) == 1)  # the attempt is on disk
+        wait_for(lambda: stored_delivery(data, "attempts", mid) == 1)  # the attempt is on disk
         broker.kill()
         broker.start()
         with Consumer("jobs", port=broker.port) as consumer:

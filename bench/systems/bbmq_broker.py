@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,15 @@ import pymysql
 
 from bbmq import client
 from bbmq._version import __version__
-from bench.systems.base import HOST, System, Unavailable, free_port, unique, wait_until
+from bench.systems.base import (
+    HOST,
+    System,
+    Unavailable,
+    free_port,
+    terminate,
+    unique,
+    wait_until,
+)
 
 #: The repository root, so ``python -m bbmq`` imports this tree's bbmq.
 ROOT = Path(__file__).resolve().parents[2]
@@ -139,13 +146,8 @@ class BbmqSystem(System):
 
     def halt(self, timeout: float = 60.0) -> None:
         """Stop the broker process (SIGTERM, then SIGKILL), keeping its data."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+        if self.process is not None:
+            terminate(self.process, timeout)
         self.process = None
 
     def stop(self) -> None:
