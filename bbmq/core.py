@@ -411,16 +411,19 @@ class Broker:
     def _compact_lease_deadlines(self) -> None:
         """Drop the FIFO entries of leases that ended (acked, nacked, ...), keeping the order."""
         self._lease_deadlines = deque(
-            entry for entry in self._lease_deadlines
-            if (lease := entry[1].inflight.get(entry[2])) is not None
-            and lease.deadline_ms == entry[0])
+            entry for entry in self._lease_deadlines if self._lease_of(*entry) is not None)
         self._compact_leases_at = max(LEASE_FIFO_MIN, 2 * len(self._lease_deadlines))
 
-    def _lease_due(self, deadline: int, group: Group, message_id: int, now_ms: int) -> None:
-        """An ack deadline passed: take the message back, unless it was acked meanwhile,
-        delivered again (a later deadline), or its group deleted."""
+    @staticmethod
+    def _lease_of(deadline: int, group: Group, message_id: int) -> Lease | None:
+        """The lease this deadline belongs to, unless it ended (acked, taken back, its group
+        deleted) or the message was delivered again (a later deadline)."""
         lease = group.inflight.get(message_id)
-        if lease is not None and lease.deadline_ms == deadline:
+        return lease if lease is not None and lease.deadline_ms == deadline else None
+
+    def _lease_due(self, deadline: int, group: Group, message_id: int, now_ms: int) -> None:
+        """An ack deadline passed: take the message back if its lease is still on."""
+        if (lease := self._lease_of(deadline, group, message_id)) is not None:
             self._take_back(group, lease, now_ms, "ack timeout")
             self._dispatch(group, now_ms)
 
