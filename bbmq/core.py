@@ -35,7 +35,9 @@ from bbmq.store.base import (
     GroupRecord,
     NewMessage,
     RecoveredMessage,
+    ReplySlot,
     StoredId,
+    WriteRequest,
 )
 
 SERVER_NAME: Final = "bbmq"
@@ -118,15 +120,6 @@ class Lease:
         self.attempts = attempts
         self.session = session
         self.deadline_ms = deadline_ms
-
-
-class Reply:
-    """A publisher's answer slot: PUBLISH replies go out in PUBLISH order."""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes | None = None) -> None:
-        self.data = data
 
 
 @dataclass(slots=True)
@@ -229,18 +222,10 @@ class TimerKind(Enum):
     DELAYED = auto()
 
 
-class PendingPublish(Reply):
-    """A message handed to the store, and its publisher's reply slot.
-
-    ``session`` is None for the broker's own messages (dead letters).
-    """
-
-    __slots__ = ("message", "session")
-
-    def __init__(self, session: Session | None, message: NewMessage) -> None:
-        super().__init__()
-        self.session = session
-        self.message = message
+#: A PUBLISH on its way to the store; its requester is the publishing session.
+PendingPublish = WriteRequest["Session", bytes]
+#: A publisher's answer slot: PUBLISH replies go out in PUBLISH order.
+Reply = ReplySlot[bytes]
 
 
 class Broker:
@@ -347,8 +332,8 @@ class Broker:
         touched: set[Topic] = set()
         publishers: dict[int, Session] = {}
         for pending, stored_id in zip(publishes, ids, strict=True):
-            if (session := pending.session) is not None:
-                pending.data = p.ProducerAckMessage(stored_id.id).encode()
+            if (session := pending.requester) is not None:
+                pending.answer = p.ProducerAckMessage(stored_id.id).encode()
                 publishers[session.id] = session
             if stored_id.duplicate:
                 self.queued_bytes -= len(pending.message.body)
@@ -368,8 +353,8 @@ class Broker:
         publishers: dict[int, Session] = {}
         for pending in publishes:
             self.queued_bytes -= len(pending.message.body)
-            if (session := pending.session) is not None:
-                pending.data = error
+            if (session := pending.requester) is not None:
+                pending.answer = error
                 publishers[session.id] = session
         self._send_replies_to(publishers)
 
@@ -380,7 +365,7 @@ class Broker:
 
     def _send_replies(self, session: Session) -> None:
         replies = session.replies
-        while replies and (data := replies[0].data) is not None:
+        while replies and (data := replies[0].answer) is not None:
             replies.popleft()
             self._send(session, data)
         if session.closing_after_replies and not replies:

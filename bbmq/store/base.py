@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
+
+AnswerT = TypeVar("AnswerT")
+RequesterT = TypeVar("RequesterT")
 
 
 class StoreUnavailable(Exception):
@@ -40,6 +43,39 @@ class NewMessage:
     meta: dict[str, str] | None = None
     #: Only this consumer group of the topic receives the message (a DLQ replay); None: all.
     group: str | None = None
+
+
+class ReplySlot(Generic[AnswerT]):
+    """Where the answer to one request goes once it is known.
+
+    A connection keeps its slots in request order and sends answers from the
+    front only, so replies leave in the order the requests came, even when a
+    later one is answered first (an error behind a publish still in the store).
+    """
+
+    __slots__ = ("answer",)
+
+    def __init__(self, answer: AnswerT | None = None) -> None:
+        self.answer = answer
+
+
+class WriteRequest(ReplySlot[AnswerT], Generic[RequesterT, AnswerT]):
+    """A new message on its way to the store, and the slot its publisher's answer goes into.
+
+    One object per PUBLISH, so the request is its own reply slot (no second
+    allocation on the hot path).  ``requester`` is who waits for the answer;
+    None for the broker's own messages (dead letters), which the store thread
+    keeps and retries through an outage instead of failing them.  The store
+    never looks inside ``requester`` or ``answer``: it only says what became of
+    ``message``.
+    """
+
+    __slots__ = ("message", "requester")
+
+    def __init__(self, requester: RequesterT | None, message: NewMessage) -> None:
+        super().__init__()
+        self.requester = requester
+        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,16 +19,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from bbmq.core import PendingPublish
-from bbmq.store.base import Batch, Store, StoredId, StoreUnavailable
+from bbmq.store.base import Batch, Store, StoredId, StoreUnavailable, WriteRequest
 
 log = logging.getLogger("bbmq.store")
 
 T = TypeVar("T")
-StoredCallback = Callable[[list[PendingPublish], list[StoredId]], None]
-FailedCallback = Callable[[list[PendingPublish], str], None]
+#: The worker never looks at who asked or what they are told.
+AnyWriteRequest = WriteRequest[Any, Any]
+StoredCallback = Callable[[list[AnyWriteRequest], list[StoredId]], None]
+FailedCallback = Callable[[list[AnyWriteRequest], str], None]
 #: Hands a callable to the event loop's thread (``loop.call_soon_threadsafe``).
 Scheduler = Callable[..., object]
 
@@ -46,7 +47,7 @@ class StoreWorker:
         self._max_batch = max_batch
         self._prune_interval_s = prune_interval_s
         self._cond = threading.Condition()
-        self._publishes: list[PendingPublish] = []
+        self._publishes: list[AnyWriteRequest] = []
         self._changes = Batch()
         self._calls: list[tuple[Callable[[], object], concurrent.futures.Future[object]]] = []
         self._stopping = False
@@ -73,7 +74,7 @@ class StoreWorker:
             self._cond.notify()
         return future
 
-    def submit(self, publishes: list[PendingPublish], changes: Batch) -> None:
+    def submit(self, publishes: list[AnyWriteRequest], changes: Batch) -> None:
         """Queue work for the next transaction; results come back through the callbacks."""
         if not publishes and not len(changes):
             return
@@ -115,8 +116,8 @@ class StoreWorker:
                 calls, self._calls = self._calls, []
                 if not self.available and time.monotonic() < retry_at:
                     # Still down: fail client publishes now rather than hold them.
-                    failed = [p for p in self._publishes if p.session is not None]
-                    self._publishes = [p for p in self._publishes if p.session is None]
+                    failed = [p for p in self._publishes if p.requester is not None]
+                    self._publishes = [p for p in self._publishes if p.requester is None]
                     if failed:
                         self._schedule(self._on_failed, failed, "store unavailable")
                     if self._stopping:
@@ -124,7 +125,7 @@ class StoreWorker:
                     if not calls:
                         self._cond.wait(timeout=retry_at - time.monotonic())
                         continue
-                    publishes: list[PendingPublish] = []
+                    publishes: list[AnyWriteRequest] = []
                     changes = Batch()
                 else:
                     publishes, changes = self._take()
@@ -149,7 +150,7 @@ class StoreWorker:
                     break
         self._close()
 
-    def _take(self) -> tuple[list[PendingPublish], Batch]:
+    def _take(self) -> tuple[list[AnyWriteRequest], Batch]:
         """The next transaction's work: a bounded slice of publishes, and the changes.
 
         Changes ride along only when no dead-letter message (a publish of the
@@ -158,12 +159,12 @@ class StoreWorker:
         """
         publishes = self._publishes[: self._max_batch]
         self._publishes = self._publishes[self._max_batch :]
-        if any(p.session is None for p in self._publishes):
+        if any(p.requester is None for p in self._publishes):
             return publishes, Batch()
         changes, self._changes = self._changes, Batch()
         return publishes, changes
 
-    def _write(self, publishes: list[PendingPublish], changes: Batch) -> bool:
+    def _write(self, publishes: list[AnyWriteRequest], changes: Batch) -> bool:
         batch = Batch(messages=[p.message for p in publishes])
         batch.extend(changes)
         started = time.monotonic()
@@ -179,8 +180,8 @@ class StoreWorker:
                               "its publishes are refused, its changes retried with backoff",
                               self.store.description, len(publishes), len(changes))
             self.available = False
-            ours = [p for p in publishes if p.session is None]
-            theirs = [p for p in publishes if p.session is not None]
+            ours = [p for p in publishes if p.requester is None]
+            theirs = [p for p in publishes if p.requester is not None]
             if theirs:
                 self._schedule(self._on_failed, theirs, str(error) or "store unavailable")
             with self._cond:
