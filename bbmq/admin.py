@@ -24,8 +24,8 @@ from typing import Any, Final
 from bbmq import protocol as p
 from bbmq.cli_options import add_client_arguments, client_options, name_type
 from bbmq.client import BrokerError, ConnectionLost, Consumer, Message, Producer, _Client
+from bbmq.defaults import DLQ_SUFFIX
 
-DLQ_SUFFIX: Final = ".dlq"
 #: Messages fetched, re-published and acked together by ``dlq replay``.
 REPLAY_BATCH: Final = 100
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bbmq import protocol as p
-from bbmq.client import DEFAULT_HOST, DEFAULT_PORT
+from bbmq.defaults import DEFAULT_HOST, DEFAULT_PORT
 
 
 def name_type(kind: str) -> Callable[[str], str]:

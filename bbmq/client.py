@@ -31,10 +31,9 @@ from types import TracebackType
 from typing import Any, Self
 
 from bbmq import protocol as p
+from bbmq.defaults import DEFAULT_HOST, DEFAULT_PORT, DLQ_SUFFIX
 from bbmq.protocol import ErrorCode
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 15333
 #: How long an ack may wait to share a write with the acks after it (see Channel.send_soon).
 ACK_LINGER_S = 0.002
 #: Frames that ``send_soon`` holds at most before it writes them at once.
@@ -590,8 +589,8 @@ class Consumer(_Client):
                 max_attempts = self.server_info.get("max_attempts", 0)
                 if max_attempts and message.attempt >= max_attempts:
                     log.warning("handler failed on message %d (attempt %d of %d): %s; it goes "
-                                "to the dead-letter topic %s.dlq", message.id, message.attempt,
-                                max_attempts, error, self.topic)
+                                "to the dead-letter topic %s", message.id, message.attempt,
+                                max_attempts, error, self.topic + DLQ_SUFFIX)
                 else:
                     log.warning("handler failed on message %d (attempt %d): %s; retry in "
                                 "%.1f s", message.id, message.attempt, error, delay)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bbmq.auth import Authorizer
+from bbmq.defaults import DEFAULT_HOST, DEFAULT_PORT
 from bbmq.store.mysql import redact_url
 
 MIB: Final = 1024 * 1024
@@ -76,8 +77,8 @@ def _auth_tokens(text: str) -> str:
 
 
 SETTINGS: Final[tuple[Setting, ...]] = (
-    Setting("host", "127.0.0.1", str, "address to listen on"),
-    Setting("port", 15333, int, "TCP port to listen on"),
+    Setting("host", DEFAULT_HOST, str, "address to listen on"),
+    Setting("port", DEFAULT_PORT, int, "TCP port to listen on"),
     Setting("data_dir", "bbmq-data", str, "directory for the SQLite store, pidfile and log"),
     Setting("store", "", str, "sqlite (default, in the data dir), sqlite:///path.db, "
             "mysql://user:pass@host:3306/db, or memory:// (not durable)", secret=True),

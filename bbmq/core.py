@@ -27,6 +27,7 @@ from typing import Any, Final
 
 from bbmq import protocol as p
 from bbmq.auth import Authorizer, Permission
+from bbmq.defaults import DLQ_SUFFIX
 from bbmq.protocol import ErrorCode, ProtocolError
 from bbmq.store.base import (
     AckRecord,
@@ -41,7 +42,6 @@ from bbmq.store.base import (
 )
 
 SERVER_NAME: Final = "bbmq"
-DLQ_SUFFIX: Final = ".dlq"
 #: Most messages one ADMIN peek returns (its answer is one frame, bodies included).
 MAX_PEEK: Final = 1000
 #: The ack-deadline FIFO is compacted once it holds this many entries, or twice the

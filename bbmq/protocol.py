@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Final, NamedTuple
 
+from bbmq.defaults import DLQ_SUFFIX
+
 MAX_HEADER_BYTES: Final = 1024
 DEFAULT_MAX_MESSAGE_BYTES: Final = 1024 * 1024
 MAX_MSGID_CHARS: Final = 100
@@ -38,8 +40,8 @@ _CRLF: Final = b"\r\n"
 _HEAD: Final = b"HEAD "
 _TAIL: Final = b"TAIL\r\n"
 _VERB_RE: Final = re.compile(r"[A-Z_]+")
-#: Topic and group names; a dead-letter topic adds ".dlq" to a name of up to 200.
-_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,200}(?:\.dlq)?")
+#: Topic and group names; a dead-letter topic adds its suffix to a name of up to 200.
+_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]{1,200}(?:" + re.escape(DLQ_SUFFIX) + ")?")
 _SENDER_RE: Final = re.compile(r"[!-~]{1,200}")
 _ARG_RE: Final = re.compile(r"[!-~]+")  # printable ASCII, no space
 #: A well-formed header line with its CRLF, matched in place in the decoder's buffer;

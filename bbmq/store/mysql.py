@@ -27,7 +27,7 @@ from bbmq.store.sql import (
     Table,
 )
 
-DEFAULT_PORT: Final = 3306
+MYSQL_DEFAULT_PORT: Final = 3306
 DEFAULT_TABLE_PREFIX: Final = "bbmq_"
 #: SQL types of the column kinds in bbmq.store.sql.TABLES.  Names are at most 200
 #: characters; 204 leaves room for the ".dlq" of a dead-letter topic.
@@ -68,7 +68,7 @@ def parse_mysql_url(url: str) -> MySQLParams:
     """
     parts = urlsplit(url)
     try:
-        port = parts.port or DEFAULT_PORT
+        port = parts.port or MYSQL_DEFAULT_PORT
     except ValueError:
         raise ValueError(f"bad port in MySQL URL {redact_url(url)!r} (a password with / # ? "
                          "must be percent-encoded, or given with --store-password)") from None

@@ -1,0 +1,16 @@
+"""The defaults that more than one part of bbmq must agree on, each defined once.
+
+This module sits at the bottom of the import graph: it imports nothing from
+bbmq, and the protocol, the core, the server, the clients and the CLI all
+import from it.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Where a broker listens, and where clients look for one, unless told otherwise.
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 15333
+#: A topic's dead letters go to the topic of its name plus this suffix.
+DLQ_SUFFIX: Final = ".dlq"
