@@ -95,7 +95,8 @@ class CoreHarness:
         return [f.id for f in self.take(session) if isinstance(f, p.ProducerAckMessage)]
 
     def _collect(self) -> None:
-        for session, data, close in self.broker.take_output():
+        for session, frames, close in self.broker.take_output():
+            data = b"".join(frame.encode() for frame in frames)  # through the wire format
             for frame in self._decoders[session].feed(data):
                 self.inbox[session].append(p.parse(frame, p.SERVER_FRAMES))
             if close:

@@ -239,7 +239,7 @@ def test_expired_message_is_never_delivered() -> None:
     h.send(sub, p.Fetch(2, 0))
     frames = h.take(sub)
     assert [m[2] for m in messages(frames)] == [b"fresh"]
-    assert h.broker.topics["t"].counters.expired == 1
+    assert h.broker.snapshot().topic("t").counters.expired == 1
 
 
 def test_max_attempts_dead_letters_exactly_once_with_reason() -> None:
@@ -366,9 +366,9 @@ def test_acked_leases_do_not_pile_up_in_the_deadline_fifo() -> None:
         h.send(sub, p.Ack((message_id,)))
     h.send(sub, p.Fetch(1))
     assert messages(h.take(sub)) == [(kept, 1, b"m")]
-    assert len(h.broker._lease_deadlines) < LEASE_FIFO_MIN  # not one entry per delivery
+    assert len(h.broker.engine.lease_deadlines) < LEASE_FIFO_MIN  # not one entry per delivery
     h.advance(h.broker.config.ack_timeout_ms + 1)  # the live one still times out
-    assert kept not in h.broker.topics["t"].groups["default"].inflight
+    assert kept not in h.broker.engine.topics["t"].groups["default"].inflight
 
 
 def test_ack_deadlines_hold_when_the_wall_clock_steps_back() -> None:
@@ -380,8 +380,8 @@ def test_ack_deadlines_hold_when_the_wall_clock_steps_back() -> None:
     h.send(sub, p.Fetch(1))
     assert [m[0] for m in messages(h.take(sub))] == [first, second]
     h.advance(31_000)  # B's deadline passed, though A's (in the future now) has not
-    assert second not in h.broker.topics["t"].groups["default"].inflight
-    assert first in h.broker.topics["t"].groups["default"].inflight
+    assert second not in h.broker.engine.topics["t"].groups["default"].inflight
+    assert first in h.broker.engine.topics["t"].groups["default"].inflight
 
 
 def test_deleting_a_group_leaves_nothing_for_its_timers_to_finish_twice() -> None:
@@ -389,7 +389,7 @@ def test_deleting_a_group_leaves_nothing_for_its_timers_to_finish_twice() -> Non
     pub, doomed, other = h.publisher("t"), h.subscriber("t", "doomed"), h.subscriber("t", "g2")
     [mid] = h.publish(pub, b"M")
     h.send(doomed, p.Fetch(1))
-    h.broker.delete_group("t", "doomed", h.now)
+    h.broker.admin.delete_group("t", "doomed", h.now)
     h.commit()
     h.disconnect(doomed)
     h.advance(31_000)  # the deleted group's ack deadline for M

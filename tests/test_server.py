@@ -248,7 +248,7 @@ def test_acks_that_wait_to_share_a_write_reach_the_broker_unprompted(
 
     def group_counters() -> tuple[int, int]:
         assert broker.server is not None
-        counters = broker.server.broker.topics["linger"].groups["g"].counters
+        counters = broker.server.broker.snapshot().topic("linger").group("g").counters
         return counters.acked, counters.redelivered
 
     consumer.channel.send_soon(p.Ack((first.id,)).encode())
