@@ -264,9 +264,10 @@ class QueueEngine:
 
     def dispatch(self, group: Group, now_ms: int) -> None:
         """Hand ready messages to waiting consumers, round robin."""
+        # Once per delivery: the group's has_ready() and _expired() are spelled out inline.
         waiting = group.waiting
         has_room = self.outboxes.has_room
-        while waiting and group.has_ready():
+        while waiting and (group.fresh or group.retry):
             session = waiting[0]
             if not has_room(session):
                 waiting.rotate(-1)
@@ -274,7 +275,7 @@ class QueueEngine:
                     return
                 continue
             message, attempts = group.pop_ready()
-            if self._expired(message, now_ms):
+            if (expires := message.expires_at_ms) is not None and expires <= now_ms:
                 self._expire(group, message, attempts, now_ms)
                 continue
             self._deliver(group, session, message, attempts + 1, now_ms)

@@ -44,7 +44,28 @@ class Roles:
     def receive(self, session: Session, frame: p.Frame, now_ms: int) -> None:
         """Handle one whole frame; a frame refused gets its ERROR, in order for a PUBLISH."""
         try:
-            self._handle(session, p.parse(frame), now_ms)
+            match typed := p.parse(frame):
+                case p.Publish():
+                    self._on_publish(session, typed, now_ms)
+                case p.Ack():
+                    self._on_ack(session, typed.ids, now_ms)
+                case p.Fetch():
+                    self._on_fetch(session, typed, now_ms)
+                case p.Nack():
+                    self._on_nack(session, typed, now_ms)
+                case p.Ping():
+                    self.outboxes.send(session, p.Pong())
+                case p.ClientShutdownSignal():
+                    self._on_shutdown(session, now_ms)
+                case p.ClientPublisher() | p.ClientSubscriber() | p.ClientAdmin():
+                    self._on_handshake(session, typed, now_ms)
+                case p.AdminCommand():
+                    self._require(session, Role.ADMIN, "ADMIN")
+                    result = self.admin.answer(typed.command, typed.params, now_ms)
+                    self.outboxes.send(session, p.AdminResult(result))
+                case _:
+                    raise ProtocolError(ErrorCode.NOT_ALLOWED,
+                                        f"{typed.VERB} is not handled on this connection")
         except ProtocolError as error:
             if frame.verb == p.Publish.VERB and session.role is Role.PUBLISHER:
                 # One reply per PUBLISH, in order: the error waits behind earlier acks.
@@ -54,30 +75,6 @@ class Roles:
                 self.outboxes.send(session, p.Error(error.code, error.text))
                 if error.fatal:
                     self.outboxes.close(session)
-
-    def _handle(self, session: Session, frame: p.TypedFrame, now_ms: int) -> None:
-        match frame:
-            case p.Publish():
-                self._on_publish(session, frame, now_ms)
-            case p.Ack():
-                self._on_ack(session, frame.ids, now_ms)
-            case p.Fetch():
-                self._on_fetch(session, frame, now_ms)
-            case p.Nack():
-                self._on_nack(session, frame, now_ms)
-            case p.Ping():
-                self.outboxes.send(session, p.Pong())
-            case p.ClientShutdownSignal():
-                self._on_shutdown(session, now_ms)
-            case p.ClientPublisher() | p.ClientSubscriber() | p.ClientAdmin():
-                self._on_handshake(session, frame, now_ms)
-            case p.AdminCommand():
-                self._require(session, Role.ADMIN, "ADMIN")
-                result = self.admin.answer(frame.command, frame.params, now_ms)
-                self.outboxes.send(session, p.AdminResult(result))
-            case _:
-                raise ProtocolError(ErrorCode.NOT_ALLOWED,
-                                    f"{frame.VERB} is not handled on this connection")
 
     @staticmethod
     def _require(session: Session, role: Role, verb: str) -> None:
