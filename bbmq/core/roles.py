@@ -25,6 +25,7 @@ from bbmq.core.records import FetchRequest, PendingPublish, Reply, Role, Session
 from bbmq.protocol import ErrorCode, ProtocolError
 from bbmq.store.base import NewMessage, StoredId
 
+#: The frames that open a session and decide its role.
 Handshake = p.ClientPublisher | p.ClientSubscriber | p.ClientAdmin
 
 
