@@ -13,8 +13,9 @@ deadlines, a FIFO because every lease gets the same timeout, and a heap for
 the rest (long-poll ends, delayed messages, and the rare lease whose deadline
 is out of order after the wall clock stepped back).
 
-This is the hot path: no per-message dict or closure, and the records it
-moves are slotted (bbmq/core/records.py).
+This is the hot path: the records it moves are slotted (bbmq/core/records.py),
+it makes no closures, and a queued message holds nothing for later that can be
+made when it is sent (its MESSAGE keys, see ``QueuedMessage.frame``).
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class QueueEngine:
         self.config = config
         self.outboxes = outboxes
         self.topics: dict[str, Topic] = {}
-        self.timers: list[tuple[int, int, TimerKind, Any]] = []
+        self._timers: list[tuple[int, int, TimerKind, Any]] = []
         self._timer_seq = itertools.count()
         #: Ack deadlines as (deadline, group, message id).  Every lease gets the same
         #: timeout, so they come due in delivery order: a FIFO, not the timer heap.
@@ -333,11 +334,11 @@ class QueueEngine:
     # ------------------------------------------------------------------ timers
 
     def _schedule(self, deadline_ms: int, kind: TimerKind, subject: Any) -> None:
-        heapq.heappush(self.timers, (deadline_ms, next(self._timer_seq), kind, subject))
+        heapq.heappush(self._timers, (deadline_ms, next(self._timer_seq), kind, subject))
 
     def next_deadline(self) -> int | None:
         """When :meth:`tick` next has work, in the same milliseconds as ``now_ms``."""
-        deadlines = [queue[0][0] for queue in (self.timers, self.lease_deadlines) if queue]
+        deadlines = [queue[0][0] for queue in (self._timers, self.lease_deadlines) if queue]
         return min(deadlines) if deadlines else None
 
     def tick(self, now_ms: int) -> None:
@@ -345,8 +346,8 @@ class QueueEngine:
         leases = self.lease_deadlines
         while leases and leases[0][0] <= now_ms:
             self._lease_due(*leases.popleft(), now_ms)
-        while self.timers and self.timers[0][0] <= now_ms:
-            deadline, _, kind, subject = heapq.heappop(self.timers)
+        while self._timers and self._timers[0][0] <= now_ms:
+            deadline, _, kind, subject = heapq.heappop(self._timers)
             if kind is TimerKind.LEASE:
                 group, message_id = subject
                 self._lease_due(deadline, group, message_id, now_ms)
