@@ -205,14 +205,16 @@ class Roles:
     # ------------------------------------------------------------------ subscriber
 
     def _on_fetch(self, session: Session, frame: p.Fetch, now_ms: int) -> None:
-        self._require(session, Role.SUBSCRIBER, "FETCH")
+        if session.role is not Role.SUBSCRIBER:  # checked inline: once per FETCH and ACK
+            self._require(session, Role.SUBSCRIBER, "FETCH")
         deadline = None if frame.wait_ms is None else now_ms + frame.wait_ms
         session.requests.append(FetchRequest(frame.count, deadline))
         if len(session.requests) == 1:
             self.engine.start_request(session, now_ms)
 
     def _on_ack(self, session: Session, ids: tuple[int, ...], now_ms: int) -> None:
-        self._require(session, Role.SUBSCRIBER, "ACK")
+        if session.role is not Role.SUBSCRIBER:
+            self._require(session, Role.SUBSCRIBER, "ACK")
         if unknown := self.engine.ack(session, ids, now_ms):
             raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE,
                                 f"not in flight on this connection: {' '.join(map(str, unknown))}"
