@@ -518,7 +518,7 @@ def publisher_run(chunks: list[bytes]) -> tuple[list[p.TypedFrame], Batch]:
 
 def subscriber_run(chunks: list[bytes]) -> tuple[list[p.TypedFrame], Batch]:
     """A subscriber's replies, and what was stored, when its bytes arrive as ``chunks``,
-    with the messages 1, 2 and 3 (TRICKY) waiting for its group."""
+    with the messages 1, 2 (TRICKY) and 3 waiting for its group."""
     h = CoreHarness()
     h.disconnect(h.subscriber("split", "g"))  # the group exists before the messages
     h.publish(h.publisher("split"), b"one", TRICKY, b"three")
