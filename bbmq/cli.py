@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from bbmq import config as settings
 from bbmq._version import __version__
 from bbmq.admin import add_admin_commands
+from bbmq.app import serve
 from bbmq.cli_options import add_client_arguments, client_options, name_type
 from bbmq.client import (
     BrokerError,
@@ -31,7 +32,6 @@ from bbmq.daemon import (
     load_config,
 )
 from bbmq.protocol import ErrorCode
-from bbmq.server import serve
 from bbmq.store import SchemaVersionError, StoreUnavailable
 
 

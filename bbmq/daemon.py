@@ -27,7 +27,7 @@ start.  The way there:
   ``status`` never mistake a recycled pid for the broker.
 * The log is a :class:`logging.handlers.WatchedFileHandler` (it notices a
   logrotate rename by itself), and SIGHUP reopens it at once (installed by
-  :func:`bbmq.server.serve`).  The daemon's stdout and stderr point at the log
+  :func:`bbmq.app.serve`).  The daemon's stdout and stderr point at the log
   too, so a stray traceback is never lost.
 """
 
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
 import fcntl
 import json
@@ -56,9 +57,10 @@ import daemon
 
 from bbmq import config as settings
 from bbmq.admin import Admin, format_duration, stats_table
+from bbmq.app import serve
 from bbmq.auth import Authorizer
 from bbmq.client import BrokerError
-from bbmq.server import BrokerServer, serve
+from bbmq.server import BrokerServer
 from bbmq.store.base import StoreUnavailable
 
 log = logging.getLogger("bbmq.daemon")
@@ -191,12 +193,11 @@ def load_config(args: argparse.Namespace) -> settings.Config:
         raise settings.ConfigError(f"log_level {config.log_level!r} from "
                                    f"{config.sources['log_level']}: use DEBUG, INFO, WARNING "
                                    "or ERROR")
-    absolute = {name: str(Path(config.values[name]).resolve())
-                for name in ("tls_cert", "tls_key") if config.values[name]}
-    return settings.Config({**config.values, **absolute, "log_level": level,
-                            "data_dir": str(config.data_path),
-                            "log_file": str(config.log_path),
-                            "pid_file": str(config.pid_path)}, config.sources)
+    return dataclasses.replace(
+        config, log_level=level, data_dir=str(config.data_path), log_file=str(config.log_path),
+        pid_file=str(config.pid_path),
+        tls_cert=config.tls_cert and str(Path(config.tls_cert).resolve()),
+        tls_key=config.tls_key and str(Path(config.tls_key).resolve()))
 
 
 def _client_host(host: str) -> str:

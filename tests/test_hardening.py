@@ -334,11 +334,11 @@ class RefusesOneBatch(SQLiteStore):
 
     refused = False
 
-    def write(self, batch: Batch) -> list[StoredId]:
+    def write(self, batch: Batch, now_ms: int) -> list[StoredId]:
         if not self.refused:
             self.refused = True
             raise OverflowError("Python int too large to convert to SQLite INTEGER")
-        return super().write(batch)
+        return super().write(batch, now_ms)
 
 
 def test_the_store_thread_outlives_a_batch_the_database_refuses(tmp_path: Path) -> None:
@@ -362,9 +362,8 @@ def test_the_store_thread_outlives_a_batch_the_database_refuses(tmp_path: Path) 
     def publish(body: bytes) -> PendingPublish:
         return PendingPublish(session, NewMessage("t", body, None, 1_000))
 
-    worker = StoreWorker(RefusesOneBatch(tmp_path / "s.sqlite3"),
-                         lambda fn, *args: fn(*args), on_stored, on_failed)
-    worker.start().result(10)
+    worker = StoreWorker(RefusesOneBatch(tmp_path / "s.sqlite3"), clock=lambda: 1_000)
+    worker.start(lambda fn, *args: fn(*args), on_stored, on_failed).result(10)
     try:
         worker.submit([publish(b"poison")], Batch())
         with done:

@@ -29,7 +29,6 @@ import contextlib
 import functools
 import json
 import re
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -415,16 +414,16 @@ class SQLStore(ABC):
 
     # ------------------------------------------------------------------- writes
 
-    def write(self, batch: Batch) -> list[StoredId]:
+    def write(self, batch: Batch, now_ms: int) -> list[StoredId]:
         """Commit ``batch`` atomically; see :meth:`bbmq.store.base.Store.write`.
 
         If the connection breaks while the COMMIT is in flight the batch may
         have been written although StoreUnavailable is raised; publishing with
         a msgid makes the retry harmless.
         """
-        return self._run(lambda cursor: self._write(cursor, batch), write=True)
+        return self._run(lambda cursor: self._write(cursor, batch, now_ms), write=True)
 
-    def _write(self, cursor: Cursor, batch: Batch) -> list[StoredId]:
+    def _write(self, cursor: Cursor, batch: Batch, now_ms: int) -> list[StoredId]:
         p = self.prefix
         stored = self._store_messages(cursor, batch.messages)
         if batch.groups:
@@ -451,7 +450,7 @@ class SQLStore(ABC):
                     self._sql(
                         f"UPDATE {p}messages SET done_ms = ? WHERE done_ms IS NULL AND id IN {ids}"
                     ),
-                    (_now_ms(), *chunk),
+                    (now_ms, *chunk),
                 )
             else:
                 cursor.execute(f"DELETE FROM {p}deliveries WHERE message_id IN {ids}", chunk)
@@ -637,7 +636,3 @@ class SQLStore(ABC):
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
