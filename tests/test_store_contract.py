@@ -38,7 +38,7 @@ from bbmq.store import (
     StoredId,
     open_store,
 )
-from bbmq.store import sql as sql_module
+from bbmq.store import schema as schema_module
 
 from .mysql_support import connect, drop_tables, require_mysql, unique_table_prefix
 
@@ -520,14 +520,14 @@ def sql_storage(durable_backend: Backend) -> Storage:
 def test_schema_is_versioned(sql_storage: Storage) -> None:
     sql_storage.opened()
     assert sql_storage.query("SELECT value FROM bbmq_meta WHERE name = ?", "schema_version") == [
-        (str(sql_module.SCHEMA_VERSION),)
+        (str(schema_module.SCHEMA_VERSION),)
     ]
 
 
 def test_a_newer_schema_is_refused(sql_storage: Storage) -> None:
     sql_storage.opened().close()
     sql_storage.query("UPDATE bbmq_meta SET value = ? WHERE name = ?",
-                      str(sql_module.SCHEMA_VERSION + 1), "schema_version")
+                      str(schema_module.SCHEMA_VERSION + 1), "schema_version")
     store = sql_storage.store()
     with pytest.raises(SchemaVersionError, match="upgrade bbmq"):
         store.open()
@@ -553,7 +553,7 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_messages(sql_storage: St
     sql_storage.query("UPDATE bbmq_meta SET value = ? WHERE name = ?", "1", "schema_version")
     store = sql_storage.opened()
     assert sql_storage.query("SELECT value FROM bbmq_meta WHERE name = ?", "schema_version") == [
-        (str(sql_module.SCHEMA_VERSION),)
+        (str(schema_module.SCHEMA_VERSION),)
     ]
     assert pending(store) == {kept: {"g": 0}}
     (targeted,) = publish(store, msg(body=b"for g", group="g"))
@@ -567,10 +567,10 @@ def test_an_older_schema_is_upgraded(
     store = sql_storage.opened()
     (kept,) = publish(store, msg())
     store.close()
-    version = sql_module.SCHEMA_VERSION
-    monkeypatch.setattr(sql_module, "SCHEMA_VERSION", version + 1)
+    version = schema_module.SCHEMA_VERSION
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", version + 1)
     monkeypatch.setitem(
-        sql_module.UPGRADES, version,
+        schema_module.UPGRADES, version,
         lambda s: [f"ALTER TABLE {s.prefix}messages ADD COLUMN upgraded INTEGER"],
     )
     store = sql_storage.opened()
