@@ -24,13 +24,8 @@ from bbmq.client import (
     default_address,
     ping,
 )
-from bbmq.daemon import (
-    AlreadyRunning,
-    PidFile,
-    add_server_commands,
-    describe_failure,
-    load_config,
-)
+from bbmq.daemon import add_server_commands, describe_failure, load_config
+from bbmq.pidfile import AlreadyRunning, PidFile
 from bbmq.protocol import ErrorCode
 from bbmq.store import SchemaVersionError, StoreUnavailable
 

@@ -5,7 +5,8 @@ Every import counts: at module level, inside functions (the lazy ones), under
 is a dependency a reader has to follow.  The rules: imports never go round in
 a circle; the store never reaches up into the broker; the protocol and the
 defaults stand on nothing above them; and no module grows past what one can
-read in a sitting.
+read in a sitting.  Last, the typed Config and the SETTINGS that make the
+flags describe the same settings.
 """
 
 from __future__ import annotations
