@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from bbmq import config as settings
 from bbmq._version import __version__
 from bbmq.admin import add_admin_commands
+from bbmq.app import serve
 from bbmq.cli_options import add_client_arguments, client_options, name_type
 from bbmq.client import (
     BrokerError,
@@ -23,15 +24,9 @@ from bbmq.client import (
     default_address,
     ping,
 )
-from bbmq.daemon import (
-    AlreadyRunning,
-    PidFile,
-    add_server_commands,
-    describe_failure,
-    load_config,
-)
+from bbmq.daemon import add_server_commands, describe_failure, load_config
+from bbmq.pidfile import AlreadyRunning, PidFile
 from bbmq.protocol import ErrorCode
-from bbmq.server import serve
 from bbmq.store import SchemaVersionError, StoreUnavailable
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from bbmq import protocol as p
 from bbmq.core import LEASE_FIFO_MIN
 from bbmq.protocol import ErrorCode
-from bbmq.store.base import GroupRecord, RecoveredMessage
+from bbmq.store.base import Batch, GroupRecord, RecoveredMessage
 
 from .core_harness import START_MS, CoreHarness, messages
 
@@ -488,3 +490,88 @@ def test_sender_names_must_fit_in_a_header() -> None:
     session = h.connect()
     h.send(session, p.ClientPublisher("t", {"name": "José Smith"}))
     assert errors(h.take(session)) == [ErrorCode.BAD_NAME]
+
+
+# --------------------------------------------------------------------------- byte boundaries
+
+#: A body that looks like frame markers: a decoder that lost its place would misread it.
+TRICKY = b"HEAD PUBLISH 3\r\nTAIL\r\n\x00\xff"
+
+
+def pieces(stream: bytes) -> Iterator[tuple[str, list[bytes]]]:
+    """The stream cut in two at every point, then cut between every two bytes."""
+    for cut in range(len(stream) + 1):
+        yield f"cut at byte {cut}", [stream[:cut], stream[cut:]]
+    yield "a byte at a time", [stream[index : index + 1] for index in range(len(stream))]
+
+
+def publisher_run(chunks: list[bytes]) -> tuple[list[p.TypedFrame], Batch]:
+    """A publisher's replies, and what was stored, when its bytes arrive as ``chunks``;
+    the store commits after every read, so a frame can be half read across a commit."""
+    h = CoreHarness()
+    pub = h.connect()
+    for chunk in chunks:
+        h.feed(pub, chunk)
+        h.commit()
+    return h.take(pub), h.stored
+
+
+def subscriber_run(chunks: list[bytes]) -> tuple[list[p.TypedFrame], Batch]:
+    """A subscriber's replies, and what was stored, when its bytes arrive as ``chunks``,
+    with the messages 1, 2 (TRICKY) and 3 waiting for its group."""
+    h = CoreHarness()
+    h.disconnect(h.subscriber("split", "g"))  # the group exists before the messages
+    h.publish(h.publisher("split"), b"one", TRICKY, b"three")
+    sub = h.connect()
+    for chunk in chunks:
+        h.feed(sub, chunk)
+        h.commit()
+    return h.take(sub), h.stored
+
+
+def test_a_publisher_stream_cut_anywhere_gets_the_same_replies() -> None:
+    """The decoder and the core together, as the server drives them on every read, minus
+    the socket (over loopback the kernel, not the test, would choose the cuts)."""
+    stream = b"".join([
+        p.ClientPublisher("split", {"name": "p"}).encode(),
+        p.Publish(TRICKY).encode(),
+        p.Publish(b"", msgid="m1").encode(),
+        p.encode("PUBLISH", ("color=blue",), b"x"),  # refused, and the connection stays
+        p.Publish(TRICKY, msgid="m1").encode(),  # a duplicate: it gets the first one's id
+        p.Publish(b"TAIL\r\n", delay_ms=5).encode(),
+    ])
+    whole = publisher_run([stream])
+    replies, stored = whole
+    assert [type(frame) for frame in replies] == [
+        p.ServerAcknowledgement, p.ProducerAckMessage, p.ProducerAckMessage, p.Error,
+        p.ProducerAckMessage, p.ProducerAckMessage]
+    assert replies[4] == replies[2]  # the duplicate's id
+    # What the core handed the store, duplicate included: the store recognises it.
+    assert [m.body for m in stored.messages] == [TRICKY, b"", TRICKY, b"TAIL\r\n"]
+    for how, chunks in pieces(stream):
+        assert publisher_run(chunks) == whole, how
+
+
+def test_a_subscriber_stream_cut_anywhere_gets_the_same_replies() -> None:
+    stream = b"".join(frame.encode() for frame in [
+        p.ClientSubscriber("split", "g"),
+        p.Fetch(3),
+        p.Ack((1,)),
+        p.Nack(2),
+        p.Fetch(1),
+        p.Ping(),
+        p.Ack((2, 3)),
+        p.Ack((99,)),  # never delivered: an error, and the connection stays
+        p.ClientShutdownSignal(),
+    ])
+    whole = subscriber_run([stream])
+    replies, stored = whole
+    assert isinstance(replies[0], p.ServerAcknowledgement)
+    assert messages(replies[1:5]) == [(1, 1, b"one"), (2, 1, TRICKY), (3, 1, b"three"),
+                                      (2, 2, TRICKY)]
+    assert replies[5] == p.Pong()
+    assert errors(replies[6:7]) == [ErrorCode.UNKNOWN_MESSAGE]
+    assert replies[7:] == [p.CloseConnectionSignal()]
+    assert [ack.message_id for ack in stored.acks] == [1, 2, 3]
+    for how, chunks in pieces(stream):
+        assert subscriber_run(chunks) == whole, how

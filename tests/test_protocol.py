@@ -703,4 +703,4 @@ def test_doc_names_every_verb_code_and_limit() -> None:
         assert re.search(rf"\b{word}\b", text), f"{word} is not documented"
     for number in (p.MAX_HEADER_BYTES, p.DEFAULT_MAX_MESSAGE_BYTES, p.MAX_MSGID_CHARS):
         assert str(number) in text
-    assert p._NAME_RE.pattern in text
+    assert p.NAME_RE.pattern in text

@@ -49,8 +49,7 @@ def metric_samples(h: CoreHarness, snapshots: list[BrokerSnapshot]) -> dict[tupl
         snapshots.append(h.broker.snapshot())
         return snapshots[-1]
 
-    worker = StoreWorker(MemoryStore(), lambda fn, *args: fn(*args), lambda *_: None,
-                         lambda *_: None)  # never started: the page only reads it
+    worker = StoreWorker(MemoryStore(), clock=lambda: h.now)  # never started: only read
     registry = build_registry(MetricsSources(snapshot, lambda: 4, worker))
     page = generate_latest(registry).decode()
     return {(sample.name, *(sample.labels[key] for key in sorted(sample.labels))): sample.value
