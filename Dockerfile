@@ -46,7 +46,7 @@ ENV BBMQ_HOST=0.0.0.0 \
 
 USER 10001:10001
 VOLUME ["/data"]
-EXPOSE 15333
+EXPOSE 15333 15334
 
 # Healthy when the broker answers PING. `bbmq ping` reads BBMQ_HOST/BBMQ_PORT, so it
 # follows the listen address (0.0.0.0 reaches the container's own interfaces).

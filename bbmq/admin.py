@@ -1,88 +1,28 @@
 """Administering a running broker as a client: ``bbmq stats|topics|purge|group|peek|dlq``.
 
 The broker answers administrative requests on a ``CLIENT_ADMIN`` connection
-(``ADMIN <command>`` with JSON parameters, answered by ``ADMIN_RESULT`` JSON;
-see docs/PROTOCOL.md), so these commands need nothing but the address and,
-when the broker requires one, a token: they work against a local daemon, a
-container or a remote host alike.  ``dlq replay`` is an ordinary consumer of
-``<topic>.dlq`` and producer of ``<topic>``, so a replayed message is safe at
-every step: its DLQ copy is acked only once the re-publish has been acked (an
-interruption in between can duplicate a message, never lose one).
+(the :class:`~bbmq.admin_client.Admin` client), so these commands need nothing
+but the address and, when the broker requires one, a token: they work against a
+local daemon, a container or a remote host alike.  ``dlq replay`` runs
+:func:`~bbmq.admin_client.replay_dead_letters`, which the broker's dashboard
+runs too.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import ssl
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
-from bbmq import protocol as p
+from bbmq.admin_client import Admin, replay_dead_letters
 from bbmq.cli_options import add_client_arguments, client_options, name_type
-from bbmq.client import BrokerError, ConnectionLost, Consumer, Message, Producer, _Client
 from bbmq.defaults import DLQ_SUFFIX
 
-#: Messages fetched, re-published and acked together by ``dlq replay``.
-REPLAY_BATCH: Final = 100
-
-
-class Admin(_Client):
-    """An administrative connection: stats, topics, purge, group delete, peek."""
-
-    def __init__(self, host: str | None = None, port: int | None = None, *,
-                 name: str | None = None, token: str | None = None,
-                 tls: bool | ssl.SSLContext = False,
-                 ca_file: str | None = None, timeout: float = 10.0) -> None:
-        super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
-                         timeout=timeout)
-
-    def _handshake_frame(self) -> p.TypedFrame:
-        return p.ClientAdmin(self._options())
-
-    def command(self, name: str, **params: Any) -> Any:
-        """Run one ADMIN command and return its JSON result; broker errors raise BrokerError."""
-        channel = self.channel
-        channel.send(p.AdminCommand(name, params).encode())
-        while True:
-            reply = channel.read(self.timeout)
-            if isinstance(reply, p.AdminResult):
-                return reply.result
-            if isinstance(reply, p.Error):
-                raise BrokerError(reply.code, reply.text)
-            if reply is None:
-                channel.close()
-                raise ConnectionLost(f"no answer to ADMIN {name} within {self.timeout:g} s")
-
-    def stats(self) -> dict[str, Any]:
-        """Server facts and, per topic and group, queue sizes and running totals."""
-        result: dict[str, Any] = self.command("stats")
-        return result
-
-    def topics(self) -> list[str]:
-        result: list[str] = self.command("topics")
-        return result
-
-    def purge(self, topic: str, group: str | None = None) -> int:
-        """Drop the queued (not in-flight) messages of one group, or of the whole topic;
-        returns how many."""
-        params = {"topic": topic} if group is None else {"topic": topic, "group": group}
-        return int(self.command("purge", **params)["purged"])
-
-    def delete_group(self, topic: str, group: str) -> None:
-        """Remove a group and what it owes; its consumers are disconnected."""
-        self.command("group_delete", topic=topic, group=group)
-
-    def peek(self, topic: str, group: str | None = None, n: int = 10) -> list[dict[str, Any]]:
-        """The next ``n`` messages the group would deliver, without changing anything."""
-        params: dict[str, Any] = {"topic": topic, "n": n}
-        if group is not None:
-            params["group"] = group
-        result: list[dict[str, Any]] = self.command("peek", **params)
-        return result
+__all__ = ["Admin", "add_admin_commands", "format_duration", "stats_table", "with_rates"]
 
 
 # --------------------------------------------------------------------------- rates and tables
@@ -265,56 +205,17 @@ def _peek_header(message: Mapping[str, Any]) -> str:
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
-    dlq = args.topic + DLQ_SUFFIX
-    with _connect(args) as admin:
-        if dlq not in admin.topics():
-            print(f"nothing to replay: {args.topic} has no dead letters (no topic {dlq})")
-            return 0
-        groups = sorted(admin.stats()["topics"][dlq]["groups"])
-    if groups and args.group not in groups:  # subscribing would create it: refuse instead
-        print(f"bbmq: {dlq} has no group {args.group!r} (groups: {', '.join(groups)}); "
-              "pick one with --group", file=sys.stderr)
+    def report(replayed: int) -> None:
+        print(f"replayed {replayed} so far", file=sys.stderr, flush=True)
+
+    outcome = replay_dead_letters(args.topic, args.group, count=args.count,
+                                  timeout=args.timeout, progress=report,
+                                  **client_options(args))
+    if outcome.refused:
+        print(f"bbmq: {outcome.summary}", file=sys.stderr)
         return 1
-    replayed = 0
-    progress_at = time.monotonic() + 1.0
-    options = client_options(args)
-    with Consumer(dlq, args.group, **options) as consumer, \
-            Producer(args.topic, **{**options, "name": args.name or "bbmq-dlq-replay"}) \
-            as producer:
-        for batch in _dead_letters(consumer, args.count, args.timeout):
-            # Back to the group that gave up on each, not to every group of the topic.
-            by_group: dict[str | None, list[Message]] = {}
-            for message in batch:
-                by_group.setdefault(message.meta.get("original_group"), []).append(message)
-            for group, messages in by_group.items():
-                producer.publish_many([message.body for message in messages], group=group)
-            consumer.ack_many(batch)  # only now: the re-publish was acked above
-            replayed += len(batch)
-            if time.monotonic() >= progress_at:
-                print(f"replayed {replayed} so far", file=sys.stderr, flush=True)
-                progress_at = time.monotonic() + 1.0
-    if replayed:
-        print(f"replayed {replayed} messages from {dlq} to {args.topic}")
-    else:
-        print(f"nothing to replay: {dlq} has no queued messages for group {args.group} "
-              "('bbmq stats' shows which groups hold them; pick one with --group)")
+    print(outcome.summary)
     return 0
-
-
-def _dead_letters(consumer: Consumer, limit: int, timeout: float) -> Iterator[list[Message]]:
-    """Batches of DLQ messages until ``limit`` (0: no limit) or none came for ``timeout`` s."""
-    taken = 0
-    while not limit or taken < limit:
-        batch: list[Message] = []
-        while len(batch) < REPLAY_BATCH and (not limit or taken + len(batch) < limit):
-            message = consumer.fetch(timeout=timeout if not batch else 0)
-            if message is None:
-                break
-            batch.append(message)
-        if not batch:
-            return
-        taken += len(batch)
-        yield batch
 
 
 def _dlq_purge(args: argparse.Namespace) -> int:

@@ -109,11 +109,15 @@ def free_port() -> int:
 class BrokerProcess:
     """``python -m bbmq server run`` as a child process; keyword arguments are settings.
 
-    The port stays the same across restarts, so clients can reconnect to it.
+    The port stays the same across restarts, so clients can reconnect to it.  The HTTP
+    side (dashboard, /metrics) is off unless ``http_port`` (or ``metrics_port``) is given,
+    so that brokers run side by side do not race for its default port.
     """
 
     def __init__(self, data_dir: str | Path, **overrides: Any) -> None:
         self.data_dir = Path(data_dir)
+        if "metrics_port" not in overrides:
+            overrides.setdefault("http_port", 0)
         self.port = int(overrides.pop("port", 0)) or free_port()
         self.settings = {"data_dir": str(self.data_dir), "port": str(self.port), **overrides}
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-broker.log"
