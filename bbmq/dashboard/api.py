@@ -50,7 +50,8 @@ class Api:
         self.sessions = sessions
         self.history = history
         self.commit_times = commit_times
-        self.listeners: set[asyncio.Queue[str]] = set()
+        #: One queue per open event stream; None in it ends the stream (the server stops).
+        self.listeners: set[asyncio.Queue[str | None]] = set()
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -104,7 +105,7 @@ class Api:
         return response
 
     async def logout(self, request: web.Request) -> web.Response:
-        session = request["session"]
+        session = self.sessions.of(request)
         if session is not None:
             self.sessions.close(session.id)
         response = web.json_response({"logged_in": False})
@@ -209,13 +210,15 @@ class Api:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                                "Cache-Control": "no-store"})
         await response.prepare(request)
-        queue: asyncio.Queue[str] = asyncio.Queue(EVENT_BACKLOG)
+        queue: asyncio.Queue[str | None] = asyncio.Queue(EVENT_BACKLOG)
         self.listeners.add(queue)
-        session = request["session"]
+        session = self.sessions.of(request)
         try:
             await response.write(f"data: {json.dumps(self.state())}\n\n".encode())
             while True:
                 data = await queue.get()
+                if data is None:
+                    break
                 if self.sessions.auth_required and self.sessions.of(request) is not session:
                     await response.write(b"event: logged_out\ndata: {}\n\n")
                     break
@@ -234,6 +237,13 @@ class Api:
         for queue in self.listeners:
             if not queue.full():
                 queue.put_nowait(data)
+
+    def end_streams(self) -> None:
+        """End every open event stream now (the server is stopping)."""
+        for queue in self.listeners:
+            while queue.full():
+                queue.get_nowait()
+            queue.put_nowait(None)
 
     # ------------------------------------------------------------------ changes
 
@@ -257,7 +267,7 @@ class Api:
         body = await self._confirmed(request)
         topic = request.match_info["topic"]
         group = body.get("group") or "default"
-        session = request["session"]
+        session = self.sessions.of(request)
         try:
             outcome = await asyncio.to_thread(self.sources.replay, topic, str(group),
                                               None if session is None else session.token)

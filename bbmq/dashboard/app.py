@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import time
 from collections.abc import Callable
@@ -73,12 +74,18 @@ class HttpServer:
         self.port = int(self.runner.addresses[0][1])
         self._sampler = asyncio.ensure_future(self._sample())
         log.info("dashboard on http://%s:%d/ (Prometheus metrics at /metrics)", host, self.port)
+        if not self.sessions.auth_required and not self.sessions.read_only and not _is_loopback(
+                host):
+            log.warning("dashboard on %s WITHOUT authentication: anyone who can reach port %d "
+                        "can purge topics; set --auth-tokens or --dashboard-read-only",
+                        host, self.port)
 
     async def close(self) -> None:
         if self._sampler is not None:
             self._sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sampler
+        self.api.end_streams()
         await self.runner.cleanup()
 
     async def _sample(self) -> None:
@@ -107,6 +114,13 @@ class HttpServer:
     async def metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(self.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 async def start_http(sources: DashboardSources, host: str, port: int,

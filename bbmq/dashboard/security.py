@@ -134,7 +134,6 @@ def middleware(sessions: Sessions) -> Middleware:
             if sessions.read_only:
                 return refusal(403, "the dashboard is read-only (--dashboard-read-only): "
                                     "use the bbmq command line to change anything")
-        request["session"] = session
         return await handler(request)
 
     return check
