@@ -12,9 +12,11 @@ docs/screenshots/ when ``BBMQ_UPDATE_SCREENSHOTS=1`` (how the README's are made)
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -35,6 +37,9 @@ CHROMIUM_ARGS: Final = ["--headless", "--no-sandbox", "--disable-gpu",
                         "--disable-background-networking", "--disable-component-update",
                         "--disable-sync", "--no-first-run"]
 SCREENSHOTS: Final = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+UPDATING_SCREENSHOTS: Final = os.environ.get("BBMQ_UPDATE_SCREENSHOTS") == "1"
+#: Seconds of traffic charted before the overview's screenshot for docs/ is taken.
+SCREENSHOT_HISTORY_S: Final = 75.0
 #: Milliseconds the browser waits for a page to show what a test expects.
 SHOWN_MS: Final = 15_000
 
@@ -74,7 +79,7 @@ def screenshot(page: Any, name: str, tmp_path: Path) -> None:
     path = tmp_path / f"{name}.png"
     page.screenshot(path=str(path), full_page=True)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if os.environ.get("BBMQ_UPDATE_SCREENSHOTS") == "1":
+    if UPDATING_SCREENSHOTS:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, SCREENSHOTS / f"{name}.png")
 
@@ -131,27 +136,43 @@ def test_login_refuses_a_token_without_admin(browser: Any, broker: BrokerProcess
 def test_the_overview_charts_the_publish_rate_while_a_producer_runs(
         page: Any, broker: BrokerProcess, tmp_path: Path) -> None:
     stop = threading.Event()
+    started = time.monotonic()
 
     def produce() -> None:
         with Producer("clicks", **client(broker)) as producer:
             while not stop.is_set():
-                producer.publish_many([b"click"] * 20)
+                # A batch size that swells and ebbs, so the chart of the screenshot shows a
+                # shape; the test itself only needs messages to flow.
+                phase = math.sin((time.monotonic() - started) / 6)
+                producer.publish_many([b"click"] * int(30 + 25 * phase))
+                stop.wait(0.02)  # pacing, not synchronisation
 
-    producing = threading.Thread(target=produce)
-    producing.start()
+    def consume() -> None:
+        with Consumer("clicks", "analytics", **client(broker)) as consumer:
+            while not stop.is_set():
+                message = consumer.fetch(timeout=0.2)
+                if message is not None:
+                    consumer.ack(message)
+
+    workers = [threading.Thread(target=produce), threading.Thread(target=consume)]
+    for worker in workers:
+        worker.start()
     try:
         wait_for(lambda: number_in(page, "#rate-published") > 0,
                  "a publish rate above zero on the overview")
-        page.wait_for_selector("#chart path[data-series=published]")
-        assert number_in(page, "#rate-published") > 0
+        wait_for(lambda: number_in(page, "#rate-acked") > 0, "an ack rate above zero")
+        page.wait_for_selector("#chart-published path[data-series=published]")
         assert page.text_content("#ov-version").strip()
         assert "sqlite" in page.text_content("#ov-store")
         wait_for(lambda: page.text_content("#ov-commit").endswith(" ms"),
                  "the store's commit latency on the overview")
+        if UPDATING_SCREENSHOTS:  # the README's picture: a minute of history in the chart
+            stop.wait(SCREENSHOT_HISTORY_S)
         screenshot(page, "overview", tmp_path)
     finally:
         stop.set()
-        producing.join()
+        for worker in workers:
+            worker.join()
 
 
 def test_topics_table_shows_the_ready_count(page: Any, broker: BrokerProcess,

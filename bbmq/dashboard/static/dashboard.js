@@ -196,7 +196,7 @@ function buildOverview(main) {
       card("Version", "ov-version"), card("Uptime", "ov-uptime", "ov-started"),
       card("Connections", "ov-connections"), card("Topics", "ov-topics"),
       card("Ready", "ov-ready"), card("In flight", "ov-inflight"),
-      card("Dead letters", "ov-dead"), card("Held in memory", "ov-memory")),
+      card("Dead letters", "ov-dead"), card("Bytes queued", "ov-memory")),
     el("div", { class: "cards wide" },
       el("div", { class: "card" },
          el("div", { class: "label" }, "Store"),
@@ -206,11 +206,14 @@ function buildOverview(main) {
          el("div", { class: "label" }, "Store commit latency"),
          el("div", { class: "value", id: "ov-commit" }, "–"),
          el("div", { class: "detail", id: "ov-commit-detail" }))),
-    el("section", { class: "panel chart" },
-      el("div", { class: "panel-head" }, el("h2", {}, "Messages per second"),
-         el("span", { class: "right muted" }, "last 5 minutes, all topics")),
-      el("div", { class: "legend", id: "legend" }),
-      el("div", { id: "chart" }))));
+    el("section", { class: "panel" },
+      el("div", { class: "panel-head" }, el("h2", {}, "Messages per second, all topics"),
+         el("span", { class: "right muted", id: "chart-span" })),
+      el("div", { class: "charts" }, SERIES.map((s) => el("div", { class: "chart" },
+        el("div", { class: "chart-head" },
+          el("span", { class: "swatch", style: `background:${s.color}` }), s.label,
+          el("span", { class: "num", id: `rate-${s.key}` }, "–"), el("span", { class: "muted" }, "/s")),
+        el("div", { id: `chart-${s.key}` })))))));
 }
 
 function setText(id, text) {
@@ -224,7 +227,9 @@ function refreshOverview() {
   setText("server-line", `pid ${server.pid} · listening on ${server.address} · log ${server.log}`);
   setText("ov-version", ov.version);
   setText("ov-uptime", duration(server.uptime_s || 0));
-  setText("ov-started", "since " + new Date(Date.now() - (server.uptime_s || 0) * 1000).toLocaleString("en-GB"));
+  const started = new Date(Date.now() - (server.uptime_s || 0) * 1000);
+  setText("ov-started", "since " + (started.toDateString() === new Date().toDateString()
+    ? started.toLocaleTimeString("en-GB") : started.toLocaleString("en-GB")));
   setText("ov-connections", number(server.connections));
   setText("ov-topics", number(ov.totals.topics));
   setText("ov-ready", number(ov.totals.ready));
@@ -240,12 +245,19 @@ function refreshOverview() {
   setText("ov-commit", commit.p50_ms === null ? "no commits yet" : `${commit.p50_ms} ms`);
   setText("ov-commit-detail", commit.p50_ms === null ? "" :
     `median of the last ${number(commit.sampled)} · p99 ${commit.p99_ms} ms · last ${commit.last_ms} ms · ${number(commit.commits)} commits`);
-  const legend = document.getElementById("legend");
   const latest = state.history[state.history.length - 1] || {};
-  legend.replaceChildren(...SERIES.map((s) => el("div", { class: "item" },
-    el("span", { class: "swatch", style: `background:${s.color}` }), `${s.label}`,
-    el("span", { class: "num", id: `rate-${s.key}` }, rate(latest[s.key] ?? 0)), "/s")));
-  drawChart(document.getElementById("chart"), state.history, SERIES);
+  const span = chartSpan(state.history);
+  setText("chart-span", `last ${duration(span / 1000)} (the page keeps up to 5 min)`);
+  for (const s of SERIES) {
+    setText(`rate-${s.key}`, rate(latest[s.key] ?? 0));
+    drawChart(document.getElementById(`chart-${s.key}`), state.history, s, span);
+  }
+}
+
+// The time the charts span: what the history holds, from one minute up to five.
+function chartSpan(points) {
+  const held = points.length ? Date.now() - points[0].t : 0;
+  return Math.min(HISTORY_MS, Math.max(60000, Math.ceil(held / 30000) * 30000));
 }
 
 function niceMax(value) {
@@ -255,36 +267,36 @@ function niceMax(value) {
   return 10 * power;
 }
 
-function drawChart(box, points, series) {
-  const W = 1000, H = 260, left = 56, right = 12, top = 10, bottom = 28;
-  const now = Date.now(), from = now - HISTORY_MS;
-  const max = niceMax(Math.max(0, ...points.flatMap((p) => series.map((s) => p[s.key] || 0))));
-  const x = (t) => left + ((t - from) / HISTORY_MS) * (W - left - right);
+function drawChart(box, points, series, span) {
+  const W = 600, H = 170, left = 48, right = 8, top = 8, bottom = 24;
+  const now = Date.now(), from = now - span;
+  const shown = points.filter((p) => p.t >= from);
+  const max = niceMax(Math.max(0, ...shown.map((p) => p[series.key] || 0)));
+  const x = (t) => left + ((t - from) / span) * (W - left - right);
   const y = (v) => top + (1 - v / max) * (H - top - bottom);
   const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img",
-                             "aria-label": "messages per second over the last five minutes" });
-  for (let i = 0; i <= 4; i += 1) {
-    const v = (max / 4) * i;
+                             "aria-label": `${series.label} per second` });
+  for (let i = 0; i <= 2; i += 1) {
+    const v = (max / 2) * i;
     chart.append(svg("line", { class: "grid", x1: left, x2: W - right, y1: y(v), y2: y(v) }));
-    chart.append(svg("text", { class: "axis", x: left - 8, y: y(v) + 4, "text-anchor": "end" },
+    chart.append(svg("text", { class: "axis", x: left - 6, y: y(v) + 4, "text-anchor": "end" },
                      rate(v)));
   }
-  for (let minute = 0; minute <= 5; minute += 1) {
-    const t = now - minute * 60000;
-    chart.append(svg("text", { class: "axis", x: x(t), y: H - 8,
-                               "text-anchor": minute === 0 ? "end" : "middle" },
-                     minute === 0 ? "now" : `-${minute} min`));
+  const step = span > 180000 ? 60000 : 30000;
+  for (let ago = 0; ago <= span; ago += step) {
+    const label = ago === 0 ? "now" : ago % 60000 ? `-${ago / 1000}s` : `-${ago / 60000}m`;
+    chart.append(svg("text", { class: "axis", x: x(now - ago), y: H - 6,
+                               "text-anchor": ago === 0 ? "end" : ago === span ? "start" : "middle" }, label));
   }
-  for (const s of series) {
-    const shown = points.filter((p) => p.t >= from);
-    if (shown.length < 2) continue;
-    const d = shown.map((p, i) => `${i ? "L" : "M"}${x(p.t).toFixed(1)},${y(p[s.key] || 0).toFixed(1)}`).join("");
-    chart.append(svg("path", { d, fill: "none", stroke: s.color, "stroke-width": 2,
-                               "stroke-linejoin": "round", "data-series": s.key }));
-  }
-  if (points.length < 2) {
+  if (shown.length >= 2) {
+    const line = shown.map((p, i) => `${i ? "L" : "M"}${x(p.t).toFixed(1)},${y(p[series.key] || 0).toFixed(1)}`).join("");
+    const area = `${line}L${x(shown[shown.length - 1].t).toFixed(1)},${y(0)}L${x(shown[0].t).toFixed(1)},${y(0)}Z`;
+    chart.append(svg("path", { d: area, fill: series.color, "fill-opacity": 0.08, stroke: "none" }));
+    chart.append(svg("path", { d: line, fill: "none", stroke: series.color, "stroke-width": 2,
+                               "stroke-linejoin": "round", "data-series": series.key }));
+  } else {
     chart.append(svg("text", { class: "axis", x: W / 2, y: H / 2, "text-anchor": "middle" },
-                     "collecting the first seconds of rates…"));
+                     "collecting the first seconds…"));
   }
   box.replaceChildren(chart);
 }
