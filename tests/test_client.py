@@ -36,13 +36,13 @@ def test_publish_window_pairs_replies_in_order_and_tops_up_at_half() -> None:
     window = PublishWindow(frames, list(range(10)), ids, window=4)
     assert window.to_send() == frames[:4]
     assert window.to_send() == []  # nothing answered yet: the window is full
-    window.on_reply(p.ProducerAckMessage(101))
+    window.on_replies([p.ProducerAckMessage(101)])
     assert window.to_send() == []  # 3 unanswered: more than half the window
-    window.on_reply(p.Pong())  # not a PUBLISH reply: pairs with nothing
-    window.on_reply(p.Error(ErrorCode.STORE_UNAVAILABLE, "later"))
+    window.on_replies([p.Pong()])  # not a PUBLISH reply: pairs with nothing
+    window.on_replies([p.Error(ErrorCode.STORE_UNAVAILABLE, "later")])
     assert window.to_send() == frames[4:6]
     for reply_id in range(103, 111):
-        window.on_reply(p.ProducerAckMessage(reply_id))
+        window.on_replies([p.ProducerAckMessage(reply_id)])
         window.to_send()
     assert window.done and window.failure() is None
     assert ids == [101, 0, *range(103, 111)]
@@ -54,9 +54,9 @@ def test_a_final_refusal_stops_sending_and_waits_for_the_replies_owed() -> None:
     ids = [0] * 6
     window = PublishWindow(frames, list(range(6)), ids, window=2)
     assert len(window.to_send()) == 2
-    window.on_reply(p.Error(ErrorCode.INVALID_PROTOCOL, "bad"))
+    window.on_replies([p.Error(ErrorCode.INVALID_PROTOCOL, "bad")])
     assert window.to_send() == [] and not window.done  # the second reply is still owed
-    window.on_reply(p.ProducerAckMessage(7))
+    window.on_replies([p.ProducerAckMessage(7)])
     assert window.done
     failure = window.failure()
     assert isinstance(failure, PublishError) and failure.ids == [0, 7, 0, 0, 0, 0]
@@ -67,9 +67,9 @@ def test_a_publish_job_resends_only_the_unacked_until_retry_for_runs_out() -> No
     first = job.next_pass()
     assert first is not None
     first.to_send()
-    first.on_reply(p.ProducerAckMessage(1))
-    first.on_reply(p.Error(ErrorCode.SERVER_BUSY, "full"))
-    first.on_reply(p.ProducerAckMessage(3))
+    first.on_replies([p.ProducerAckMessage(1)])
+    first.on_replies([p.Error(ErrorCode.SERVER_BUSY, "full")])
+    first.on_replies([p.ProducerAckMessage(3)])
     assert job.after_pass(first, now=0.1) == 0.05
     second = job.next_pass()
     assert second is not None and second.to_send() == [job._frames[1]]
@@ -77,7 +77,7 @@ def test_a_publish_job_resends_only_the_unacked_until_retry_for_runs_out() -> No
     third = job.next_pass()
     assert third is not None
     third.to_send()
-    third.on_reply(p.Error(ErrorCode.STORE_UNAVAILABLE, "down"))
+    third.on_replies([p.Error(ErrorCode.STORE_UNAVAILABLE, "down")])
     with pytest.raises(BrokerError) as refused:
         job.after_pass(third, now=1.0)
     assert refused.value.code == ErrorCode.STORE_UNAVAILABLE

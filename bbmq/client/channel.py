@@ -24,9 +24,11 @@ from bbmq.protocol import (
     ClientShutdownSignal,
     CloseConnectionSignal,
     Error,
+    LocalProtocolError,
     Pending,
     ProtocolError,
     ServerAcknowledgement,
+    State,
     TypedFrame,
 )
 
@@ -84,8 +86,11 @@ class Channel:
     def send_all(self, frames: Iterable[TypedFrame]) -> None:
         """Write ``frames`` in one write, after whatever ``send_soon`` still holds."""
         with self._sending:
-            encode = self.connection.send
-            data = b"".join([*self._soon, *map(encode, frames)])
+            try:
+                data = b"".join([*self._soon, *map(self.connection.send, frames)])
+            except LocalProtocolError:
+                self._refuse_after_goodbye()
+                raise
             self._soon.clear()
             self._write(data)
 
@@ -97,7 +102,11 @@ class Channel:
         go after these, so the order on the wire is the order of the calls.
         """
         with self._sending:
-            self._soon.append(self.connection.send(frame))
+            try:
+                self._soon.append(self.connection.send(frame))
+            except LocalProtocolError:
+                self._refuse_after_goodbye()
+                raise
             if len(self._soon) >= SOON_MAX_FRAMES:
                 self._write_soon()
                 return
@@ -107,6 +116,12 @@ class Channel:
                 self._flusher.start()
             elif len(self._soon) == 1:
                 self._sending.notify()  # wake the flusher: it has something to linger over
+
+    def _refuse_after_goodbye(self) -> None:
+        """A frame the connection refused because it is closing (an ack from a worker thread
+        after close(), say) fails as it would on the closed socket it is about to be."""
+        if self.closed or self.connection.state in (State.CLOSING, State.CLOSED):
+            raise ConnectionLost("the connection is closing") from None
 
     def flush(self) -> None:
         """Write what ``send_soon`` holds, now."""
@@ -148,11 +163,26 @@ class Channel:
     def read(self, timeout: float | None = None) -> TypedFrame | None:
         """The next frame from the broker, or None when ``timeout`` seconds pass first."""
         events = self._events
-        if events:
+        if events or self._wait(timeout):
             return events.popleft()
+        return None
+
+    def read_all(self, timeout: float | None = None) -> list[TypedFrame]:
+        """Every frame received so far, waiting up to ``timeout`` seconds for at least one
+        (none: the time passed)."""
+        events = self._events
+        if events or self._wait(timeout):
+            frames = list(events)
+            events.clear()
+            return frames
+        return []
+
+    def _wait(self, timeout: float | None) -> bool:
+        """Read the socket until a whole frame is in; False when ``timeout`` passes first."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._soon:
             self.flush()  # about to wait on the broker: nothing of ours should wait too
+        events = self._events
         while not events:
             if self._broken is not None:
                 self.close()
@@ -161,12 +191,12 @@ class Channel:
                 raise ConnectionLost("connection already closed")
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
-                return None
+                return False
             self.sock.settimeout(remaining)
             try:
                 data = self.sock.recv(READ_BYTES)
             except TimeoutError:
-                return None
+                return False
             except OSError as error:
                 self.close()
                 raise ConnectionLost(f"connection to broker failed: {error}") from None
@@ -174,7 +204,7 @@ class Channel:
                 self.close()
                 raise ConnectionLost("the broker closed the connection")
             self._receive(data)
-        return events.popleft()
+        return True
 
     def _receive(self, data: bytes) -> None:
         """Take ``data`` into the connection and every event it completes into ``_events``."""

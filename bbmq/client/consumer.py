@@ -84,14 +84,17 @@ class Consumer(Client):
 
     def __iter__(self) -> Iterator[Message]:
         """Stream messages for ever, keeping up to ``prefetch`` requested ahead."""
-        while True:
+        prefetch = self.prefetch
+        while True:  # once per connection: closing the consumer between messages reconnects
             channel = self.channel
             fetches = self._fetches
-            if (more := fetches.top_up(self.prefetch)) is not None:
-                channel.send(more)
-            message = fetches.received(channel.read())
-            if message is not None:
-                yield message
+            read, received, top_up = channel.read, fetches.received, fetches.top_up
+            while not channel.closed:
+                if (more := top_up(prefetch)) is not None:
+                    channel.send(more)
+                message = received(read())
+                if message is not None:
+                    yield message
 
     def ack(self, message: Message | int) -> None:
         """Done with the message: it will not be delivered again (to this group).
@@ -100,15 +103,18 @@ class Consumer(Client):
         the ack may wait up to ACK_LINGER_S to share one write with the next
         ones; close() (or leaving the ``with`` block) sends what is left.
         """
-        self._send_acks((Ack((message.id if isinstance(message, Message) else message,)),))
+        channel = self.channel
+        frame = Ack((message.id if isinstance(message, Message) else message,))
+        if channel.pending():  # more messages to work through: their acks can share a write
+            channel.send_soon(frame)
+        else:
+            channel.send(frame)
 
     def ack_many(self, messages: Iterable[Message | int]) -> None:
         """Ack several messages in as few frames as fit in a header."""
-        self._send_acks(ack_frames(messages))
-
-    def _send_acks(self, frames: Iterable[Ack]) -> None:
         channel = self.channel
-        if channel.pending():  # more messages to work through: their acks can share a write
+        frames = ack_frames(messages)
+        if channel.pending():
             for frame in frames:
                 channel.send_soon(frame)
         else:

@@ -68,7 +68,13 @@ class FetchQueue:
         ConnectionLost for a frame a subscriber cannot use.
         """
         if isinstance(frame, protocol.Message):
-            self._took_one()
+            open_requests = self._open
+            if open_requests:  # else a message nobody asked for: nothing to count it against
+                self.owed -= 1
+                if open_requests[0] == 1:
+                    open_requests.popleft()
+                else:
+                    open_requests[0] -= 1
             return Message(frame.id, frame.body, frame.attempt, frame.meta)
         if isinstance(frame, QueueEmpty):
             if self._open:
@@ -80,16 +86,6 @@ class FetchQueue:
                 return None
             raise BrokerError(frame.code, frame.text)
         raise ConnectionLost(f"unexpected frame from the broker: {frame!r}")
-
-    def _took_one(self) -> None:
-        open_requests = self._open
-        if not open_requests:
-            return  # a message nobody asked for: nothing is owed to count it against
-        self.owed -= 1
-        if open_requests[0] == 1:
-            open_requests.popleft()
-        else:
-            open_requests[0] -= 1
 
 
 def ack_frames(messages: Iterable[Message | int]) -> list[Ack]:

@@ -92,15 +92,15 @@ class Producer(Client):
             if frames := publish_pass.to_send():
                 channel.send_all(frames)
             try:
-                reply = channel.read(self.timeout)
+                replies = channel.read_all(self.timeout)
             except ConnectionLost:
                 # The refusal may have closed the connection (a frame too large, say).
                 if (failure := publish_pass.failure()) is not None:
                     raise failure from None
                 raise
-            if reply is None:
+            if not replies:
                 channel.close()
                 raise ConnectionLost(f"no ack from the broker within {self.timeout:g} s")
-            publish_pass.on_reply(reply)
+            publish_pass.on_replies(replies)
         if (failure := publish_pass.failure()) is not None:
             raise failure

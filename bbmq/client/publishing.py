@@ -95,17 +95,20 @@ class PublishWindow:
         frames = self._frames
         return [frames[index] for index in todo[sent:end]]
 
-    def on_reply(self, reply: TypedFrame) -> None:
-        """Take the broker's next frame; a PUBLISH reply fills in its message's id."""
-        if isinstance(reply, ProducerAckMessage):
-            self.ids[self._todo[self.replied]] = reply.id
-        elif isinstance(reply, Error) and reply.code in RESEND_LATER:
-            self.refused = reply
-        elif isinstance(reply, Error):
-            self.failed = self.failed or reply
-        else:
-            return  # PONG and the like: not a reply to a PUBLISH
-        self.replied += 1
+    def on_replies(self, replies: Iterable[TypedFrame]) -> None:
+        """Take the broker's next frames; each PUBLISH reply fills in its message's id."""
+        ids, todo, replied = self.ids, self._todo, self.replied
+        for reply in replies:
+            if isinstance(reply, ProducerAckMessage):
+                ids[todo[replied]] = reply.id
+            elif isinstance(reply, Error) and reply.code in RESEND_LATER:
+                self.refused = reply
+            elif isinstance(reply, Error):
+                self.failed = self.failed or reply
+            else:
+                continue  # PONG and the like: not a reply to a PUBLISH
+            replied += 1
+        self.replied = replied
 
     def failure(self) -> PublishError | None:
         """The final refusal as the error to raise, with the ids stored so far."""
