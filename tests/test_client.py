@@ -3,7 +3,9 @@ iteration, fetch() and run() against a real broker without losing a message."""
 
 from __future__ import annotations
 
+import logging
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +20,8 @@ from bbmq.client.publishing import MsgIds, PublishJob, PublishWindow, publish_fr
 from bbmq.client.retry import Backoff, comes_back
 from bbmq.protocol import ErrorCode
 from bbmq.testing import BrokerController
+
+from .conftest import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -164,6 +168,22 @@ def test_fetch_after_leaving_a_stream_early_hands_out_what_it_had_asked_for(
         assert all(m.attempt == 1 for m in got)
 
 
+def test_fetch_takes_what_the_stream_left_early_is_still_owed(broker: BrokerController) -> None:
+    """Messages published after the ``break`` go to the stream's FETCH, still open on the
+    broker: fetch() waits for those rather than asking again, and misses none."""
+    first_id = _publish(broker, "owed", 1)[0]
+    with Consumer("owed", port=broker.port, prefetch=8) as consumer:
+        assert _stream_until_first(consumer).id == first_id
+        later = _publish(broker, "owed", 5)
+        got = [consumer.fetch(timeout=5) for _ in later]
+        assert [m.id for m in got if m] == later
+        assert consumer.fetch(timeout=0.2) is None
+        session_requests = broker.call(lambda: [  # only the stream's FETCH was ever open
+            len(s.requests) for s in broker.server.broker.sessions.values()  # type: ignore[union-attr]
+            if s.topic == "owed"])
+        assert session_requests == [1]
+
+
 def test_iterating_again_after_leaving_a_stream_early_goes_on_where_it_left(
         broker: BrokerController) -> None:
     ids = _publish(broker, "again", 30)
@@ -218,6 +238,34 @@ def test_run_after_leaving_a_stream_early_processes_what_it_had_asked_for(
     assert not runner.is_alive()
     assert sorted(done) == ids[1:]
     consumer.close()
+
+
+def test_a_producer_waits_out_a_full_broker(tmp_path: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    """SERVER_BUSY at the handshake is in the shared policy's COME_BACK: a publish retries
+    it within retry_for, as Consumer.run does."""
+    with BrokerController(data_dir=tmp_path, max_connections=1) as broker:
+        hog = socket.create_connection(("127.0.0.1", broker.port))  # the one allowed
+        outcome: list[int | BaseException] = []
+
+        def publish() -> None:
+            producer = Producer("full", port=broker.port, retry_for=30)  # connects on publish
+            try:
+                outcome.append(producer.publish(b"waited"))
+            except BaseException as error:
+                outcome.append(error)
+            finally:
+                producer.close()
+
+        publisher = threading.Thread(target=publish)
+        with caplog.at_level(logging.WARNING, logger="bbmq.client"):
+            publisher.start()
+            wait_for(lambda: "too many connections" in caplog.text, timeout=10)
+            assert publisher.is_alive() and not outcome
+            hog.close()
+            publisher.join(30)
+        assert not publisher.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], int), outcome
 
 
 def test_the_package_ships_py_typed(tmp_path: Path) -> None:
