@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from bbmq import config as settings
 from bbmq._version import __version__
 from bbmq.admin import add_admin_commands
+from bbmq.app import serve
 from bbmq.cli_options import add_client_arguments, client_options, name_type
 from bbmq.client import (
     BrokerError,
@@ -24,14 +25,8 @@ from bbmq.client import (
     ping,
 )
 from bbmq.client.retry import Backoff, comes_back
-from bbmq.daemon import (
-    AlreadyRunning,
-    PidFile,
-    add_server_commands,
-    describe_failure,
-    load_config,
-)
-from bbmq.server import serve
+from bbmq.daemon import add_server_commands, describe_failure, load_config
+from bbmq.pidfile import AlreadyRunning, PidFile
 from bbmq.store import SchemaVersionError, StoreUnavailable
 
 

@@ -5,7 +5,7 @@ a ``BBMQ_<NAME>`` environment variable (an empty one counts as unset), the
 TOML file given by ``--config`` (keys as the setting names, e.g.
 ``ack_timeout = 30``), then the default.
 The CLI builds its flags from :data:`SETTINGS`, so a new setting is one line
-here and nothing else.
+there and its typed field in :class:`Config`, and nothing else.
 """
 
 from __future__ import annotations
@@ -121,34 +121,52 @@ BY_NAME: Final = {setting.name: setting for setting in SETTINGS}
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """The effective settings and where each came from (flag, env, file, default)."""
+    """The effective settings, one typed field per :data:`SETTINGS` entry, and where each
+    came from (``sources``: flag, env, file or default, by setting name)."""
 
-    values: Mapping[str, Any]
+    host: str
+    port: int
+    data_dir: str
+    store: str
+    store_password: str | None
+    max_message_size: int
+    ack_timeout: float
+    max_attempts: int
+    dead_letter_expired: bool
+    retention: float
+    dedup_window: float
+    max_connections: int
+    max_queued_bytes: int
+    max_output_bytes: int
+    handshake_timeout: float
+    idle_timeout: float
+    max_batch: int
+    log_level: str
+    log_file: str | None
+    pid_file: str | None
+    metrics_port: int
+    auth_tokens: str
+    tls_cert: str | None
+    tls_key: str | None
     sources: Mapping[str, str]
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
 
     @property
     def data_path(self) -> Path:
-        return Path(self.values["data_dir"]).resolve()
+        return Path(self.data_dir).resolve()
 
     @property
     def pid_path(self) -> Path:
-        return Path(self.values["pid_file"] or self.data_path / "bbmq.pid").resolve()
+        return Path(self.pid_file or self.data_path / "bbmq.pid").resolve()
 
     @property
     def log_path(self) -> Path:
-        return Path(self.values["log_file"] or self.data_path / "bbmq.log").resolve()
+        return Path(self.log_file or self.data_path / "bbmq.log").resolve()
 
     def describe(self) -> list[tuple[str, str, str]]:
         """(name, shown value, source) rows with secrets masked, for ``bbmq server config``."""
         rows = []
         for setting in SETTINGS:
-            value = self.values[setting.name]
+            value = getattr(self, setting.name)
             shown = mask(setting.name, value) if setting.secret else value
             rows.append((setting.name, "" if shown is None else str(shown),
                          self.sources[setting.name]))
@@ -215,4 +233,4 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
         except ValueError as error:
             raise ConfigError(f"{setting.name} from {source}: {error}") from None
         sources[setting.name] = source
-    return Config(values, sources)
+    return Config(**values, sources=sources)

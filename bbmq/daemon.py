@@ -16,18 +16,10 @@ start.  The way there:
   them and exits 0 or 1.  The log file, the sockets, the store and the event
   loop are all opened after detaching, since DaemonContext closes every
   descriptor it was not told to keep.
-* The pidfile is our own, locked with ``flock``, rather than
-  ``daemon.pidfile.TimeoutPIDLockFile``.  That one (from the deprecated
-  ``lockfile`` package) takes the lock by creating the file with ``O_EXCL``, so
-  after a ``kill -9`` the leftover file blocks every start until someone
-  deletes it, and the pid inside may by then belong to an unrelated process
-  that ``stop`` would signal.  An flock is released by the kernel when the
-  process dies, however it dies: "the lock is held" is exactly "the broker is
-  alive", a stale file is simply locked again and rewritten, and ``stop`` and
-  ``status`` never mistake a recycled pid for the broker.
+* The pidfile is our own, locked with ``flock`` (see :mod:`bbmq.pidfile`).
 * The log is a :class:`logging.handlers.WatchedFileHandler` (it notices a
   logrotate rename by itself), and SIGHUP reopens it at once (installed by
-  :func:`bbmq.server.serve`).  The daemon's stdout and stderr point at the log
+  :func:`bbmq.app.serve`).  The daemon's stdout and stderr point at the log
   too, so a stray traceback is never lost.
 """
 
@@ -35,148 +27,32 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import errno
-import fcntl
 import json
 import logging
 import logging.handlers
 import os
 import select
 import signal
-import ssl
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final
 
 import daemon
 
 from bbmq import config as settings
-from bbmq.admin import Admin, format_duration, stats_table
-from bbmq.auth import Authorizer
-from bbmq.client import BrokerError
-from bbmq.server import BrokerServer, serve
+from bbmq.app import serve
+from bbmq.pidfile import AlreadyRunning, PidFile, probe, wait_until_stopped
+from bbmq.server import BrokerServer
+from bbmq.server_status import daemon_status, print_status
 from bbmq.store.base import StoreUnavailable
 
 log = logging.getLogger("bbmq.daemon")
 
 DEFAULT_WAIT_S: Final = 30.0
-#: How long a starting daemon waits for a pidfile lock that someone else (say ``status``
-#: probing it) holds for an instant.
-PIDFILE_LOCK_WAIT_S: Final = 2.0
-POLL_S: Final = 0.05
-
-
-class AlreadyRunning(Exception):
-    """Another broker holds the pidfile's lock."""
-
-
-# --------------------------------------------------------------------------- the pidfile
-
-
-@dataclass(frozen=True, slots=True)
-class DaemonState:
-    """What the pidfile says: is a broker holding it, and which pid is written in it."""
-
-    pidfile_exists: bool
-    running: bool
-    pid: int | None
-
-
-def _read_pid(fd: int) -> int | None:
-    text = os.pread(fd, 64, 0).decode(errors="replace").strip()
-    return int(text) if text.isdigit() else None
-
-
-def probe(pid_path: Path) -> DaemonState:
-    """Whether a broker holds ``pid_path``'s lock (the broker is alive) and its pid."""
-    try:
-        fd = os.open(pid_path, os.O_RDONLY)
-    except FileNotFoundError:
-        return DaemonState(pidfile_exists=False, running=False, pid=None)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            # Held: the broker writes its pid right after locking, so wait for it briefly.
-            deadline = time.monotonic() + 1.0
-            while (pid := _read_pid(fd)) is None and time.monotonic() < deadline:
-                time.sleep(POLL_S)
-            return DaemonState(pidfile_exists=True, running=True, pid=pid)
-        return DaemonState(pidfile_exists=True, running=False, pid=_read_pid(fd))
-    finally:
-        os.close(fd)  # also drops our shared lock, if we took it
-
-
-class PidFile:
-    """The daemon's pidfile, flock-ed for as long as the daemon lives (a DaemonContext pidfile).
-
-    Entered by DaemonContext after it detached, so the pid written is the
-    daemon's own and the descriptor survives the context's close-everything.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-
-    def __enter__(self) -> PidFile:
-        deadline = time.monotonic() + PIDFILE_LOCK_WAIT_S
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                pid = _read_pid(fd)
-                os.close(fd)
-                if time.monotonic() >= deadline:
-                    raise AlreadyRunning(f"already running, pid {pid} (pidfile {self.path}); "
-                                         "'bbmq server stop' it first") from None
-                time.sleep(POLL_S)
-                continue
-            if self._is_current(fd):
-                break
-            os.close(fd)  # an exiting broker removed the file we locked: lock the new one
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
-        return self
-
-    def _is_current(self, fd: int) -> bool:
-        try:
-            on_disk = os.stat(self.path)
-        except FileNotFoundError:
-            return False
-        held = os.fstat(fd)
-        return (on_disk.st_dev, on_disk.st_ino) == (held.st_dev, held.st_ino)
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        if self._fd is None:
-            return
-        if self._is_current(self._fd):
-            os.unlink(self.path)
-        os.close(self._fd)  # releases the lock
-        self._fd = None
-
-
-def _wait_until_stopped(pid_path: Path, seconds: float, pid: int | None) -> bool:
-    """Poll the pidfile lock until the broker released it (exited) or ``seconds`` passed."""
-    started = time.monotonic()
-    deadline = started + seconds
-    next_note = started + 5.0
-    while probe(pid_path).running:
-        now = time.monotonic()
-        if now >= deadline:
-            return False
-        if now >= next_note:
-            print(f"bbmq: pid {pid} still draining after {now - started:.0f} s",
-                  file=sys.stderr, flush=True)
-            next_note = now + 5.0
-        time.sleep(POLL_S)
-    return True
 
 
 # --------------------------------------------------------------------------- configuration
@@ -186,22 +62,16 @@ def load_config(args: argparse.Namespace) -> settings.Config:
     """The effective settings, with every path made absolute (the daemon runs elsewhere)."""
     flags = {setting.name: getattr(args, setting.name) for setting in settings.SETTINGS}
     config = settings.load(flags, config_file=args.config)
-    level = str(config.log_level).upper()
+    level = config.log_level.upper()
     if not isinstance(logging.getLevelName(level), int):
         raise settings.ConfigError(f"log_level {config.log_level!r} from "
                                    f"{config.sources['log_level']}: use DEBUG, INFO, WARNING "
                                    "or ERROR")
-    absolute = {name: str(Path(config.values[name]).resolve())
-                for name in ("tls_cert", "tls_key") if config.values[name]}
-    return settings.Config({**config.values, **absolute, "log_level": level,
-                            "data_dir": str(config.data_path),
-                            "log_file": str(config.log_path),
-                            "pid_file": str(config.pid_path)}, config.sources)
-
-
-def _client_host(host: str) -> str:
-    """Where to reach a broker listening on ``host`` from this machine."""
-    return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    return dataclasses.replace(
+        config, log_level=level, data_dir=str(config.data_path), log_file=str(config.log_path),
+        pid_file=str(config.pid_path),
+        tls_cert=config.tls_cert and str(Path(config.tls_cert).resolve()),
+        tls_key=config.tls_key and str(Path(config.tls_key).resolve()))
 
 
 # --------------------------------------------------------------------------- start
@@ -428,7 +298,7 @@ class DaemonLogHandler(logging.handlers.WatchedFileHandler):
                 os.dup2(self.stream.fileno(), fd)
 
 
-# --------------------------------------------------------------------------- stop / status
+# --------------------------------------------------------------------------- stop
 
 
 def stop_daemon(config: settings.Config, wait: float, force: bool) -> int:
@@ -454,7 +324,7 @@ def stop_daemon(config: settings.Config, wait: float, force: bool) -> int:
         return 1
     print(f"bbmq: stopping pid {pid}, waiting up to {wait:g} s for it to drain",
           file=sys.stderr, flush=True)
-    if _wait_until_stopped(config.pid_path, wait, pid):
+    if wait_until_stopped(config.pid_path, wait, pid):
         print("stopped")
         return 0
     if not force:
@@ -465,67 +335,12 @@ def stop_daemon(config: settings.Config, wait: float, force: bool) -> int:
         return 1
     if probe(config.pid_path).running:
         os.kill(pid, signal.SIGKILL)
-    if not _wait_until_stopped(config.pid_path, 10.0, pid):
+    if not wait_until_stopped(config.pid_path, 10.0, pid):
         print(f"bbmq: pid {pid} survived SIGKILL; see 'ps -p {pid}'", file=sys.stderr)
         return 1
     config.pid_path.unlink(missing_ok=True)  # it had no chance to remove its own
     print(f"killed: pid {pid} did not drain within {wait:g} s (SIGKILL sent)")
     return 0
-
-
-def daemon_status(config: settings.Config, timeout: float) -> tuple[int, dict[str, Any]]:
-    """(LSB exit code, facts): 0 running, 1 dead with a pidfile left, 3 not running."""
-    state = probe(config.pid_path)
-    facts: dict[str, Any] = {"running": state.running, "pid": state.pid,
-                             "pid_file": str(config.pid_path), "log_file": str(config.log_path)}
-    if not state.running:
-        return (1 if state.pidfile_exists else 3), facts
-    host, port = _client_host(config.host), config.port
-    try:
-        with Admin(host, port, tls=_status_tls(config), timeout=timeout,
-                   token=Authorizer.parse(config.auth_tokens).admin_token()) as admin:
-            facts["stats"] = admin.stats()
-    except BrokerError as error:
-        facts["answering"] = False
-        facts["error"] = f"{host}:{port}: {error.text}"
-    else:
-        facts["answering"] = True
-    return 0, facts
-
-
-def _status_tls(config: settings.Config) -> bool | ssl.SSLContext:
-    """For a TLS broker: trust exactly its own certificate (whatever names it carries)."""
-    if not config.tls_cert:
-        return False
-    context = ssl.create_default_context(cafile=config.tls_cert)
-    context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-    context.check_hostname = False  # pinned to the certificate itself
-    return context
-
-
-def print_status(code: int, facts: dict[str, Any]) -> None:
-    if code == 3:
-        print("bbmq is not running")
-        return
-    if code == 1:
-        print(f"bbmq is dead but pidfile {facts['pid_file']} exists (pid {facts['pid']} is "
-              "gone); 'bbmq server start' replaces it")
-        return
-    if not facts["answering"]:
-        print(f"bbmq is running, pid {facts['pid']}, but does not answer ({facts['error']}). "
-              "If it was started with another --host/--port/--config, give the same ones here; "
-              f"if it is still recovering its store, see {facts['log_file']}")
-        return
-    stats = facts["stats"]
-    server = stats.get("server", {})
-    store = server.get("store", "?") + ("" if server.get("store_available", True)
-                                        else " (UNAVAILABLE: see the log)")
-    print(f"bbmq is running, pid {facts['pid']}, up {format_duration(server.get('uptime_s', 0))}")
-    print(f"  address      {server.get('address')}")
-    print(f"  store        {store}")
-    print(f"  connections  {server.get('connections')}")
-    print(f"  log          {server.get('log') or facts['log_file']}")
-    print(stats_table(stats))
 
 
 # --------------------------------------------------------------------------- commands

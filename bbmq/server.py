@@ -10,27 +10,22 @@ the store its work.  Flow control uses asyncio's own write-buffer limits:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import gc
 import ipaddress
 import itertools
 import logging
-import logging.handlers
 import os
-import signal
+import runpy
 import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from bbmq import protocol as p
 from bbmq._version import __version__
-from bbmq.auth import Authorizer
-from bbmq.config import Config
-from bbmq.core import Broker, BrokerConfig, PendingPublish, Role
+from bbmq.core import Broker, PendingPublish, Role
 from bbmq.protocol import ErrorCode
-from bbmq.store import open_store
 from bbmq.store.base import RecoveredMessage, StoredId
 from bbmq.store.worker import StoreWorker
 
@@ -46,8 +41,25 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
-def now_ms() -> int:
-    return int(time.time() * 1000)
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    """What the transport itself needs to know: where to listen, and its per-connection limits.
+
+    The broker core has its own :class:`bbmq.core.BrokerConfig`; :mod:`bbmq.app`
+    derives both from the user's settings.
+    """
+
+    host: str
+    port: int
+    #: The decoder refuses a frame whose body is larger, before buffering it.
+    max_message_size: int
+    max_connections: int
+    #: The write buffer's high-water mark: above it, deliveries to the connection pause.
+    max_output_bytes: int
+    handshake_timeout: float
+    idle_timeout: float
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
 
 class Connection(asyncio.Protocol):
@@ -90,7 +102,7 @@ class Connection(asyncio.Protocol):
             log.info("conn=%d peer=%s framing error: %s", self.id, self.peer, error.text)
             broker.send_error(self.id, error.code, error.text, close=True)
         else:
-            now = now_ms()
+            now = server.clock()
             try:
                 for frame in frames:
                     broker.receive(self.id, frame, now)
@@ -113,10 +125,10 @@ class Connection(asyncio.Protocol):
         return False  # half-closed: close our side too
 
     def pause_writing(self) -> None:
-        self.server.broker.set_writable(self.id, False, now_ms())
+        self.server.broker.set_writable(self.id, False, self.server.clock())
 
     def resume_writing(self) -> None:
-        self.server.broker.set_writable(self.id, True, now_ms())
+        self.server.broker.set_writable(self.id, True, self.server.clock())
         self.server.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -124,7 +136,7 @@ class Connection(asyncio.Protocol):
             self.timeout.cancel()
         server = self.server
         server.connections.pop(self.id, None)
-        server.broker.disconnect(self.id, now_ms())
+        server.broker.disconnect(self.id, server.clock())
         server.flush()
 
     def _arm_timeout(self, delay: float, check: Callable[[], None]) -> None:
@@ -153,39 +165,28 @@ class Connection(asyncio.Protocol):
 
 
 class BrokerServer:
-    """Owns the listening socket, the connections, the broker core and the store thread."""
+    """Owns the listening socket and the connections; drives the broker core and the store thread.
 
-    def __init__(self, config: Config) -> None:
+    Everything it drives is handed in (see :func:`bbmq.app.build_server`): the
+    core, the store thread with its store, and ``clock``, the wall clock in
+    milliseconds that every call into the core is stamped with.
+    """
+
+    def __init__(self, broker: Broker, worker: StoreWorker, clock: Callable[[], int],
+                 config: TransportConfig) -> None:
         self.config = config
-        self.broker = Broker(BrokerConfig(
-            version=__version__,
-            max_message_bytes=config.max_message_size,
-            ack_timeout_ms=int(config.ack_timeout * 1000),
-            max_attempts=config.max_attempts,
-            dead_letter_expired=config.dead_letter_expired,
-            max_queued_bytes=config.max_queued_bytes,
-            max_output_bytes=config.max_output_bytes,
-            idle_timeout_ms=int(config.idle_timeout * 1000),
-            authorizer=Authorizer.parse(config.auth_tokens),
-        ))
-        self.store = open_store(config.store, config.data_path,
-                                retention_ms=int(config.retention * 1000),
-                                dedup_window_ms=int(config.dedup_window * 1000),
-                                password=config.store_password)
+        self.broker = broker
+        self.store = worker.store
+        self.clock = clock
         self.broker.status_provider = self.status
         self.connections: dict[int, Connection] = {}
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
-        self._worker: StoreWorker | None = None
+        self.worker = worker
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: int | None = None
-        self.started_at = time.time()
-
-    @property
-    def worker(self) -> StoreWorker:
-        assert self._worker is not None, "start() first"
-        return self._worker
+        self.started_at_ms = clock()
 
     @property
     def address(self) -> tuple[str, int]:
@@ -198,10 +199,9 @@ class BrokerServer:
         loop = self._loop = asyncio.get_running_loop()
         if not self.store.durable:
             log.warning("store is memory://: messages are NOT durable and are lost on restart")
-        self._worker = StoreWorker(self.store, loop.call_soon_threadsafe, self._stored,
-                                   self._store_failed, max_batch=self.config.max_batch)
         log.info("opening store %s", self.store.description)
-        await asyncio.wrap_future(self._worker.start())
+        await asyncio.wrap_future(
+            self.worker.start(loop.call_soon_threadsafe, self._stored, self._store_failed))
         log.info("store %s opened", self.store.description)
         try:
             await self._recover()
@@ -210,7 +210,7 @@ class BrokerServer:
                 self.config.host, self.config.port, ssl=self._ssl_context(),
                 reuse_address=True, backlog=1024)
         except BaseException:
-            await loop.run_in_executor(None, self._worker.stop)  # close the store we opened
+            await loop.run_in_executor(None, self.worker.stop)  # close the store we opened
             raise
         host, port = self.address
         log.info("bbmq %s listening on %s:%d", __version__, host, port)
@@ -226,13 +226,13 @@ class BrokerServer:
         if total:
             log.info("recovering %d messages", total)
             records = await asyncio.wrap_future(worker.call(self.store.recover))
-        loaded = self.broker.recover([], groups, now_ms())
+        loaded = self.broker.recover([], groups, self.clock())
         while True:
             chunk = await asyncio.wrap_future(
                 worker.call(lambda: list(itertools.islice(records, RECOVERY_CHUNK))))
             if not chunk:
                 break
-            loaded += self.broker.recover(chunk, [], now_ms())
+            loaded += self.broker.recover(chunk, [], self.clock())
             log.info("recovering %d messages: %d%%", total, 100 * loaded // max(total, 1))
         if loaded:
             log.info("recovered %d messages", loaded)
@@ -257,7 +257,7 @@ class BrokerServer:
                     connection.transport.write(data)
                 if close:
                     connection.transport.close()
-            if not broker.resume_throttled(now_ms()):
+            if not broker.resume_throttled(self.clock()):
                 break
         publishes, changes = broker.take_store_work()
         if publishes or len(changes):
@@ -272,15 +272,15 @@ class BrokerServer:
             self._timer.cancel()
         assert self._loop is not None
         self._timer_at = deadline
-        self._timer = self._loop.call_later(max(0.0, (deadline - now_ms()) / 1000), self._tick)
+        self._timer = self._loop.call_later(max(0.0, (deadline - self.clock()) / 1000), self._tick)
 
     def _tick(self) -> None:
         self._timer = self._timer_at = None
-        self.broker.tick(now_ms())
+        self.broker.tick(self.clock())
         self.flush()
 
     def _stored(self, publishes: list[PendingPublish], ids: list[StoredId]) -> None:
-        self.broker.stored(publishes, ids, now_ms())
+        self.broker.stored(publishes, ids, self.clock())
         self.flush()
 
     def _store_failed(self, publishes: list[PendingPublish], reason: str) -> None:
@@ -321,7 +321,7 @@ class BrokerServer:
     def status(self) -> dict[str, Any]:
         host, port = self.address
         return {"pid": os.getpid(), "address": f"{host}:{port}", "store": self.store.description,
-                "uptime_s": round(time.time() - self.started_at, 1),
+                "uptime_s": round((self.clock() - self.started_at_ms) / 1000, 1),
                 "connections": len(self.connections), "store_available": self.worker.available,
                 "log": _log_destination()}
 
@@ -334,73 +334,8 @@ def _log_destination() -> str:
     return "stderr"
 
 
-def collect_rarely() -> None:
-    """Make the cyclic GC cheap for a process that holds many long-lived small objects.
-
-    Queued messages, leases and msgid records live for seconds to hours, and
-    with CPython's default thresholds (a collection every 700 allocations) the
-    GC keeps re-scanning them: about a third of the broker's time under load.
-    Collections run a hundred times less often; the broker makes few reference
-    cycles, and the ones it makes (a closed session and its leases) are still
-    collected.
-    """
-    gc.set_threshold(70_000, 20, 20)
-
-
-async def serve(config: Config, ready: asyncio.Future[BrokerServer] | None = None) -> bool:
-    """Run a broker until SIGTERM/SIGINT, then drain; True if the drain finished cleanly.
-
-    SIGHUP reopens log files (after logrotate) when logging goes to a
-    WatchedFileHandler, as the daemon's does; otherwise it is only logged.
-    """
-    server = BrokerServer(config)
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    # From the first moment: a SIGTERM during a long recovery (or a hung database) ends
-    # the start instead of being ignored (as PID 1 in a container would) or killing us.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    log_files = [handler for handler in logging.getLogger().handlers
-                 if isinstance(handler, logging.handlers.WatchedFileHandler)]
-
-    def reopen_log_files() -> None:
-        for handler in log_files:
-            handler.reopenIfNeeded()
-        log.info("SIGHUP: log file reopened")
-
-    loop.add_signal_handler(signal.SIGHUP, reopen_log_files if log_files else lambda: log.info(
-        "SIGHUP: no log file to reopen (logging to stderr)"))
-    collect_rarely()  # before recovery too: it allocates a million objects in seconds
-    starting = asyncio.ensure_future(server.start())
-    stopping = asyncio.ensure_future(stop.wait())
-    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
-    if not starting.done():
-        log.info("stop requested while starting: the start is abandoned, nothing was served")
-        starting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await starting  # closes the store it may have opened
-        return True
-    stopping.cancel()
-    starting.result()  # the start's own error, if it failed
-    gc.collect()
-    gc.freeze()  # what recovery loaded stays out of the collector's sight
-    metrics: asyncio.Server | None = None
-    try:
-        if config.metrics_port:
-            from bbmq.metrics import start_metrics  # noqa: PLC0415 (prometheus only if asked)
-
-            metrics = await start_metrics(server, config.metrics_port, config.host)
-        if ready is not None:
-            ready.set_result(server)
-        await stop.wait()
-    finally:
-        if metrics is not None:
-            metrics.close()
-        clean = await server.stop()
-    return clean
-
-
-if __name__ == "__main__":  # the seed's 'python -m bbmq.server start' still works
-    from bbmq.cli import main
-
-    sys.exit(main(["server", *sys.argv[1:]]))
+if __name__ == "__main__":
+    # The seed's 'python -m bbmq.server start' is 'bbmq server start'.  The command is run
+    # by its module name, not imported: the transport does not depend on the command line.
+    sys.argv[1:1] = ["server"]
+    runpy.run_module("bbmq", run_name="__main__", alter_sys=True)

@@ -27,6 +27,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from bbmq import config as settings
+from bbmq.app import build_server
 from bbmq.client import BrokerError, ping
 from bbmq.server import BrokerServer
 
@@ -49,7 +50,7 @@ class BrokerController:
 
     def start(self, timeout: float = 30.0) -> Self:
         self._thread.start()
-        server = BrokerServer(self.config)
+        server = build_server(self.config)
         asyncio.run_coroutine_threadsafe(server.start(), self._loop).result(timeout)
         self.server = server
         return self

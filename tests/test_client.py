@@ -3,6 +3,7 @@ iteration, fetch() and run() against a real broker without losing a message."""
 
 from __future__ import annotations
 
+import ast
 import logging
 import shutil
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Final
 
 import pytest
 
@@ -136,6 +138,26 @@ def test_one_retry_policy_for_the_library_and_the_cli() -> None:
     assert [backoff.next() for _ in range(4)] == [0.1, 0.2, 0.4, 0.5]
     backoff.reset()
     assert backoff.next() == 0.1
+
+
+#: The client modules that decide without doing I/O, so an asyncio client can share them.
+SANS_IO: Final = ("arguments", "consuming", "errors", "message", "publishing", "retry")
+#: What would tie them to one way of doing I/O (or to the clock).
+IO_MODULES: Final = {"asyncio", "select", "socket", "ssl", "threading", "time",
+                     "bbmq.client.base", "bbmq.client.channel"}
+
+
+@pytest.mark.parametrize("module", SANS_IO)
+def test_the_client_decisions_do_no_io(module: str) -> None:
+    path = REPO / "bbmq" / "client" / f"{module}.py"
+    imported = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            imported.add(node.module)
+    assert imported, "the check reads the imports"
+    assert not imported & IO_MODULES, f"{path} imports {sorted(imported & IO_MODULES)}"
 
 
 # --------------------------------------------------------------------------- against a broker

@@ -15,7 +15,8 @@ from bbmq import Consumer, Producer
 from bbmq import protocol as p
 from bbmq.core import Broker, PendingPublish, Session
 from bbmq.protocol import ErrorCode
-from bbmq.store.base import Batch, NewMessage, StoredId
+from bbmq.store.base import Batch, NewMessage, StoredId, WriteRequest
+from bbmq.store.memory import MemoryStore
 from bbmq.store.sqlite import SQLiteStore
 from bbmq.store.worker import StoreWorker
 from bbmq.testing import BrokerController, BrokerProcess
@@ -334,11 +335,11 @@ class RefusesOneBatch(SQLiteStore):
 
     refused = False
 
-    def write(self, batch: Batch) -> list[StoredId]:
+    def write(self, batch: Batch, now_ms: int) -> list[StoredId]:
         if not self.refused:
             self.refused = True
             raise OverflowError("Python int too large to convert to SQLite INTEGER")
-        return super().write(batch)
+        return super().write(batch, now_ms)
 
 
 def test_the_store_thread_outlives_a_batch_the_database_refuses(tmp_path: Path) -> None:
@@ -362,9 +363,8 @@ def test_the_store_thread_outlives_a_batch_the_database_refuses(tmp_path: Path) 
     def publish(body: bytes) -> PendingPublish:
         return PendingPublish(session, NewMessage("t", body, None, 1_000))
 
-    worker = StoreWorker(RefusesOneBatch(tmp_path / "s.sqlite3"),
-                         lambda fn, *args: fn(*args), on_stored, on_failed)
-    worker.start().result(10)
+    worker = StoreWorker(RefusesOneBatch(tmp_path / "s.sqlite3"), clock=lambda: 1_000)
+    worker.start(lambda fn, *args: fn(*args), on_stored, on_failed).result(10)
     try:
         worker.submit([publish(b"poison")], Batch())
         with done:
@@ -376,5 +376,46 @@ def test_the_store_thread_outlives_a_batch_the_database_refuses(tmp_path: Path) 
             with done:
                 done.wait_for(lambda: stored, timeout=0.2)
         assert stored, f"the store thread stopped writing (failures: {failed})"
+    finally:
+        assert worker.stop(10)
+
+
+class RecordsPrunes(MemoryStore):
+    """A memory store that remembers the time of every prune it was asked for."""
+
+    def __init__(self) -> None:
+        super().__init__(retention_ms=1_000)
+        self.pruned_at: list[int] = []
+
+    def prune(self, now_ms: int) -> int:
+        self.pruned_at.append(now_ms)
+        return super().prune(now_ms)
+
+
+def test_the_store_thread_gives_the_store_its_clock_for_commits_and_prunes() -> None:
+    """A store reads no clock: retention counts from the worker's clock at the commit."""
+    store = RecordsPrunes()
+    stored: list[int] = []
+    done = threading.Condition()
+
+    def on_stored(publishes: list[WriteRequest[None, None]], ids: list[StoredId]) -> None:
+        with done:
+            stored.extend(stored_id.id for stored_id in ids)
+            done.notify_all()
+
+    worker = StoreWorker(store, clock=lambda: 50_000, prune_interval_s=0.01)
+    worker.start(lambda fn, *args: fn(*args), on_stored, lambda publishes, reason: None).result(10)
+    try:
+        worker.submit([WriteRequest(None, NewMessage("t", b"kept", None, 1_000))], Batch())
+        with done:
+            assert done.wait_for(lambda: stored, timeout=10)
+        worker.submit([], Batch(done=stored))
+        deadline = time.monotonic() + 10
+        while not (worker.idle() and store.pruned_at) and time.monotonic() < deadline:
+            with done:
+                done.wait(0.01)  # the worker has no event to wait on: poll its state
+        assert store.pruned_at and set(store.pruned_at) == {50_000}
+        assert worker.call(lambda: store.prune(50_999)).result(10) == 0  # retained until ...
+        assert worker.call(lambda: store.prune(51_000)).result(10) == 1  # ... 50_000 + 1_000
     finally:
         assert worker.stop(10)

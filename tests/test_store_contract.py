@@ -11,7 +11,6 @@ demands identical answers.
 from __future__ import annotations
 
 import sqlite3
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -39,11 +38,13 @@ from bbmq.store import (
     StoredId,
     open_store,
 )
-from bbmq.store import sql as sql_module
+from bbmq.store import schema as schema_module
 
 from .mysql_support import connect, drop_tables, require_mysql, unique_table_prefix
 
 WINDOW_MS = 1000
+#: When a batch is committed, as the store thread passes it (a store reads no clock).
+NOW_MS = 5_000
 
 
 # ----------------------------------------------------------------- backends
@@ -166,7 +167,7 @@ def msg(topic: str = "t", body: bytes = b"x", *, msgid: str | None = None,
 
 
 def publish(store: Store, *messages: NewMessage) -> list[int]:
-    return [stored.id for stored in store.write(Batch(messages=list(messages)))]
+    return [stored.id for stored in store.write(Batch(messages=list(messages)), NOW_MS)]
 
 
 def pending(store: Store) -> dict[int, dict[str, int]]:
@@ -176,10 +177,6 @@ def pending(store: Store) -> dict[int, dict[str, int]]:
     assert ids == sorted(ids), "recover() must yield by increasing id"
     assert store.count_pending() == len(recovered)
     return {m.id: m.pending for m in recovered}
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 # ---------------------------------------------------------------------- ids
@@ -195,7 +192,7 @@ def test_ids_are_positive_unique_and_increase_in_batch_order(store: Store) -> No
 
 def test_ids_are_not_reused_after_messages_are_deleted(store: Store) -> None:
     ids = publish(store, msg(), msg())
-    store.write(Batch(done=ids))
+    store.write(Batch(done=ids), NOW_MS)
     assert pending(store) == {}
     assert publish(store, msg())[0] > max(ids)
 
@@ -204,20 +201,20 @@ def test_ids_continue_above_old_ones_after_reopen(durable_backend: Backend) -> N
     storage = durable_backend.storage()
     store = storage.opened()
     ids = publish(store, msg(), msg())
-    store.write(Batch(done=[ids[1]]))
+    store.write(Batch(done=[ids[1]]), NOW_MS)
     store.close()
     assert publish(storage.opened(), msg())[0] > max(ids)
 
 
 def test_empty_batch_writes_nothing(store: Store) -> None:
-    assert store.write(Batch()) == []
+    assert store.write(Batch(), NOW_MS) == []
     assert pending(store) == {}
 
 
 def test_a_closed_store_refuses_work(storage: Storage) -> None:
     store = storage.store()
     with pytest.raises(RuntimeError, match="not open"):
-        store.write(Batch(messages=[msg()]))
+        store.write(Batch(messages=[msg()]), NOW_MS)
     store.open()
     store.close()
     store.close()
@@ -230,16 +227,15 @@ def test_a_closed_store_refuses_work(storage: Storage) -> None:
 
 def test_duplicate_msgid_in_a_later_batch_returns_the_original_id(store: Store) -> None:
     (original,) = publish(store, msg(msgid="m1", published_ms=1_000))
-    assert store.write(Batch(messages=[msg(body=b"again", msgid="m1", published_ms=1_500)])) == [
-        StoredId(original, duplicate=True)
-    ]
+    again = Batch(messages=[msg(body=b"again", msgid="m1", published_ms=1_500)])
+    assert store.write(again, NOW_MS) == [StoredId(original, duplicate=True)]
     assert [m.body for m in store.recover()] == [b"x"]
 
 
 def test_duplicate_msgid_in_the_same_batch(store: Store) -> None:
     stored = store.write(Batch(messages=[
         msg(msgid="a"), msg(msgid="b"), msg(msgid="a"), msg(), msg(msgid="b"),
-    ]))
+    ]), NOW_MS)
     a, b, c = stored[0].id, stored[1].id, stored[3].id
     assert stored == [StoredId(a), StoredId(b), StoredId(a, True), StoredId(c),
                       StoredId(b, True)]
@@ -248,7 +244,7 @@ def test_duplicate_msgid_in_the_same_batch(store: Store) -> None:
 
 
 def test_same_msgid_on_another_topic_is_another_message(store: Store) -> None:
-    stored = store.write(Batch(messages=[msg("t1", msgid="m"), msg("t2", msgid="m")]))
+    stored = store.write(Batch(messages=[msg("t1", msgid="m"), msg("t2", msgid="m")]), NOW_MS)
     assert not any(s.duplicate for s in stored)
     assert stored[0].id != stored[1].id
 
@@ -257,20 +253,18 @@ def test_msgid_outside_the_window_is_stored_again_and_becomes_the_reference(
     store: Store,
 ) -> None:
     (first,) = publish(store, msg(msgid="m", published_ms=1_000))
-    assert store.write(Batch(messages=[msg(msgid="m", published_ms=1_000 + WINDOW_MS)])) == [
-        StoredId(first, duplicate=True)
-    ]
+    at_the_edge = Batch(messages=[msg(msgid="m", published_ms=1_000 + WINDOW_MS)])
+    assert store.write(at_the_edge, NOW_MS) == [StoredId(first, duplicate=True)]
     (second,) = publish(store, msg(msgid="m", published_ms=1_001 + WINDOW_MS))
     assert second > first
-    assert store.write(Batch(messages=[msg(msgid="m", published_ms=1_500 + WINDOW_MS)])) == [
-        StoredId(second, duplicate=True)
-    ]
+    in_the_new_window = Batch(messages=[msg(msgid="m", published_ms=1_500 + WINDOW_MS)])
+    assert store.write(in_the_new_window, NOW_MS) == [StoredId(second, duplicate=True)]
 
 
 def test_msgid_outlives_its_finished_message(store: Store) -> None:
     (original,) = publish(store, msg(msgid="m"))
-    store.write(Batch(done=[original]))
-    assert store.write(Batch(messages=[msg(msgid="m", published_ms=1_001)])) == [
+    store.write(Batch(done=[original]), NOW_MS)
+    assert store.write(Batch(messages=[msg(msgid="m", published_ms=1_001)]), NOW_MS) == [
         StoredId(original, duplicate=True)
     ]
     assert pending(store) == {}
@@ -279,7 +273,7 @@ def test_msgid_outlives_its_finished_message(store: Store) -> None:
 def test_prune_forgets_msgids_past_the_window_only(store: Store) -> None:
     (original,) = publish(store, msg(msgid="m", published_ms=1_000))
     assert store.prune(1_000 + WINDOW_MS) == 0
-    assert store.write(Batch(messages=[msg(msgid="m", published_ms=1_000)]))[0].duplicate
+    assert store.write(Batch(messages=[msg(msgid="m", published_ms=1_000)]), NOW_MS)[0].duplicate
     assert store.prune(1_001 + WINDOW_MS) == 1
     (again,) = publish(store, msg(msgid="m", published_ms=1_000))
     assert again > original
@@ -289,9 +283,9 @@ def test_prune_forgets_msgids_past_the_window_only(store: Store) -> None:
 
 
 def test_groups_lists_every_group_and_keeps_the_first_record(store: Store) -> None:
-    store.write(Batch(groups=[GroupRecord("t", "g", 0, 1), GroupRecord("t", "g", 9, 2)]))
+    store.write(Batch(groups=[GroupRecord("t", "g", 0, 1), GroupRecord("t", "g", 9, 2)]), NOW_MS)
     store.write(Batch(groups=[GroupRecord("t", "g", 5, 3), GroupRecord("u", "g", 7, 4),
-                              GroupRecord("t", "G", 1, 5)]))
+                              GroupRecord("t", "G", 1, 5)]), NOW_MS)
     assert sorted(store.groups(), key=lambda g: (g.topic, g.group)) == [
         GroupRecord("t", "G", 1, 5), GroupRecord("t", "g", 0, 1), GroupRecord("u", "g", 7, 4),
     ]
@@ -304,20 +298,20 @@ def test_deleted_group_takes_its_deliveries_along(store: Store) -> None:
         groups=[GroupRecord("t", "g", 0, 1), GroupRecord("t", "h", 0, 1),
                 GroupRecord("u", "g", 0, 1)],
         deliveries=[DeliveryRecord(a, "g", 3, 5), DeliveryRecord(other, "g", 2, 5)],
-    ))
-    store.write(Batch(deleted_groups=[("t", "g")]))
+    ), NOW_MS)
+    store.write(Batch(deleted_groups=[("t", "g")]), NOW_MS)
     assert store.groups() == [GroupRecord("t", "h", 0, 1), GroupRecord("u", "g", 0, 1)]
     assert pending(store) == {a: {"h": 0}, b: {"h": 0}, other: {"g": 2}}
     # A new group of the same name starts from scratch.
-    store.write(Batch(groups=[GroupRecord("t", "g", 0, 9)]))
+    store.write(Batch(groups=[GroupRecord("t", "g", 0, 9)]), NOW_MS)
     assert pending(store)[a] == {"g": 0, "h": 0}
 
 
 def test_topic_whose_last_group_is_deleted_is_backlog_again(store: Store) -> None:
     (a,) = publish(store, msg())
     store.write(Batch(groups=[GroupRecord("t", "g", 0, 1)],
-                      deliveries=[DeliveryRecord(a, "g", 1, 2)]))
-    store.write(Batch(deleted_groups=[("t", "g")]))
+                      deliveries=[DeliveryRecord(a, "g", 1, 2)]), NOW_MS)
+    store.write(Batch(deleted_groups=[("t", "g")]), NOW_MS)
     assert pending(store) == {a: {}}
 
 
@@ -327,9 +321,9 @@ def test_topic_whose_last_group_is_deleted_is_backlog_again(store: Store) -> Non
 def test_deliveries_are_upserted(store: Store) -> None:
     a, b = publish(store, msg(), msg())
     store.write(Batch(groups=[GroupRecord("t", "g", 0, 1)],
-                      deliveries=[DeliveryRecord(a, "g", 1, 10)]))
+                      deliveries=[DeliveryRecord(a, "g", 1, 10)]), NOW_MS)
     store.write(Batch(deliveries=[DeliveryRecord(a, "g", 2, 20), DeliveryRecord(b, "g", 1, 20),
-                                  DeliveryRecord(b, "g", 4, 21)]))
+                                  DeliveryRecord(b, "g", 4, 21)]), NOW_MS)
     assert pending(store) == {a: {"g": 2}, b: {"g": 4}}
 
 
@@ -337,15 +331,16 @@ def test_an_acked_message_is_never_pending_for_that_group_again(store: Store) ->
     a, b, c = publish(store, msg(), msg(), msg())
     store.write(Batch(groups=[GroupRecord("t", "g", 0, 1), GroupRecord("t", "h", 0, 1)],
                       deliveries=[DeliveryRecord(a, "g", 1, 2)],
-                      acks=[AckRecord(a, "g", 3), AckRecord(b, "h", 3)]))
+                      acks=[AckRecord(a, "g", 3), AckRecord(b, "h", 3)]), NOW_MS)
     # A late delivery record does not undo the ack.
-    store.write(Batch(deliveries=[DeliveryRecord(a, "g", 5, 4)], acks=[AckRecord(c, "g", 5)]))
+    store.write(Batch(deliveries=[DeliveryRecord(a, "g", 5, 4)], acks=[AckRecord(c, "g", 5)]),
+                NOW_MS)
     assert pending(store) == {a: {"h": 0}, b: {"g": 0}, c: {"h": 0}}
 
 
 def test_message_every_group_acked_is_not_recovered_even_if_not_done(store: Store) -> None:
     a, b = publish(store, msg(), msg())
-    store.write(Batch(groups=[GroupRecord("t", "g", 0, 1)], acks=[AckRecord(a, "g", 2)]))
+    store.write(Batch(groups=[GroupRecord("t", "g", 0, 1)], acks=[AckRecord(a, "g", 2)]), NOW_MS)
     assert pending(store) == {b: {"g": 0}}
 
 
@@ -356,9 +351,9 @@ def test_done_messages_go_at_once_without_retention(store: Store) -> None:
     a, b = publish(store, msg(), msg())
     store.write(Batch(groups=[GroupRecord("t", "g", 0, 1)],
                       deliveries=[DeliveryRecord(a, "g", 1, 2)], acks=[AckRecord(a, "g", 3)],
-                      done=[a]))
+                      done=[a]), NOW_MS)
     assert pending(store) == {b: {"g": 0}}
-    assert store.prune(now_ms() + 10 * WINDOW_MS) == 0
+    assert store.prune(NOW_MS + 10 * WINDOW_MS) == 0
 
 
 def test_done_messages_stay_for_the_retention_then_prune_deletes_them(
@@ -367,16 +362,15 @@ def test_done_messages_stay_for_the_retention_then_prune_deletes_them(
     store = storage.opened(retention_ms=60_000, dedup_window_ms=10**12)
     a, b = publish(store, msg(), msg())
     store.write(Batch(groups=[GroupRecord("t", "g", 0, 1)],
-                      deliveries=[DeliveryRecord(a, "g", 1, 2)], acks=[AckRecord(a, "g", 3)]))
-    before = now_ms()
-    store.write(Batch(done=[a]))
-    after = now_ms()
+                      deliveries=[DeliveryRecord(a, "g", 1, 2)], acks=[AckRecord(a, "g", 3)]),
+                NOW_MS)
+    store.write(Batch(done=[a]), NOW_MS)
     assert pending(store) == {b: {"g": 0}}
-    assert store.prune(before + 60_000 - 1) == 0
+    assert store.prune(NOW_MS + 60_000 - 1) == 0
     if storage.raw_sql is not None:
         assert storage.query("SELECT COUNT(*) FROM bbmq_messages") == [(2,)]
-    assert store.prune(after + 60_000) == 2  # the message and its delivery row
-    assert store.prune(after + 60_000) == 0
+    assert store.prune(NOW_MS + 60_000) == 2  # the message and its delivery row
+    assert store.prune(NOW_MS + 60_000) == 0
     assert pending(store) == {b: {"g": 0}}
     if storage.raw_sql is not None:
         assert storage.query("SELECT COUNT(*) FROM bbmq_deliveries") == [(0,)]
@@ -387,37 +381,37 @@ def test_done_messages_stay_for_the_retention_then_prune_deletes_them(
 
 def test_backlog_of_a_topic_without_groups_has_empty_pending(store: Store) -> None:
     a, b = publish(store, msg("t"), msg("u"))
-    store.write(Batch(groups=[GroupRecord("u", "g", 0, 1)]))
+    store.write(Batch(groups=[GroupRecord("u", "g", 0, 1)]), NOW_MS)
     assert pending(store) == {a: {}, b: {"g": 0}}
 
 
 def test_a_nack_delay_is_recovered_until_the_next_delivery(store: Store) -> None:
     (m,) = publish(store, msg())
-    store.write(Batch(groups=[GroupRecord("t", "g", 0, 1), GroupRecord("t", "h", 0, 1)]))
+    store.write(Batch(groups=[GroupRecord("t", "g", 0, 1), GroupRecord("t", "h", 0, 1)]), NOW_MS)
     store.write(Batch(deliveries=[DeliveryRecord(m, "g", 1, 5),
-                                  DeliveryRecord(m, "g", 1, 5, retry_at_ms=9_000)]))
+                                  DeliveryRecord(m, "g", 1, 5, retry_at_ms=9_000)]), NOW_MS)
     [recovered] = store.recover()
     assert (recovered.pending, recovered.retry_at) == ({"g": 1, "h": 0}, {"g": 9_000})
-    store.write(Batch(deliveries=[DeliveryRecord(m, "g", 2, 9_001)]))  # delivered again
+    store.write(Batch(deliveries=[DeliveryRecord(m, "g", 2, 9_001)]), NOW_MS)  # delivered again
     [recovered] = store.recover()
     assert (recovered.pending, recovered.retry_at) == ({"g": 2, "h": 0}, {})
 
 
 def test_a_message_for_one_group_is_owed_by_that_group_only(store: Store) -> None:
-    store.write(Batch(groups=[GroupRecord("t", "g", 0, 1), GroupRecord("t", "h", 0, 1)]))
+    store.write(Batch(groups=[GroupRecord("t", "g", 0, 1), GroupRecord("t", "h", 0, 1)]), NOW_MS)
     both, only_g, nobody = publish(store, msg("t"), msg("t", group="g"), msg("t", group="x"))
     lone = publish(store, msg("no_groups", group="g"))[0]
     assert pending(store) == {both: {"g": 0, "h": 0}, only_g: {"g": 0}}
-    store.write(Batch(acks=[AckRecord(only_g, "g", 2)]))
+    store.write(Batch(acks=[AckRecord(only_g, "g", 2)]), NOW_MS)
     assert pending(store) == {both: {"g": 0, "h": 0}}
     assert nobody and lone  # stored, owed by no group, and so never recovered
 
 
 def test_only_groups_that_started_before_a_message_owe_it(store: Store) -> None:
     a, b, c = publish(store, msg(), msg(), msg())
-    store.write(Batch(groups=[GroupRecord("t", "g", c, 1), GroupRecord("t", "h", b, 1)]))
+    store.write(Batch(groups=[GroupRecord("t", "g", c, 1), GroupRecord("t", "h", b, 1)]), NOW_MS)
     assert pending(store) == {c: {"h": 0}}
-    store.write(Batch(groups=[GroupRecord("t", "early", a - 1, 1)]))
+    store.write(Batch(groups=[GroupRecord("t", "early", a - 1, 1)]), NOW_MS)
     assert pending(store) == {a: {"early": 0}, b: {"early": 0}, c: {"early": 0, "h": 0}}
 
 
@@ -440,7 +434,7 @@ def test_recover_returns_every_field_unchanged(store: Store) -> None:
 def test_topic_and_group_names_are_case_sensitive(store: Store) -> None:
     a, b = publish(store, msg("t"), msg("T"))
     store.write(Batch(groups=[GroupRecord("t", "g", 0, 1), GroupRecord("t", "G", 0, 1)],
-                      acks=[AckRecord(a, "g", 2)]))
+                      acks=[AckRecord(a, "g", 2)]), NOW_MS)
     assert pending(store) == {a: {"G": 0}, b: {}}
 
 
@@ -454,7 +448,7 @@ def test_recover_streams_many_pages_in_id_order(store: Store) -> None:
         groups=[GroupRecord("a", "g", 0, 1), GroupRecord("b", "g", ids[6_000], 1)],
         acks=[AckRecord(i, "g", 1) for i in ids[:3_000]],
         deliveries=[DeliveryRecord(i, "g", 2, 1) for i in ids[9_000:9_300]],
-    ))
+    ), NOW_MS)
     result = pending(store)
     expected: dict[int, dict[str, int]] = {}
     for n, i in enumerate(ids):
@@ -503,7 +497,7 @@ def test_a_new_store_object_sees_everything_after_reopen(durable_backend: Backen
     a, b, c = publish(store, msg(msgid="m"), msg(), msg("u"))
     groups = [GroupRecord("t", "g", 0, 1), GroupRecord("t", "h", a, 2)]
     store.write(Batch(groups=groups, deliveries=[DeliveryRecord(a, "g", 2, 3)],
-                      acks=[AckRecord(b, "g", 4)]))
+                      acks=[AckRecord(b, "g", 4)]), NOW_MS)
     before = list(store.recover())
     store.close()
 
@@ -511,7 +505,7 @@ def test_a_new_store_object_sees_everything_after_reopen(durable_backend: Backen
     assert again.groups() == groups
     assert list(again.recover()) == before
     assert pending(again) == {a: {"g": 2}, b: {"h": 0}, c: {}}
-    assert again.write(Batch(messages=[msg(msgid="m")])) == [StoredId(a, duplicate=True)]
+    assert again.write(Batch(messages=[msg(msgid="m")]), NOW_MS) == [StoredId(a, duplicate=True)]
     assert publish(again, msg())[0] > c
 
 
@@ -526,14 +520,14 @@ def sql_storage(durable_backend: Backend) -> Storage:
 def test_schema_is_versioned(sql_storage: Storage) -> None:
     sql_storage.opened()
     assert sql_storage.query("SELECT value FROM bbmq_meta WHERE name = ?", "schema_version") == [
-        (str(sql_module.SCHEMA_VERSION),)
+        (str(schema_module.SCHEMA_VERSION),)
     ]
 
 
 def test_a_newer_schema_is_refused(sql_storage: Storage) -> None:
     sql_storage.opened().close()
     sql_storage.query("UPDATE bbmq_meta SET value = ? WHERE name = ?",
-                      str(sql_module.SCHEMA_VERSION + 1), "schema_version")
+                      str(schema_module.SCHEMA_VERSION + 1), "schema_version")
     store = sql_storage.store()
     with pytest.raises(SchemaVersionError, match="upgrade bbmq"):
         store.open()
@@ -545,7 +539,7 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_messages(sql_storage: St
     """The real upgrade path: a database as bbmq's first schema left it (no
     messages.only_group, no deliveries.retry_at_ms), with a message in it, opened by this bbmq."""
     store = sql_storage.opened()
-    store.write(Batch(groups=[GroupRecord("t", "g", 0, 1)]))
+    store.write(Batch(groups=[GroupRecord("t", "g", 0, 1)]), NOW_MS)
     (kept,) = publish(store, msg(body=b"from v1"))
     store.close()
     sql_storage.query("ALTER TABLE bbmq_messages DROP COLUMN only_group")
@@ -559,7 +553,7 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_messages(sql_storage: St
     sql_storage.query("UPDATE bbmq_meta SET value = ? WHERE name = ?", "1", "schema_version")
     store = sql_storage.opened()
     assert sql_storage.query("SELECT value FROM bbmq_meta WHERE name = ?", "schema_version") == [
-        (str(sql_module.SCHEMA_VERSION),)
+        (str(schema_module.SCHEMA_VERSION),)
     ]
     assert pending(store) == {kept: {"g": 0}}
     (targeted,) = publish(store, msg(body=b"for g", group="g"))
@@ -573,10 +567,10 @@ def test_an_older_schema_is_upgraded(
     store = sql_storage.opened()
     (kept,) = publish(store, msg())
     store.close()
-    version = sql_module.SCHEMA_VERSION
-    monkeypatch.setattr(sql_module, "SCHEMA_VERSION", version + 1)
+    version = schema_module.SCHEMA_VERSION
+    monkeypatch.setattr(schema_module, "SCHEMA_VERSION", version + 1)
     monkeypatch.setitem(
-        sql_module.UPGRADES, version,
+        schema_module.UPGRADES, version,
         lambda s: [f"ALTER TABLE {s.prefix}messages ADD COLUMN upgraded INTEGER"],
     )
     store = sql_storage.opened()
@@ -676,6 +670,7 @@ def batches(draw: st.DrawFn) -> list[dict[str, Any]]:
         "acks": st.lists(st.tuples(st.integers(0, 99), groups), max_size=3),
         "done": st.lists(st.integers(0, 99), max_size=2),
         "deleted_groups": st.lists(st.tuples(topics, groups), max_size=1),
+        "written_ms": st.integers(0, 3 * WINDOW_MS),
         "prune": st.sampled_from([None, None, None, 0, 2 * WINDOW_MS, 10**15]),
     })
     return draw(st.lists(recipe, min_size=1, max_size=12))
@@ -708,8 +703,8 @@ def test_every_backend_behaves_like_the_memory_model(
     issued: list[int] = []
     for recipe in recipes:
         batch = _batch(recipe, issued)
-        stored = store.write(batch)
-        assert stored == model.write(batch)
+        stored = store.write(batch, recipe["written_ms"])
+        assert stored == model.write(batch, recipe["written_ms"])
         issued += [s.id for s in stored if not s.duplicate]
         if recipe["prune"] is not None:
             assert store.prune(recipe["prune"]) == model.prune(recipe["prune"])

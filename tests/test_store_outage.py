@@ -29,6 +29,9 @@ from .mariadb_server import MariaDBServer, throwaway_mariadb
 
 pytestmark = pytest.mark.mysql
 
+#: When each batch is committed, as the store thread would pass it.
+NOW_MS = 2_000
+
 
 @pytest.fixture
 def server() -> Iterator[MariaDBServer]:
@@ -63,7 +66,7 @@ def test_writes_fail_cleanly_while_the_server_is_down_and_resume_after(
     first = store.write(Batch(
         messages=[NewMessage("t", b"a1", None, 1_000), NewMessage("t", b"a2", None, 1_000)],
         groups=[GroupRecord("t", "g", 0, 1_000)],
-    ))
+    ), NOW_MS)
     acknowledged |= {s.id: body for s, body in zip(first, (b"a1", b"a2"), strict=True)}
 
     server.stop()
@@ -73,7 +76,7 @@ def test_writes_fail_cleanly_while_the_server_is_down_and_resume_after(
             messages=[NewMessage("t", b"lost", None, 1_000, "lost")],
             groups=[GroupRecord("t", "lost", 0, 1_000)],
             deliveries=[DeliveryRecord(first[0].id, "g", 1, 1_001)],
-        ))
+        ), NOW_MS)
     assert time.monotonic() - started < 10, "a dead server must fail fast"
     with pytest.raises(StoreUnavailable):
         next(store.recover())
@@ -83,7 +86,7 @@ def test_writes_fail_cleanly_while_the_server_is_down_and_resume_after(
         messages=[NewMessage("t", b"c1", None, 1_000)],
         deliveries=[DeliveryRecord(first[0].id, "g", 2, 1_002)],
         acks=[AckRecord(first[1].id, "g", 1_003)],
-    ))
+    ), NOW_MS)
     acknowledged[resumed.id] = b"c1"
     assert resumed.id > max(acknowledged.keys() - {resumed.id})
     del acknowledged[first[1].id]  # acked by its only group
@@ -95,11 +98,11 @@ def test_writes_fail_cleanly_while_the_server_is_down_and_resume_after(
             messages=[NewMessage("t", b"half", None, 1_000, "half")],
             groups=[GroupRecord("t", "half", 0, 1_000)],
             acks=[AckRecord(first[0].id, "g", 1_004)],
-        ))
+        ), NOW_MS)
     assert not server.running
 
     server.start()
-    (last,) = store.write(batch(b"d1"))
+    (last,) = store.write(batch(b"d1"), NOW_MS)
     acknowledged[last.id] = b"d1"
 
     fresh = MySQLStore(server.url)
@@ -113,7 +116,7 @@ def test_writes_fail_cleanly_while_the_server_is_down_and_resume_after(
         assert reader.groups() == [GroupRecord("t", "g", 0, 1_000)]
     # The msgids of the failed batches were never stored either.
     again = fresh.write(Batch(messages=[NewMessage("t", b"x", None, 1_000, "lost"),
-                                        NewMessage("t", b"y", None, 1_000, "half")]))
+                                        NewMessage("t", b"y", None, 1_000, "half")]), NOW_MS)
     assert not any(s.duplicate for s in again)
     store.close()
     fresh.close()
@@ -126,5 +129,5 @@ def test_open_fails_while_the_server_is_down_and_works_later(server: MariaDBServ
         store.open()
     server.start()
     store.open()
-    assert store.write(batch(b"z"))[0].id == 1
+    assert store.write(batch(b"z"), NOW_MS)[0].id == 1
     store.close()

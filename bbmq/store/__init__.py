@@ -23,7 +23,8 @@ from bbmq.store.base import (
 )
 from bbmq.store.memory import MemoryStore
 from bbmq.store.mysql import MySQLStore, redact_url
-from bbmq.store.sql import DEFAULT_DEDUP_WINDOW_MS, SchemaVersionError
+from bbmq.store.schema import SchemaVersionError
+from bbmq.store.sql import DEFAULT_DEDUP_WINDOW_MS
 from bbmq.store.sqlite import SQLiteStore
 
 __all__ = [

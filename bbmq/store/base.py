@@ -181,8 +181,11 @@ class Store(Protocol):
     def close(self) -> None:
         """Release the connection; idempotent."""
 
-    def write(self, batch: Batch) -> list[StoredId]:
+    def write(self, batch: Batch, now_ms: int) -> list[StoredId]:
         """Commit ``batch`` atomically; return one StoredId per ``batch.messages``, in order.
+
+        ``now_ms`` is the wall-clock time of the commit, from the caller (a store reads
+        no clock): with retention, the messages of ``batch.done`` are kept from then on.
 
         Ids come from the store, increase in batch order, and are never reused.
         A message whose ``(topic, msgid)`` was stored within the dedup window

@@ -7,7 +7,6 @@ on ``memory://`` behaves like one on a database until it restarts.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -65,7 +64,7 @@ class MemoryStore:
         if not self._open:
             raise RuntimeError(f"store {self.description} is not open")
 
-    def write(self, batch: Batch) -> list[StoredId]:
+    def write(self, batch: Batch, now_ms: int) -> list[StoredId]:
         """Apply ``batch``; see :meth:`bbmq.store.base.Store.write`."""
         self._check_open()
         stored = [self._store(message) for message in batch.messages]
@@ -82,7 +81,6 @@ class MemoryStore:
         for ack in batch.acks:
             state = self._deliveries.setdefault(ack.message_id, {})
             state.setdefault(ack.group, _Delivery(0)).acked = True
-        now_ms = time.time_ns() // 1_000_000
         for message_id in batch.done:
             if not self.retention_ms:
                 self._messages.pop(message_id, None)

@@ -18,18 +18,17 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import pymysql
 
+from bbmq.store.schema import Column, Table
 from bbmq.store.sql import (
     DEFAULT_DEDUP_WINDOW_MS,
-    Column,
     Connection,
     Cursor,
     SQLStore,
-    Table,
 )
 
 MYSQL_DEFAULT_PORT: Final = 3306
 DEFAULT_TABLE_PREFIX: Final = "bbmq_"
-#: SQL types of the column kinds in bbmq.store.sql.TABLES.  Names are at most 200
+#: SQL types of the column kinds in bbmq.store.schema.TABLES.  Names are at most 200
 #: characters; 204 leaves room for the ".dlq" of a dead-letter topic.
 _TYPES: Final = {
     "int": "BIGINT", "name": "VARCHAR(204)", "msgid": "VARCHAR(100)", "key": "VARCHAR(64)",

@@ -1,26 +1,10 @@
-"""What the SQLite and MySQL backends share: the schema, the batch writer, recovery.
+"""What the SQLite and MySQL backends share: transactions, the batch writer, recovery.
 
 The two differ only in the driver, the placeholder, column types, upsert
 syntax and which errors mean "the database is unreachable", so
-:class:`SQLStore` holds every query and algorithm once and a subclass supplies
-those few dialect pieces.  Values always travel as query parameters; only
-table names (a validated prefix plus fixed suffixes) are formatted into SQL.
-
-The tables (``<prefix>`` defaults to ``bbmq_``):
-
-* ``meta`` -- ``schema_version`` and nothing else yet;
-* ``sequence`` -- the last message id handed out.  Ids are reserved by an
-  ``UPDATE ... SET last_id = last_id + n`` inside the batch's transaction, so
-  they are never reused, even by several brokers sharing one MySQL database;
-* ``messages`` -- one row per stored message; ``done_ms`` marks a message kept
-  for retention after every group finished with it; ``only_group`` names the
-  one group that receives it (a DLQ replay), NULL for every group;
-* ``msgids`` -- ``(topic, msgid) -> message_id`` for idempotent publishing.  It
-  outlives the message and goes only when :meth:`SQLStore.prune` finds it
-  older than the dedup window;
-* ``groups`` -- consumer groups and the id after which they receive messages;
-* ``deliveries`` -- ``(message_id, group) -> attempts`` and whether acked.
-  A group that never saw a message has no row: it owes it with 0 attempts.
+:class:`SQLStore` holds every algorithm once and a subclass supplies those few
+dialect pieces.  The tables and their versions are in :mod:`bbmq.store.schema`,
+the SQL text of every statement in :mod:`bbmq.store.statements`.
 """
 
 from __future__ import annotations
@@ -29,12 +13,11 @@ import contextlib
 import functools
 import json
 import re
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Protocol, TypeVar
 
+from bbmq.store import schema
 from bbmq.store.base import (
     Batch,
     GroupRecord,
@@ -43,6 +26,8 @@ from bbmq.store.base import (
     StoredId,
     StoreUnavailable,
 )
+from bbmq.store.schema import Column, SchemaVersionError, Table
+from bbmq.store.statements import Statements
 
 DEFAULT_DEDUP_WINDOW_MS: Final = 24 * 3600 * 1000
 
@@ -56,10 +41,6 @@ _PAGE_BYTES: Final = 16 * 1024 * 1024
 _SEQUENCE: Final = "message"
 
 T = TypeVar("T")
-
-
-class SchemaVersionError(Exception):
-    """The database was written by a newer bbmq; this one must not touch it."""
 
 
 class Cursor(Protocol):
@@ -89,96 +70,6 @@ class Connection(Protocol):
     def close(self) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Column:
-    """A column; ``kind`` is a key of the dialect's type map."""
-
-    name: str
-    kind: str
-    nullable: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Table:
-    """A table without its prefix, in dialect-neutral terms."""
-
-    name: str
-    columns: tuple[Column, ...]
-    primary_key: tuple[str, ...]
-    indexes: tuple[tuple[str, ...], ...] = ()
-
-
-_ONLY_GROUP: Final = Column("only_group", "name", nullable=True)
-_RETRY_AT: Final = Column("retry_at_ms", "int", nullable=True)
-
-TABLES: Final = (
-    Table("meta", (Column("name", "key"), Column("value", "text")), ("name",)),
-    Table("sequence", (Column("name", "key"), Column("last_id", "int")), ("name",)),
-    Table(
-        "messages",
-        (
-            Column("id", "int"),
-            Column("topic", "name"),
-            Column("body", "blob"),
-            Column("sender", "text", nullable=True),
-            Column("published_ms", "int"),
-            Column("deliver_at_ms", "int"),
-            Column("expires_at_ms", "int", nullable=True),
-            Column("meta", "text", nullable=True),
-            Column("done_ms", "int", nullable=True),
-            _ONLY_GROUP,
-        ),
-        ("id",),
-        indexes=(("done_ms",),),
-    ),
-    Table(
-        "msgids",
-        (
-            Column("topic", "name"),
-            Column("msgid", "msgid"),
-            Column("message_id", "int"),
-            Column("published_ms", "int"),
-        ),
-        ("topic", "msgid"),
-        indexes=(("published_ms",),),
-    ),
-    Table(
-        "groups",
-        (
-            Column("topic", "name"),
-            Column("grp", "name"),
-            Column("start_id", "int"),
-            Column("created_ms", "int"),
-        ),
-        ("topic", "grp"),
-    ),
-    Table(
-        "deliveries",
-        (
-            Column("message_id", "int"),
-            Column("grp", "name"),
-            Column("attempts", "int"),
-            Column("delivered_ms", "int", nullable=True),
-            Column("acked_ms", "int", nullable=True),
-            _RETRY_AT,
-        ),
-        ("message_id", "grp"),
-    ),
-)
-
-
-#: The schema this code writes.  Bump it together with an entry in UPGRADES.
-SCHEMA_VERSION = 2
-#: ``UPGRADES[v](store)`` returns the statements that take a schema from version
-#: ``v`` to ``v + 1``; open() runs them in order.  Version 1 is the first.
-UPGRADES: dict[int, Callable[[SQLStore], list[str]]] = {
-    # 2: messages.only_group, for messages published to one group (dlq replay), and
-    # deliveries.retry_at_ms, for NACK delays that survive a restart.
-    1: lambda store: [store._add_column("messages", _ONLY_GROUP),
-                      store._add_column("deliveries", _RETRY_AT)],
-}
-
-
 class SQLStore(ABC):
     """A :class:`~bbmq.store.base.Store` over a DB-API connection.
 
@@ -189,7 +80,7 @@ class SQLStore(ABC):
 
     durable = True
 
-    #: The DB-API placeholder (``?`` or ``%s``); queries below are written with ``?``.
+    #: The DB-API placeholder (``?`` or ``%s``); the statements are written with ``?``.
     PLACEHOLDER: ClassVar[str]
 
     def __init__(
@@ -213,69 +104,7 @@ class SQLStore(ABC):
         self.prefix = table_prefix
         self._conn: Connection | None = None
         self._open = False
-        p = table_prefix
-        self._q_select_version = self._sql(f"SELECT value FROM {p}meta WHERE name = ?")
-        self._q_set_version = self._sql(f"UPDATE {p}meta SET value = ? WHERE name = ?")
-        self._q_insert_meta = self._insert(f"{p}meta", ("name", "value"), ("name",))
-        self._q_insert_sequence = self._insert(f"{p}sequence", ("name", "last_id"), ("name",))
-        self._q_reserve = self._sql(
-            f"UPDATE {p}sequence SET last_id = last_id + ? WHERE name = ?"
-        )
-        self._q_last_id = self._sql(f"SELECT last_id FROM {p}sequence WHERE name = ?")
-        self._q_insert_message = self._insert(
-            f"{p}messages",
-            ("id", "topic", "body", "sender", "published_ms", "deliver_at_ms", "expires_at_ms",
-             "meta", "only_group"),
-        )
-        self._q_upsert_msgid = self._insert(
-            f"{p}msgids", ("topic", "msgid", "message_id", "published_ms"), ("topic", "msgid"),
-            update=("message_id", "published_ms"),
-        )
-        self._q_insert_group = self._insert(
-            f"{p}groups", ("topic", "grp", "start_id", "created_ms"), ("topic", "grp")
-        )
-        deliveries = ("message_id", "grp", "attempts", "delivered_ms", "acked_ms", "retry_at_ms")
-        self._q_upsert_delivery = self._insert(
-            f"{p}deliveries", deliveries, ("message_id", "grp"),
-            update=("attempts", "delivered_ms", "retry_at_ms"),
-        )
-        self._q_upsert_ack = self._insert(
-            f"{p}deliveries", deliveries, ("message_id", "grp"), update=("acked_ms",)
-        )
-        self._q_delete_group = self._sql(f"DELETE FROM {p}groups WHERE topic = ? AND grp = ?")
-        self._q_delete_group_deliveries = self._sql(
-            f"DELETE FROM {p}deliveries WHERE grp = ? AND EXISTS (SELECT 1 FROM {p}messages m"
-            f" WHERE m.id = {p}deliveries.message_id AND m.topic = ?)"
-        )
-        self._q_groups = self._sql(
-            f"SELECT topic, grp, start_id, created_ms FROM {p}groups ORDER BY topic, grp"
-        )
-        self._q_page = self._sql(
-            f"SELECT id, topic, body, sender, published_ms, deliver_at_ms, expires_at_ms, meta,"
-            f" only_group FROM {p}messages WHERE done_ms IS NULL AND id > ? ORDER BY id LIMIT ?"
-        )
-        self._q_page_deliveries = self._sql(
-            f"SELECT message_id, grp, attempts, acked_ms, retry_at_ms FROM {p}deliveries"
-            f" WHERE message_id BETWEEN ? AND ?"
-        )
-        # Mirrors the filter in _page(): a message of a topic with no group is
-        # backlog (unless it is for one group only), one with groups is pending
-        # while a group that should get it has not acked.
-        self._q_count_pending = self._sql(
-            f"SELECT COUNT(*) FROM {p}messages m WHERE m.done_ms IS NULL AND ("
-            f"(m.only_group IS NULL AND NOT EXISTS"
-            f" (SELECT 1 FROM {p}groups g WHERE g.topic = m.topic))"
-            f" OR EXISTS (SELECT 1 FROM {p}groups g WHERE g.topic = m.topic"
-            f" AND (m.only_group IS NULL OR g.grp = m.only_group)"
-            f" AND g.start_id < m.id AND NOT EXISTS (SELECT 1 FROM {p}deliveries d"
-            f" WHERE d.message_id = m.id AND d.grp = g.grp AND d.acked_ms IS NOT NULL)))"
-        )
-        self._q_prune_deliveries = self._sql(
-            f"DELETE FROM {p}deliveries WHERE message_id IN"
-            f" (SELECT id FROM {p}messages WHERE done_ms <= ?)"
-        )
-        self._q_prune_messages = self._sql(f"DELETE FROM {p}messages WHERE done_ms <= ?")
-        self._q_prune_msgids = self._sql(f"DELETE FROM {p}msgids WHERE published_ms < ?")
+        self._q = Statements(table_prefix, self.PLACEHOLDER, self._upsert_clause)
 
     # ------------------------------------------------------------------ dialect
 
@@ -303,7 +132,7 @@ class SQLStore(ABC):
     def _duplicate_column(self, error: Exception) -> bool:
         """Whether ``error`` says that a column being added is there already."""
 
-    def _add_column(self, table: str, column: Column) -> str:
+    def add_column(self, table: str, column: Column) -> str:
         """The ALTER TABLE that adds ``column`` (nullable, for rows that predate it)."""
         return f"ALTER TABLE {self.prefix}{table} ADD COLUMN {self._column(column)}"
 
@@ -311,24 +140,6 @@ class SQLStore(ABC):
     def _upsert_clause(self, key: Sequence[str], update: Sequence[str]) -> str:
         """What follows ``INSERT ... VALUES (...)`` to update ``update`` on a key
         conflict, or to do nothing when ``update`` is empty."""
-
-    def _sql(self, query: str) -> str:
-        return query.replace("?", self.PLACEHOLDER)
-
-    def _insert(
-        self, table: str, columns: Sequence[str], key: Sequence[str] = (),
-        update: Sequence[str] = (),
-    ) -> str:
-        # Exactly "INSERT INTO t (...) VALUES (?, ...)[ ON ...]": PyMySQL turns
-        # executemany() of that form into one multi-row INSERT.
-        values = ", ".join([self.PLACEHOLDER] * len(columns))
-        query = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values})"
-        if key:
-            query += " " + self._upsert_clause(key, update)
-        return query
-
-    def _in_list(self, n: int) -> str:
-        return "(" + ", ".join([self.PLACEHOLDER] * n) + ")"
 
     # -------------------------------------------------------------- transactions
 
@@ -383,26 +194,26 @@ class SQLStore(ABC):
             self._abandon(conn, drop=True)
 
     def _ensure_schema(self, cursor: Cursor) -> None:
-        for statement in self._create_table(TABLES[0]):
+        for statement in self._create_table(schema.TABLES[0]):
             cursor.execute(statement)
-        cursor.execute(self._q_select_version, ("schema_version",))
+        cursor.execute(self._q.select_version, ("schema_version",))
         row = cursor.fetchone()
         if row is None:
-            for table in TABLES[1:]:
+            for table in schema.TABLES[1:]:
                 for statement in self._create_table(table):
                     cursor.execute(statement)
-            cursor.execute(self._q_insert_sequence, (_SEQUENCE, 0))
+            cursor.execute(self._q.insert_sequence, (_SEQUENCE, 0))
             # Last: a version row promises that every table exists.
-            cursor.execute(self._q_insert_meta, ("schema_version", str(SCHEMA_VERSION)))
+            cursor.execute(self._q.insert_meta, ("schema_version", str(schema.SCHEMA_VERSION)))
             return
         version = int(row[0])
-        if version > SCHEMA_VERSION:
+        if version > schema.SCHEMA_VERSION:
             raise SchemaVersionError(
                 f"{self.description} has bbmq schema version {version} but this bbmq only "
-                f"knows versions up to {SCHEMA_VERSION}: upgrade bbmq"
+                f"knows versions up to {schema.SCHEMA_VERSION}: upgrade bbmq"
             )
-        while version < SCHEMA_VERSION:
-            for statement in UPGRADES[version](self):
+        while version < schema.SCHEMA_VERSION:
+            for statement in schema.UPGRADES[version](self):
                 try:
                     cursor.execute(statement)
                 except Exception as error:
@@ -411,25 +222,24 @@ class SQLStore(ABC):
                     if not self._duplicate_column(error):
                         raise
             version += 1
-            cursor.execute(self._q_set_version, (str(version), "schema_version"))
+            cursor.execute(self._q.set_version, (str(version), "schema_version"))
 
     # ------------------------------------------------------------------- writes
 
-    def write(self, batch: Batch) -> list[StoredId]:
+    def write(self, batch: Batch, now_ms: int) -> list[StoredId]:
         """Commit ``batch`` atomically; see :meth:`bbmq.store.base.Store.write`.
 
         If the connection breaks while the COMMIT is in flight the batch may
         have been written although StoreUnavailable is raised; publishing with
         a msgid makes the retry harmless.
         """
-        return self._run(lambda cursor: self._write(cursor, batch), write=True)
+        return self._run(lambda cursor: self._write(cursor, batch, now_ms), write=True)
 
-    def _write(self, cursor: Cursor, batch: Batch) -> list[StoredId]:
-        p = self.prefix
+    def _write(self, cursor: Cursor, batch: Batch, now_ms: int) -> list[StoredId]:
         stored = self._store_messages(cursor, batch.messages)
         if batch.groups:
             cursor.executemany(
-                self._q_insert_group,
+                self._q.insert_group,
                 [(g.topic, g.group, g.start_id, g.created_ms) for g in batch.groups],
             )
         # Without retention, a message finished in this batch is deleted below with its
@@ -439,26 +249,20 @@ class SQLStore(ABC):
         deliveries = [(d.message_id, d.group, d.attempts, d.delivered_ms, None, d.retry_at_ms)
                       for d in batch.deliveries if d.message_id not in gone]
         if deliveries:
-            cursor.executemany(self._q_upsert_delivery, deliveries)
+            cursor.executemany(self._q.upsert_delivery, deliveries)
         acks = [(a.message_id, a.group, 0, None, a.acked_ms, None)
                 for a in batch.acks if a.message_id not in gone]
         if acks:
-            cursor.executemany(self._q_upsert_ack, acks)
+            cursor.executemany(self._q.upsert_ack, acks)
         for chunk in _chunks(batch.done):
-            ids = self._in_list(len(chunk))
             if self.retention_ms:
-                cursor.execute(
-                    self._sql(
-                        f"UPDATE {p}messages SET done_ms = ? WHERE done_ms IS NULL AND id IN {ids}"
-                    ),
-                    (_now_ms(), *chunk),
-                )
+                cursor.execute(self._q.mark_done(len(chunk)), (now_ms, *chunk))
             else:
-                cursor.execute(f"DELETE FROM {p}deliveries WHERE message_id IN {ids}", chunk)
-                cursor.execute(f"DELETE FROM {p}messages WHERE id IN {ids}", chunk)
+                cursor.execute(self._q.delete_deliveries_of(len(chunk)), chunk)
+                cursor.execute(self._q.delete_messages(len(chunk)), chunk)
         for topic, group in batch.deleted_groups:
-            cursor.execute(self._q_delete_group, (topic, group))
-            cursor.execute(self._q_delete_group_deliveries, (group, topic))
+            cursor.execute(self._q.delete_group, (topic, group))
+            cursor.execute(self._q.delete_group_deliveries, (group, topic))
         return stored
 
     def _store_messages(self, cursor: Cursor, messages: list[NewMessage]) -> list[StoredId]:
@@ -484,7 +288,7 @@ class SQLStore(ABC):
         if fresh:
             first = self._reserve_ids(cursor, len(fresh))
             cursor.executemany(
-                self._q_insert_message,
+                self._q.insert_message,
                 [(first + i, m.topic, m.body, m.sender, m.published_ms, m.deliver_at_ms,
                   m.expires_at_ms, json.dumps(m.meta, separators=(",", ":")) if m.meta else None,
                   m.group)
@@ -493,7 +297,7 @@ class SQLStore(ABC):
             keyed = [(m.topic, m.msgid, first + i, m.published_ms)
                      for i, m in enumerate(fresh) if m.msgid is not None]
             if keyed:
-                cursor.executemany(self._q_upsert_msgid, keyed)
+                cursor.executemany(self._q.upsert_msgid, keyed)
         return [StoredId(first + value if indexed else value, duplicate)
                 for value, indexed, duplicate in plan]
 
@@ -508,21 +312,15 @@ class SQLStore(ABC):
         known: dict[tuple[str, str], tuple[int, bool, int]] = {}
         for topic, msgids in by_topic.items():
             for chunk in _chunks(sorted(msgids)):
-                cursor.execute(
-                    self._sql(
-                        f"SELECT msgid, message_id, published_ms FROM {self.prefix}msgids"
-                        f" WHERE topic = ? AND msgid IN {self._in_list(len(chunk))}"
-                    ),
-                    (topic, *chunk),
-                )
+                cursor.execute(self._q.msgids_of(len(chunk)), (topic, *chunk))
                 for msgid, message_id, published_ms in cursor.fetchall():
                     known[topic, msgid] = (message_id, False, published_ms)
         return known
 
     def _reserve_ids(self, cursor: Cursor, n: int) -> int:
         """Reserve ``n`` consecutive ids; the row lock serialises concurrent writers."""
-        cursor.execute(self._q_reserve, (n, _SEQUENCE))
-        cursor.execute(self._q_last_id, (_SEQUENCE,))
+        cursor.execute(self._q.reserve, (n, _SEQUENCE))
+        cursor.execute(self._q.last_id, (_SEQUENCE,))
         last: int = cursor.fetchone()[0]
         return last - n + 1
 
@@ -531,14 +329,14 @@ class SQLStore(ABC):
     def groups(self) -> list[GroupRecord]:
         """Every group of every topic, by topic and name."""
         def work(cursor: Cursor) -> list[GroupRecord]:
-            cursor.execute(self._q_groups)
+            cursor.execute(self._q.groups)
             return [GroupRecord(*row) for row in cursor.fetchall()]
         return self._run(work, write=False)
 
     def count_pending(self) -> int:
         """Exactly how many messages :meth:`recover` will yield (one COUNT query)."""
         def work(cursor: Cursor) -> int:
-            cursor.execute(self._q_count_pending)
+            cursor.execute(self._q.count_pending)
             count: int = cursor.fetchone()[0]
             return count
         return self._run(work, write=False)
@@ -574,13 +372,13 @@ class SQLStore(ABC):
         Returns the pending ones, how many rows were read, the last id read and
         the body bytes read.
         """
-        cursor.execute(self._q_page, (after, limit))
+        cursor.execute(self._q.page, (after, limit))
         rows = cursor.fetchall()
         if not rows:
             return [], 0, after, 0
         states: dict[int, dict[str, tuple[int, bool, int | None]]] = {}
         if owed:
-            cursor.execute(self._q_page_deliveries, (rows[0][0], rows[-1][0]))
+            cursor.execute(self._q.page_deliveries, (rows[0][0], rows[-1][0]))
             for message_id, group, attempts, acked_ms, retry_at_ms in cursor.fetchall():
                 states.setdefault(message_id, {})[group] = (
                     attempts, acked_ms is not None, retry_at_ms)
@@ -624,9 +422,9 @@ class SQLStore(ABC):
             deleted = 0
             cutoff = now_ms - self.retention_ms
             for query, value in (
-                (self._q_prune_deliveries, cutoff),
-                (self._q_prune_messages, cutoff),
-                (self._q_prune_msgids, now_ms - self.dedup_window_ms),
+                (self._q.prune_deliveries, cutoff),
+                (self._q.prune_messages, cutoff),
+                (self._q.prune_msgids, now_ms - self.dedup_window_ms),
             ):
                 cursor.execute(query, (value,))
                 deleted += max(cursor.rowcount, 0)
@@ -637,7 +435,3 @@ class SQLStore(ABC):
 def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000

@@ -14,13 +14,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from bbmq.store.schema import Column, Table
 from bbmq.store.sql import (
     DEFAULT_DEDUP_WINDOW_MS,
-    Column,
     Connection,
     Cursor,
     SQLStore,
-    Table,
 )
 
 _SYNCHRONOUS: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -30,7 +29,7 @@ _UNAVAILABLE_CODES: Final = frozenset({
     sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_NOMEM, sqlite3.SQLITE_READONLY,
     sqlite3.SQLITE_IOERR, sqlite3.SQLITE_FULL, sqlite3.SQLITE_CANTOPEN,
 })
-#: SQL types of the column kinds in bbmq.store.sql.TABLES.
+#: SQL types of the column kinds in bbmq.store.schema.TABLES.
 _TYPES: Final = {
     "int": "INTEGER", "name": "TEXT", "msgid": "TEXT", "key": "TEXT", "text": "TEXT",
     "blob": "BLOB",

@@ -35,15 +35,21 @@ Scheduler = Callable[..., object]
 
 
 class StoreWorker:
-    """Runs one :class:`Store` on a dedicated thread."""
+    """Runs one :class:`Store` on a dedicated thread.
 
-    def __init__(self, store: Store, schedule: Scheduler, on_stored: StoredCallback,
-                 on_failed: FailedCallback, *, max_batch: int = 2000,
+    ``clock`` is the wall clock in milliseconds: the store reads none of its own, so
+    the time it records (retention, pruning) is the time its owner decides on.  The
+    worker's own waits (backoff, the prune interval) use ``time.monotonic``.
+    """
+
+    def __init__(self, store: Store, *, clock: Callable[[], int], max_batch: int = 2000,
                  prune_interval_s: float = 60.0) -> None:
         self.store = store
-        self._schedule = schedule
-        self._on_stored = on_stored
-        self._on_failed = on_failed
+        self._clock = clock
+        # Where results go: known once the event loop runs, so given to start().
+        self._schedule: Scheduler
+        self._on_stored: StoredCallback
+        self._on_failed: FailedCallback
         self._max_batch = max_batch
         self._prune_interval_s = prune_interval_s
         self._cond = threading.Condition()
@@ -57,12 +63,17 @@ class StoreWorker:
         #: Seconds each successful commit took, for metrics (set by the server).
         self.observe_commit: Callable[[float], None] = lambda seconds: None
 
-    def start(self) -> concurrent.futures.Future[None]:
+    def start(self, schedule: Scheduler, on_stored: StoredCallback,
+              on_failed: FailedCallback) -> concurrent.futures.Future[None]:
         """Start the thread and open the store on it; the future holds what ``open`` raised.
 
-        Nothing here blocks, so a caller may stop waiting (a SIGTERM while a database
-        hangs) without a thread of its own stuck in the wait.
+        From then on the thread reports each transaction's outcome by handing
+        ``on_stored`` or ``on_failed`` to ``schedule`` (the event loop's
+        ``call_soon_threadsafe``), so they run on the loop's thread.  Nothing here
+        blocks, so a caller may stop waiting (a SIGTERM while a database hangs)
+        without a thread of its own stuck in the wait.
         """
+        self._schedule, self._on_stored, self._on_failed = schedule, on_stored, on_failed
         self._thread.start()
         return self.call(self.store.open)
 
@@ -169,7 +180,7 @@ class StoreWorker:
         batch.extend(changes)
         started = time.monotonic()
         try:
-            ids = self.store.write(batch)
+            ids = self.store.write(batch, self._clock())
         except Exception as error:  # the thread must outlive any one batch
             if isinstance(error, StoreUnavailable):
                 if self.available:
@@ -199,7 +210,7 @@ class StoreWorker:
 
     def _prune(self) -> None:
         try:
-            removed = self.store.prune(int(time.time() * 1000))
+            removed = self.store.prune(self._clock())
         except StoreUnavailable as error:
             log.warning("prune skipped, store unavailable: %s", error)
             return

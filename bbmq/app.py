@@ -1,0 +1,129 @@
+"""The composition root: the user's settings become a broker, and a broker a process.
+
+Every other module is handed what it works with; only this one knows how the
+pieces fit.  :func:`build_server` turns the typed :class:`~bbmq.config.Config`
+into the store, the wall clock, the broker core, the store thread and the
+transport, each given to the next.  :func:`serve` runs the result the way a
+process must: signal handlers, garbage-collector tuning, metrics, and a drain
+on the way out.  ``bbmq server run``, the daemon and
+:class:`bbmq.testing.BrokerController` all start brokers through here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import logging.handlers
+import signal
+import time
+from collections.abc import Callable
+
+from bbmq._version import __version__
+from bbmq.auth import Authorizer
+from bbmq.config import Config
+from bbmq.core import Broker, BrokerConfig
+from bbmq.server import BrokerServer, TransportConfig
+from bbmq.store import open_store
+from bbmq.store.worker import StoreWorker
+
+#: The broker process's own lines (signals, start and stop) keep the server's logger name.
+log = logging.getLogger("bbmq.server")
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the epoch: what the broker stamps messages, leases and timers with."""
+    return int(time.time() * 1000)
+
+
+def build_server(config: Config, clock: Callable[[], int] = wall_clock_ms) -> BrokerServer:
+    """A broker for ``config``, wired but not started: nothing is opened or bound yet."""
+    broker = Broker(BrokerConfig(
+        version=__version__,
+        max_message_bytes=config.max_message_size,
+        ack_timeout_ms=int(config.ack_timeout * 1000),
+        max_attempts=config.max_attempts,
+        dead_letter_expired=config.dead_letter_expired,
+        max_queued_bytes=config.max_queued_bytes,
+        max_output_bytes=config.max_output_bytes,
+        idle_timeout_ms=int(config.idle_timeout * 1000),
+        authorizer=Authorizer.parse(config.auth_tokens),
+    ))
+    store = open_store(config.store, config.data_path,
+                       retention_ms=int(config.retention * 1000),
+                       dedup_window_ms=int(config.dedup_window * 1000),
+                       password=config.store_password)
+    worker = StoreWorker(store, clock=clock, max_batch=config.max_batch)
+    transport = TransportConfig(
+        host=config.host, port=config.port, max_message_size=config.max_message_size,
+        max_connections=config.max_connections, max_output_bytes=config.max_output_bytes,
+        handshake_timeout=config.handshake_timeout, idle_timeout=config.idle_timeout,
+        tls_cert=config.tls_cert, tls_key=config.tls_key)
+    return BrokerServer(broker, worker, clock, transport)
+
+
+def collect_rarely() -> None:
+    """Make the cyclic GC cheap for a process that holds many long-lived small objects.
+
+    Queued messages, leases and msgid records live for seconds to hours, and
+    with CPython's default thresholds (a collection every 700 allocations) the
+    GC keeps re-scanning them: about a third of the broker's time under load.
+    Collections run a hundred times less often; the broker makes few reference
+    cycles, and the ones it makes (a closed session and its leases) are still
+    collected.
+    """
+    gc.set_threshold(70_000, 20, 20)
+
+
+async def serve(config: Config, ready: asyncio.Future[BrokerServer] | None = None) -> bool:
+    """Run a broker until SIGTERM/SIGINT, then drain; True if the drain finished cleanly.
+
+    SIGHUP reopens log files (after logrotate) when logging goes to a
+    WatchedFileHandler, as the daemon's does; otherwise it is only logged.
+    """
+    server = build_server(config)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    # From the first moment: a SIGTERM during a long recovery (or a hung database) ends
+    # the start instead of being ignored (as PID 1 in a container would) or killing us.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    log_files = [handler for handler in logging.getLogger().handlers
+                 if isinstance(handler, logging.handlers.WatchedFileHandler)]
+
+    def reopen_log_files() -> None:
+        for handler in log_files:
+            handler.reopenIfNeeded()
+        log.info("SIGHUP: log file reopened")
+
+    loop.add_signal_handler(signal.SIGHUP, reopen_log_files if log_files else lambda: log.info(
+        "SIGHUP: no log file to reopen (logging to stderr)"))
+    collect_rarely()  # before recovery too: it allocates a million objects in seconds
+    starting = asyncio.ensure_future(server.start())
+    stopping = asyncio.ensure_future(stop.wait())
+    await asyncio.wait((starting, stopping), return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done():
+        log.info("stop requested while starting: the start is abandoned, nothing was served")
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting  # closes the store it may have opened
+        return True
+    stopping.cancel()
+    starting.result()  # the start's own error, if it failed
+    gc.collect()
+    gc.freeze()  # what recovery loaded stays out of the collector's sight
+    metrics: asyncio.Server | None = None
+    try:
+        if config.metrics_port:
+            from bbmq.metrics import start_metrics  # noqa: PLC0415 (prometheus only if asked)
+
+            metrics = await start_metrics(server, config.metrics_port, config.host)
+        if ready is not None:
+            ready.set_result(server)
+        await stop.wait()
+    finally:
+        if metrics is not None:
+            metrics.close()
+        clean = await server.stop()
+    return clean
