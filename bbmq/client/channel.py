@@ -15,17 +15,17 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
-from typing import Any, Final
+from collections.abc import Iterable, Iterator
+from typing import Any, Final, cast
 
 from bbmq.client.errors import BrokerError, ConnectionLost
 from bbmq.protocol import (
+    NEED_DATA,
     ClientConnection,
     ClientShutdownSignal,
     CloseConnectionSignal,
     Error,
     LocalProtocolError,
-    Pending,
     ProtocolError,
     ServerAcknowledgement,
     State,
@@ -210,13 +210,13 @@ class Channel:
         """Take ``data`` into the connection and every event it completes into ``_events``."""
         connection = self.connection
         connection.receive_data(data)
-        next_event = connection.next_event
-        append = self._events.append
+        # Events until NEED_DATA, in one C loop (a client connection never says PAUSED:
+        # that is the server's side).  What came before a broken frame is kept, in order.
+        events = cast("Iterator[TypedFrame]", iter(connection.next_event, NEED_DATA))
         try:
-            while not isinstance(event := next_event(), Pending):  # NEED_DATA: read more
-                append(event)
+            self._events.extend(events)
         except ProtocolError as error:
-            self._broken = error  # the frames before it are still read, in order
+            self._broken = error
 
     def handshake(self, frame: TypedFrame, timeout: float) -> dict[str, Any]:
         """Send the handshake ``frame``; the server's facts, once it grants the role."""
