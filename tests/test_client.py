@@ -17,6 +17,7 @@ import pytest
 
 from bbmq import protocol as p
 from bbmq.client import BrokerError, ConnectionLost, Consumer, Message, Producer, PublishError
+from bbmq.client.channel import Channel
 from bbmq.client.consuming import FetchQueue, ack_frames
 from bbmq.client.publishing import MsgIds, PublishJob, PublishWindow, publish_frames
 from bbmq.client.retry import Backoff, comes_back
@@ -158,6 +159,22 @@ def test_the_client_decisions_do_no_io(module: str) -> None:
             imported.add(node.module)
     assert imported, "the check reads the imports"
     assert not imported & IO_MODULES, f"{path} imports {sorted(imported & IO_MODULES)}"
+
+
+def test_the_channel_hands_out_the_frames_before_a_broken_one_then_fails() -> None:
+    """A broker that breaks the stream (here: garbage after a PONG) costs the connection,
+    but not the frames that came before the break, nor a hang."""
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        channel = Channel("127.0.0.1", server.getsockname()[1], timeout=5, tls=False,
+                          ca_file=None)
+        peer, _ = server.accept()
+        with peer:
+            peer.sendall(p.Pong().encode() + p.Pong().encode() + b"NOT A FRAME\r\n")
+            assert channel.read(5) == p.Pong()
+            assert channel.read(5) == p.Pong()
+            with pytest.raises(ConnectionLost, match="invalid frame"):
+                channel.read(5)
+            assert channel.closed
 
 
 # --------------------------------------------------------------------------- against a broker
