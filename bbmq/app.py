@@ -116,9 +116,14 @@ async def serve(config: Config, ready: asyncio.Future[BrokerServer] | None = Non
     metrics: asyncio.Server | None = None
     try:
         if config.metrics_port:
-            from bbmq.metrics import start_metrics  # noqa: PLC0415 (prometheus only if asked)
+            from bbmq.metrics import (  # noqa: PLC0415 (prometheus only if asked)
+                MetricsSources,
+                start_metrics,
+            )
 
-            metrics = await start_metrics(server, config.metrics_port, config.host)
+            sources = MetricsSources(server.broker.snapshot, lambda: len(server.connections),
+                                     server.worker)
+            metrics = await start_metrics(sources, config.metrics_port, config.host)
         if ready is not None:
             ready.set_result(server)
         await stop.wait()

@@ -3,13 +3,17 @@
 Two choices keep this free for the broker and safe:
 
 * Nothing is counted twice.  The core already keeps running totals per topic
-  and group (:class:`bbmq.core.Counters`), so a custom collector turns them into
+  and group, so a custom collector turns the core's snapshot
+  (:meth:`bbmq.core.Broker.snapshot`, the one ``ADMIN stats`` answers from) into
   metric families when Prometheus asks; the hot path pays nothing.  Only the
   store's commit latency needs a metric object of its own, a Histogram fed by
   the store thread (``Histogram.observe`` is thread-safe).
 * The HTTP endpoint runs on the broker's own asyncio loop instead of
-  ``prometheus_client.start_http_server``'s thread, so the collector reads the
-  core's dicts on the thread that changes them and never races it.
+  ``prometheus_client.start_http_server``'s thread, so the snapshot is taken on
+  the thread that changes the core and never races it.
+
+What it reads comes in as :class:`MetricsSources`; this module knows nothing of
+the server that runs it.
 """
 
 from __future__ import annotations
@@ -17,16 +21,17 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Final
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
-if TYPE_CHECKING:
-    from bbmq.server import BrokerServer
+from bbmq.core import BrokerSnapshot
+from bbmq.store.worker import StoreWorker
 
 log = logging.getLogger("bbmq.metrics")
 
@@ -45,14 +50,28 @@ class MetricsPortError(OSError):
     """The metrics port could not be opened; the message names it and says what to do."""
 
 
-class BrokerCollector:
-    """Turns the broker core's counters and queue sizes into metric families on each scrape."""
+@dataclass(frozen=True, slots=True)
+class MetricsSources:
+    """What the metrics page reads, handed in by whoever runs the broker."""
 
-    def __init__(self, server: BrokerServer) -> None:
-        self.server = server
+    #: The core's counters and queue sizes (:meth:`bbmq.core.Broker.snapshot`).
+    snapshot: Callable[[], BrokerSnapshot]
+    #: How many client connections are open.
+    connections: Callable[[], int]
+    #: The store thread: whether the store accepts writes, and where commit times go.
+    store: StoreWorker
+
+
+class BrokerCollector:
+    """Turns the broker core's snapshot and the server's gauges into metric families on each
+    scrape."""
+
+    def __init__(self, sources: MetricsSources) -> None:
+        self.sources = sources
 
     def collect(self) -> Iterator[Metric]:
-        broker = self.server.broker
+        sources = self.sources
+        snapshot = sources.snapshot()
         counters = {name: CounterMetricFamily(f"bbmq_messages_{name}",
                                               f"Messages {name.replace('_', ' ')}, per topic",
                                               labels=["topic"])
@@ -70,43 +89,43 @@ class BrokerCollector:
                                     labels=["topic", "group"])
         consumers = GaugeMetricFamily("bbmq_group_consumers", "Consumers connected to a group",
                                       labels=["topic", "group"])
-        for topic in broker.topics.values():
+        for topic in snapshot.topics:
             for name, family in counters.items():
                 family.add_metric([topic.name], getattr(topic.counters, name))
-            backlog.add_metric([topic.name], len(topic.backlog))
-            for group in topic.groups.values():
+            backlog.add_metric([topic.name], topic.backlog)
+            for group in topic.groups:
                 labels = [topic.name, group.name]
                 ready.add_metric(labels, group.ready)
-                inflight.add_metric(labels, len(group.inflight))
-                delayed.add_metric(labels, len(group.delayed))
-                consumers.add_metric(labels, len(group.consumers))
+                inflight.add_metric(labels, group.inflight)
+                delayed.add_metric(labels, group.delayed)
+                consumers.add_metric(labels, group.consumers)
         yield from counters.values()
         yield from (backlog, ready, inflight, delayed, consumers)
         yield GaugeMetricFamily("bbmq_connections", "Open client connections",
-                                value=len(self.server.connections))
+                                value=sources.connections())
         yield GaugeMetricFamily("bbmq_queued_bytes", "Message bytes held in memory",
-                                value=broker.queued_bytes)
+                                value=snapshot.queued_bytes)
         yield GaugeMetricFamily("bbmq_store_available",
                                 "1 while the store accepts writes, 0 during an outage",
-                                value=int(self.server.worker.available))
+                                value=int(sources.store.available))
 
 
-def build_registry(server: BrokerServer) -> CollectorRegistry:
+def build_registry(sources: MetricsSources) -> CollectorRegistry:
     """A registry of its own per broker (never the global one), with the commit histogram wired
     to the store thread."""
     registry = CollectorRegistry()
-    registry.register(BrokerCollector(server))
+    registry.register(BrokerCollector(sources))
     ProcessCollector(registry=registry)
     commit_seconds = Histogram("bbmq_store_commit_seconds",
                                "Seconds each store transaction took to commit",
                                buckets=COMMIT_BUCKETS, registry=registry)
-    server.worker.observe_commit = commit_seconds.observe
+    sources.store.observe_commit = commit_seconds.observe
     return registry
 
 
-async def start_metrics(server: BrokerServer, port: int, host: str) -> asyncio.Server:
+async def start_metrics(sources: MetricsSources, port: int, host: str) -> asyncio.Server:
     """Serve ``GET /metrics`` on ``host:port`` from the running event loop."""
-    registry = build_registry(server)
+    registry = build_registry(sources)
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _answer(reader, writer, registry)

@@ -24,7 +24,7 @@ from typing import Any
 
 from bbmq import protocol as p
 from bbmq._version import __version__
-from bbmq.core import Broker, PendingPublish, Role
+from bbmq.core import Broker, PendingPublish
 from bbmq.protocol import ErrorCode
 from bbmq.store.base import RecoveredMessage, StoredId
 from bbmq.store.worker import StoreWorker
@@ -73,7 +73,8 @@ class Connection(asyncio.Protocol):
         self.peer = "?"
         self.timeout: asyncio.TimerHandle | None = None
         self.last_read = time.monotonic()
-        self.handshaken = False
+        #: Once the handshake is accepted, the idle timeout replaces the handshake timeout.
+        self.watching_idle = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -114,8 +115,8 @@ class Connection(asyncio.Protocol):
                                   "reconnect, and please report it", close=True)
             if (late := self.decoder.error) is not None:  # garbage after whole frames
                 broker.send_error(self.id, late.code, late.text, close=True)
-            if not self.handshaken and broker.sessions[self.id].role is not Role.NEW:
-                self.handshaken = True
+            if not self.watching_idle and broker.handshaken(self.id):
+                self.watching_idle = True
                 if self.timeout is not None:
                     self.timeout.cancel()
                 self._arm_timeout(server.config.idle_timeout, self._check_idle)
@@ -149,8 +150,7 @@ class Connection(asyncio.Protocol):
 
     def _check_idle(self) -> None:
         limit = self.server.config.idle_timeout
-        session = self.server.broker.sessions.get(self.id)
-        if session is not None and (session.requests or session.replies):
+        if self.server.broker.awaiting_answers(self.id):
             self.last_read = time.monotonic()  # waiting on a FETCH or on acks is not idle
         idle_for = time.monotonic() - self.last_read
         if idle_for < limit:
@@ -246,15 +246,16 @@ class BrokerServer:
         return context
 
     def flush(self) -> None:
-        """Write every connection's pending output, hand the store its work, re-arm the timer."""
+        """Encode and write every connection's pending frames (one write each), hand the store
+        its work, re-arm the timer."""
         broker = self.broker
         while True:
-            for session_id, data, close in broker.take_output():
+            for session_id, frames, close in broker.take_output():
                 connection = self.connections.get(session_id)
                 if connection is None or connection.transport is None:
                     continue
-                if data:
-                    connection.transport.write(data)
+                if frames:
+                    connection.transport.write(b"".join([frame.encode() for frame in frames]))
                 if close:
                     connection.transport.close()
             if not broker.resume_throttled(self.clock()):

@@ -9,6 +9,8 @@ would, but start-up and shutdown take milliseconds::
 
 :class:`BrokerProcess` runs ``python -m bbmq server run`` as a child process, for
 what only a process can show: ``kill -9``, signals, memory.
+:func:`wait_until_answering` is its wait for a started broker, for tests that
+start one another way; :func:`wait_for` waits on any condition with a deadline.
 """
 
 from __future__ import annotations
@@ -21,15 +23,18 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 
 from bbmq import config as settings
 from bbmq.app import build_server
 from bbmq.client import BrokerError, ping
 from bbmq.server import BrokerServer
+
+T = TypeVar("T")
 
 
 class BrokerController:
@@ -119,27 +124,26 @@ class BrokerProcess:
         assert self.process is not None, "start() first"
         return self.process.pid
 
-    def start(self, timeout: float = 60.0) -> Self:
-        """Start the broker and return once it answers PING."""
+    def launch(self) -> Self:
+        """Start the process and return at once, without waiting for it to answer."""
         args = [sys.executable, "-m", "bbmq", "server", "run"]
         for name, value in self.settings.items():
             args += ["--" + name.replace("_", "-"), str(value)]
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT,
                                             env=clean_environment())
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"broker exited with {self.process.returncode}: "
-                                   f"{self.log_path.read_text()[-2000:]}")
-            try:
-                ping(port=self.port, timeout=1.0)
-                return self
-            except BrokerError:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError(f"broker did not answer within {timeout} s") from None
-                time.sleep(0.02)  # poll interval while the broker starts
+        return self
+
+    def start(self, timeout: float = 60.0) -> Self:
+        """Start the broker and return once it answers PING."""
+        self.launch()
+        assert self.process is not None
+        try:
+            wait_until_answering(self.process, self.port, self.log_path, timeout)
+        except BaseException:
+            self.kill()
+            raise
+        return self
 
     def kill(self) -> None:
         """``kill -9``: no shutdown of any kind."""
@@ -169,3 +173,44 @@ class BrokerProcess:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def wait_for(condition: Callable[[], T], what: str, timeout: float = 15.0, *,
+             interval: float = 0.01) -> T:
+    """Poll ``condition`` until it returns something truthy, and return that.
+
+    Tests wait on conditions, not on sleeps; the deadline keeps a broken test from
+    hanging, and ``what`` says in the failure which condition never came true.
+    """
+    deadline = time.monotonic() + timeout
+    while not (result := condition()):
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(interval)
+    return result
+
+
+def answers_ping(port: int) -> bool:
+    try:
+        ping("127.0.0.1", port, timeout=1.0)
+    except BrokerError:
+        return False
+    return True
+
+
+def wait_until_answering(process: subprocess.Popen[Any], port: int, log_path: Path,
+                         timeout: float = 60.0) -> None:
+    """Return once the broker ``process`` answers PING on ``port`` of 127.0.0.1.
+
+    A broker that exits fails the wait at once, with the end of its log (which says
+    why), rather than at the deadline.
+    """
+    def answering() -> bool:
+        if process.poll() is not None:
+            log = log_path.read_text(errors="replace")[-3000:]
+            raise AssertionError(f"broker exited with {process.returncode} before answering "
+                                 f"PING; its log ends:\n{log}")
+        return answers_ping(port)
+
+    wait_for(answering, f"the broker to answer PING on port {port} (its log: {log_path})",
+             timeout)

@@ -88,11 +88,3 @@ def raw(broker: BrokerController) -> Iterator[RawClient]:
     yield client
     client.close()
 
-
-def wait_for(condition: object, timeout: float = 10.0, interval: float = 0.01) -> None:
-    """Poll ``condition()`` until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        time.sleep(interval)

@@ -20,6 +20,7 @@ class CoreHarness:
         self.now = START_MS
         self._session_ids = itertools.count(1)
         self._message_ids = itertools.count(1)
+        self._from_clients: dict[int, p.FrameDecoder] = {}
         self._decoders: dict[int, p.FrameDecoder] = {}
         self.inbox: dict[int, list[p.TypedFrame]] = defaultdict(list)
         self.closed: set[int] = set()
@@ -29,6 +30,7 @@ class CoreHarness:
     def connect(self) -> int:
         session = next(self._session_ids)
         self.broker.connect(session)
+        self._from_clients[session] = p.FrameDecoder()
         self._decoders[session] = p.FrameDecoder(max_body_bytes=1 << 30)
         return session
 
@@ -46,10 +48,16 @@ class CoreHarness:
         return session
 
     def send(self, session: int, *frames: p.TypedFrame) -> None:
-        decoder = p.FrameDecoder()
-        for frame in frames:
-            for generic in decoder.feed(frame.encode()):
-                self.broker.receive(session, generic, self.now)
+        self.feed(session, b"".join(frame.encode() for frame in frames))
+
+    def feed(self, session: int, data: bytes) -> None:
+        """Bytes from the client, in pieces cut anywhere, as the server reads them.
+
+        The connection's decoder keeps a partial frame until the rest comes, then the
+        whole frames go to the core: the server's path without the socket.
+        """
+        for frame in self._from_clients[session].feed(data):
+            self.broker.receive(session, frame, self.now)
         self._collect()
 
     def commit(self) -> list[StoredId]:
@@ -95,7 +103,8 @@ class CoreHarness:
         return [f.id for f in self.take(session) if isinstance(f, p.ProducerAckMessage)]
 
     def _collect(self) -> None:
-        for session, data, close in self.broker.take_output():
+        for session, frames, close in self.broker.take_output():
+            data = b"".join(frame.encode() for frame in frames)  # through the wire format
             for frame in self._decoders[session].feed(data):
                 self.inbox[session].append(p.parse(frame, p.SERVER_FRAMES))
             if close:

@@ -2,7 +2,8 @@
 
 Outage tests cannot stop the shared database, so this starts a private
 ``mariadbd``: its own data directory (made by ``mariadb-install-db``), its own
-port on 127.0.0.1 and its own socket, running as the current user.  stop()
+port on 127.0.0.1, its own socket and temporary directory (a shared /tmp lets
+parallel test runs trip over each other), running as the current user.  stop()
 and start() keep the data directory and the port, so a client that
 reconnects by itself finds the same database again.  Every wait polls a
 condition under a deadline; nothing relies on a fixed sleep.
@@ -84,7 +85,8 @@ class MariaDBServer:
         """Create the data directory with its system tables."""
         result = subprocess.run(
             [self._install, "--no-defaults", f"--user={self.user}", f"--datadir={self.data_dir}",
-             "--auth-root-authentication-method=normal", "--skip-test-db"],
+             f"--tmpdir={self.base_dir}", "--auth-root-authentication-method=normal",
+             "--skip-test-db"],
             capture_output=True, check=False, timeout=120,
         )
         if result.returncode != 0:
@@ -99,7 +101,7 @@ class MariaDBServer:
             raise RuntimeError("server already running")
         self._process = subprocess.Popen(
             [self._server, "--no-defaults", f"--user={self.user}",
-             f"--datadir={self.data_dir}", f"--socket={self.socket}",
+             f"--datadir={self.data_dir}", f"--tmpdir={self.base_dir}", f"--socket={self.socket}",
              f"--pid-file={self.base_dir / 'mariadbd.pid'}", f"--log-error={self.log}",
              f"--port={self.port}", "--bind-address=127.0.0.1", "--skip-name-resolve",
              "--innodb-buffer-pool-size=32M"],

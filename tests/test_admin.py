@@ -21,8 +21,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bbmq.admin import Admin
 from bbmq.client import BrokerError, Consumer, Producer
+from bbmq.testing import BrokerProcess, free_port, wait_for
 
-from .broker_process import BrokerProcess, bbmq_env, free_port, run_bbmq, wait_for
+from .broker_process import bbmq_env, run_bbmq
+
+pytestmark = pytest.mark.slow  # every test runs bbmq as a process
 
 
 @pytest.fixture

@@ -22,9 +22,7 @@ from bbmq.client.consuming import FetchQueue, ack_frames
 from bbmq.client.publishing import MsgIds, PublishJob, PublishWindow, publish_frames
 from bbmq.client.retry import Backoff, comes_back
 from bbmq.protocol import ErrorCode
-from bbmq.testing import BrokerController
-
-from .conftest import wait_for
+from bbmq.testing import BrokerController, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -299,7 +297,8 @@ def test_a_producer_waits_out_a_full_broker(tmp_path: Path,
         publisher = threading.Thread(target=publish)
         with caplog.at_level(logging.WARNING, logger="bbmq.client"):
             publisher.start()
-            wait_for(lambda: "too many connections" in caplog.text, timeout=10)
+            wait_for(lambda: "too many connections" in caplog.text,
+                     "the publish to meet SERVER_BUSY", timeout=10)
             assert publisher.is_alive() and not outcome
             hog.close()
             publisher.join(30)

@@ -21,15 +21,9 @@ import pytest
 
 from bbmq import config as settings
 from bbmq.client import BrokerError, Consumer, Producer
+from bbmq.testing import BrokerProcess, answers_ping, free_port, wait_for
 
-from .broker_process import (
-    answers_ping,
-    bbmq_env,
-    free_port,
-    process_alive,
-    run_bbmq,
-    wait_for,
-)
+from .broker_process import process_alive, run_bbmq
 
 
 @dataclass
@@ -82,6 +76,7 @@ def dead_pid() -> int:
     return process.pid
 
 
+@pytest.mark.slow
 def test_start_detaches_and_returns_once_the_port_answers(daemon: Daemon) -> None:
     result = daemon.server("start")
 
@@ -94,6 +89,7 @@ def test_start_detaches_and_returns_once_the_port_answers(daemon: Daemon) -> Non
     assert answers_ping(daemon.port)  # at once: start returned only when it was ready
 
 
+@pytest.mark.slow
 def test_a_second_start_says_already_running(daemon: Daemon) -> None:
     pid = daemon.start()
 
@@ -104,6 +100,7 @@ def test_a_second_start_says_already_running(daemon: Daemon) -> None:
     assert daemon.pid() == pid and process_alive(pid)
 
 
+@pytest.mark.slow
 def test_status_and_stop_follow_lsb(daemon: Daemon) -> None:
     before = daemon.server("status")
     assert before.returncode == 3 and "not running" in before.stdout
@@ -133,6 +130,7 @@ def test_status_and_stop_follow_lsb(daemon: Daemon) -> None:
     assert idempotent.returncode == 0 and "not running" in idempotent.stdout
 
 
+@pytest.mark.slow
 def test_stop_says_when_it_gives_up_and_force_kills(daemon: Daemon) -> None:
     pid = daemon.start()
     os.kill(pid, signal.SIGSTOP)  # a broker that cannot drain: SIGTERM stays pending
@@ -151,6 +149,7 @@ def test_stop_says_when_it_gives_up_and_force_kills(daemon: Daemon) -> None:
     assert daemon.server("status").returncode == 3
 
 
+@pytest.mark.slow
 def test_a_stale_pidfile_is_reported_and_replaced(daemon: Daemon) -> None:
     gone = dead_pid()
     daemon.data_dir.mkdir(parents=True)
@@ -166,6 +165,7 @@ def test_a_stale_pidfile_is_reported_and_replaced(daemon: Daemon) -> None:
     assert daemon.pid() != gone and process_alive(daemon.pid())
 
 
+@pytest.mark.slow
 def test_a_busy_port_makes_start_fail_with_the_reason(daemon: Daemon) -> None:
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", daemon.port))
@@ -179,6 +179,7 @@ def test_a_busy_port_makes_start_fail_with_the_reason(daemon: Daemon) -> None:
     assert not daemon.pid_path.exists()
 
 
+@pytest.mark.slow
 def test_an_unreachable_store_makes_start_fail_with_the_reason(daemon: Daemon) -> None:
     nobody_there = free_port()
 
@@ -189,6 +190,7 @@ def test_an_unreachable_store_makes_start_fail_with_the_reason(daemon: Daemon) -
     assert not daemon.pid_path.exists()
 
 
+@pytest.mark.slow
 def test_stop_under_load_loses_nothing_acked(daemon: Daemon) -> None:
     daemon.start()
     published: list[int] = []  # ids the broker acked to the publisher
@@ -243,6 +245,7 @@ def test_stop_under_load_loses_nothing_acked(daemon: Daemon) -> None:
     assert not missing, f"{len(missing)} acked messages lost, e.g. {sorted(missing)[:5]}"
 
 
+@pytest.mark.slow
 def test_sighup_reopens_the_log_file(daemon: Daemon) -> None:
     pid = daemon.start()
     rotated = daemon.log_path.with_name("bbmq.log.1")
@@ -257,6 +260,7 @@ def test_sighup_reopens_the_log_file(daemon: Daemon) -> None:
     assert process_alive(pid) and answers_ping(daemon.port)
 
 
+@pytest.mark.slow
 def test_config_precedence_flag_env_file_default(tmp_path: Path) -> None:
     config_file = tmp_path / "bbmq.toml"
     config_file.write_text('port = 1111\nack_timeout = 11\nmax_batch = 77\n'
@@ -295,6 +299,7 @@ def test_secrets_are_masked_whatever_they_hold_and_an_empty_env_is_unset(
     assert config.sources["auth_tokens"] == f"file {config_file}"
 
 
+@pytest.mark.slow
 def test_sigterm_while_the_store_hangs_ends_the_start_at_once(tmp_path: Path) -> None:
     """A database that accepts the connection and never answers: SIGTERM must not wait
     for its 30 s timeout, nor be ignored (as it would be by PID 1 in a container)."""
@@ -302,21 +307,16 @@ def test_sigterm_while_the_store_hangs_ends_the_start_at_once(tmp_path: Path) ->
         silent.bind(("127.0.0.1", 0))
         silent.listen()  # completes TCP handshakes, never says a word
         store = f"mysql://bbmq@127.0.0.1:{silent.getsockname()[1]}/bbmq"
-        log = tmp_path / "broker.log"
-        with log.open("wb") as sink:
-            broker = subprocess.Popen(
-                [sys.executable, "-m", "bbmq", "server", "run", "--port", str(free_port()),
-                 "--data-dir", str(tmp_path / "data"), "--store", store],
-                env=bbmq_env(), stdout=sink, stderr=subprocess.STDOUT)
+        broker = BrokerProcess(tmp_path / "data", store=store).launch()
         try:
-            wait_for(lambda: b"opening store" in log.read_bytes(), "the start")
-            broker.send_signal(signal.SIGTERM)
-            assert broker.wait(timeout=10) == 0, log.read_text()
+            wait_for(lambda: "opening store" in broker.log(), "the start")
+            assert broker.stop(timeout=10) == 0, broker.log()
         finally:
             broker.kill()
-    assert "stop requested while starting" in log.read_text()
+    assert "stop requested while starting" in broker.log()
 
 
+@pytest.mark.slow
 def test_restart_keeps_the_messages(daemon: Daemon) -> None:
     first = daemon.start()
     with Producer("kept", "127.0.0.1", daemon.port) as producer:
@@ -332,6 +332,7 @@ def test_restart_keeps_the_messages(daemon: Daemon) -> None:
     assert message is not None and message.body == b"survives a restart"
 
 
+@pytest.mark.slow
 def test_the_old_python_m_bbmq_server_way_still_works(daemon: Daemon) -> None:
     started = daemon.server("start", module="bbmq.server")
     assert started.returncode == 0, started.stderr

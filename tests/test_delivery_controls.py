@@ -10,11 +10,15 @@ import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
 from bbmq import Consumer, Producer
 from bbmq import protocol as p
-from bbmq.testing import BrokerProcess
+from bbmq.testing import BrokerProcess, wait_for
 
-from .conftest import RawClient, wait_for
+from .conftest import RawClient
+
+pytestmark = pytest.mark.slow  # every test runs the broker as a process
 
 
 def admin(port: int, command: str, **params: object) -> object:
@@ -65,7 +69,8 @@ def test_a_nack_delay_is_kept_across_kill_9(tmp_path: Path) -> None:
             nacked = time.time()
             consumer.nack(first, delay=3.0)
             # The delay is committed with the store's next group commit.
-            wait_for(lambda: stored_delivery(data, "retry_at_ms", mid) is not None, timeout=10)
+            wait_for(lambda: stored_delivery(data, "retry_at_ms", mid) is not None,
+                     "the retry time on disk", timeout=10)
         broker.kill()
         broker.start()
         with Consumer("retry", port=broker.port) as consumer:
@@ -83,7 +88,7 @@ def test_failing_message_lands_in_the_dlq_exactly_once_across_kill_9(tmp_path: P
         consumer = Consumer("jobs", port=broker.port).connect()
         first = consumer.fetch(timeout=5)
         assert first is not None and first.attempt == 1
-        wait_for(lambda: stored_delivery(data, "attempts", mid) == 1)  # the attempt is on disk
+        wait_for(lambda: stored_delivery(data, "attempts", mid) == 1, "the attempt on disk")
         broker.kill()
         broker.start()
         with Consumer("jobs", port=broker.port) as consumer:
@@ -91,7 +96,8 @@ def test_failing_message_lands_in_the_dlq_exactly_once_across_kill_9(tmp_path: P
             assert second is not None and (second.id, second.attempt) == (mid, 2)
             consumer.nack(second, reason="bad payload")
             assert consumer.fetch(timeout=0.5) is None  # gone from the topic
-        wait_for(lambda: "jobs.dlq" in admin(broker.port, "topics"))  # type: ignore[operator]
+        wait_for(lambda: "jobs.dlq" in admin(broker.port, "topics"),  # type: ignore[operator]
+                 "the dead-letter topic")
         broker.kill()
         broker.start()
         dead = []
@@ -114,7 +120,7 @@ def test_expired_message_is_never_delivered_across_kill_9(tmp_path: Path) -> Non
             published = time.time()
             keep = producer.publish(b"keeps")
         broker.kill()
-        wait_for(lambda: time.time() > published + 0.6)
+        wait_for(lambda: time.time() > published + 0.6, "the message's ttl to pass")
         broker.start()
         with Consumer("fresh", port=broker.port) as consumer:
             first = consumer.fetch(timeout=5)

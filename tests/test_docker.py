@@ -41,7 +41,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
 
-from bbmq.client import BrokerError, ping
+from bbmq.testing import wait_until_answering
 
 from .mysql_support import connect, missing, require_mysql
 
@@ -56,8 +56,6 @@ MESSAGES = ["one", "two", "three"]
 #: How long the broker may take to answer its first PING, and to exit after SIGTERM.
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 20.0
-#: Between two looks at a condition being waited for.
-POLL_S = 0.1
 
 
 def _needed(module: str, package: str) -> Any:
@@ -271,6 +269,7 @@ def _hadolint() -> str | None:
     return shutil.which("hadolint")
 
 
+@pytest.mark.slow
 def test_dockerfile_passes_hadolint() -> None:
     hadolint = _hadolint()
     if hadolint is None:
@@ -335,6 +334,7 @@ def _compose_cli() -> list[str] | None:
     return None
 
 
+@pytest.mark.slow
 def test_docker_compose_config_accepts_the_file() -> None:
     command = _compose_cli()
     if command is None:
@@ -483,26 +483,6 @@ def _local_store(container_url: str, database_url: str) -> str:
     return urlunsplit(container._replace(netloc=local.netloc, path=local.path))
 
 
-def _wait_until_answering(broker: subprocess.Popen[bytes], environ: dict[str, str],
-                          log: Path) -> None:
-    port = int(environ["BBMQ_PORT"])
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        try:
-            ping("127.0.0.1", port, timeout=1.0)
-            return
-        except (BrokerError, OSError) as error:
-            last_error = error
-        if time.monotonic() > deadline:
-            pytest.fail(f"broker did not answer PING within {START_TIMEOUT_S} s "
-                        f"({last_error}); its log:\n{log.read_text()}")
-        try:  # the pause between two PINGs, which also notices an early exit
-            code = broker.wait(timeout=POLL_S)
-        except subprocess.TimeoutExpired:
-            continue
-        pytest.fail(f"broker exited with {code} before answering; its log:\n{log.read_text()}")
-
-
 def _run_tool(name: str, arguments: list[str], *, image: Image, compose: dict[str, Any],
               bin_dir: Path, port: int, stdin: str = "") -> list[str]:
     """Run the compose tool service ``name`` with ``arguments``, as ``docker compose run``."""
@@ -528,6 +508,7 @@ def _healthcheck(image: Image, environ: dict[str, str]) -> subprocess.CompletedP
                           text=True, timeout=timeout + 5, check=False)
 
 
+@pytest.mark.slow
 @pytest.mark.mysql
 def test_compose_broker_command_runs_here(tmp_path: Path, local_database: str) -> None:
     compose = load_compose()
@@ -556,7 +537,7 @@ def test_compose_broker_command_runs_here(tmp_path: Path, local_database: str) -
         broker = subprocess.Popen(argv, cwd=REPO, env=environ, stdin=subprocess.DEVNULL,
                                   stdout=log_file, stderr=subprocess.STDOUT)
     try:
-        _wait_until_answering(broker, environ, log)
+        wait_until_answering(broker, port, log, START_TIMEOUT_S)
 
         health = _healthcheck(image, environ)
         assert health.returncode == 0, f"HEALTHCHECK failed: {health.stdout}{health.stderr}"
@@ -625,6 +606,7 @@ def _nanoseconds(text: str | None, default: str) -> int:
     return int(duration_s(text or default) * 1e9)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_compose_stack_in_docker(tmp_path: Path) -> None:
     """Build the image and run mysql + bbmq as the compose file says, then publish and consume."""

@@ -16,11 +16,13 @@ import pytest
 from bbmq import BrokerError, Consumer, Producer
 from bbmq import protocol as p
 from bbmq.protocol import ErrorCode
-from bbmq.testing import BrokerProcess
+from bbmq.testing import BrokerProcess, wait_for
 
-from .conftest import RawClient, wait_for
+from .conftest import RawClient
 from .mariadb_server import throwaway_mariadb
 from .mysql_support import isolated_mysql_url
+
+pytestmark = pytest.mark.slow  # every test runs the broker as a process
 
 
 @pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
@@ -80,7 +82,7 @@ def test_kill_9_mid_stream_loses_no_acked_message(tmp_path: Path, store_url: str
             consumer.fetch(timeout=0)  # the group exists before the storm
         publisher = PipelinedPublisher(broker.port, "crash", 20_000)
         publisher.start()
-        wait_for(lambda: len(publisher.acked) >= 2_000, timeout=60)
+        wait_for(lambda: len(publisher.acked) >= 2_000, "2,000 acks", timeout=60)
         broker.kill()
         publisher.join(30)
         acked = dict(publisher.acked)
@@ -125,7 +127,8 @@ def test_kill_loop_on_one_data_dir(tmp_path: Path) -> None:
     try:
         for _ in range(rounds):
             seen = len(acked)
-            wait_for(lambda seen=seen: len(acked) >= seen + 400 or failures, timeout=60)
+            wait_for(lambda seen=seen: len(acked) >= seen + 400 or failures,
+                     "400 more acks (or a failure)", timeout=60)
             broker.kill()
             broker.start()
         stop.set()

@@ -119,6 +119,7 @@ def run_honest_pair(port: int, count: int, received: list[int],
     return threads
 
 
+@pytest.mark.slow
 def test_hostile_connections_while_an_honest_pair_runs(tmp_path: Path) -> None:
     with BrokerProcess(tmp_path / "data", max_connections=64, handshake_timeout=2) as broker:
         Consumer("honest", "workers", port=broker.port).connect().close()  # group first

@@ -73,6 +73,7 @@ def authority() -> trustme.CA:
     return trustme.CA()
 
 
+@pytest.mark.slow
 def test_tls_end_to_end(tmp_path: Path, authority: trustme.CA) -> None:
     cert = authority.issue_cert("127.0.0.1", "localhost")
     cert_file, key_file, ca_file = (tmp_path / "cert.pem", tmp_path / "key.pem",

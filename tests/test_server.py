@@ -15,9 +15,9 @@ from bbmq import BrokerError, ConnectionLost, Consumer, InvalidArgument, Produce
 from bbmq import protocol as p
 from bbmq.client.publishing import PublishWindow
 from bbmq.protocol import ErrorCode
-from bbmq.testing import BrokerController, BrokerProcess
+from bbmq.testing import BrokerController, BrokerProcess, wait_for
 
-from .conftest import RawClient, wait_for
+from .conftest import RawClient
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -38,7 +38,9 @@ def test_ping_before_handshake_and_shutdown_words(raw: RawClient) -> None:
     assert raw.closed_by_server()
 
 
-def test_frames_split_at_every_byte_boundary(raw: RawClient) -> None:
+def test_a_stream_sent_a_byte_per_write_is_reassembled(raw: RawClient) -> None:
+    """The connection keeps a partial frame across reads. Which cuts the reads see is the
+    kernel's choice; every cut is in tests/test_core.py, through the decoder and core."""
     tricky = b"HEAD PUBLISH 3\r\nTAIL\r\n\x00\xff"
     stream = p.ClientPublisher("split").encode() + p.Publish(tricky).encode() * 2
     raw.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -203,7 +205,8 @@ def test_client_surfaces_broker_errors_and_lost_connections(tmp_path: Path) -> N
     thread = threading.Thread(target=blocked_fetch)
     thread.start()
     wait_for(lambda: broker.call(lambda: any(
-        s.requests for s in broker.server.broker.sessions.values())))  # type: ignore[union-attr]
+        s.requests for s in broker.server.broker.sessions.values())),  # type: ignore[union-attr]
+        "the fetch to wait in the broker")
     broker.stop()
     thread.join(10)
     assert outcome and isinstance(outcome[0], ConnectionLost | BrokerError)
@@ -249,14 +252,14 @@ def test_acks_that_wait_to_share_a_write_reach_the_broker_unprompted(
 
     def group_counters() -> tuple[int, int]:
         assert broker.server is not None
-        counters = broker.server.broker.topics["linger"].groups["g"].counters
+        counters = broker.server.broker.snapshot().topic("linger").group("g").counters
         return counters.acked, counters.redelivered
 
     consumer.channel.send_soon(p.Ack((first.id,)))
-    wait_for(lambda: broker.call(group_counters) == (1, 0), timeout=5)
+    wait_for(lambda: broker.call(group_counters) == (1, 0), "the held ack", timeout=5)
     consumer.channel.send_soon(p.Ack((second.id,)))
     consumer.nack(second)  # the held ack goes first, so this NACK is of an acked message
-    wait_for(lambda: broker.call(group_counters) == (2, 0), timeout=5)
+    wait_for(lambda: broker.call(group_counters) == (2, 0), "the second held ack", timeout=5)
     error = consumer.channel.read(timeout=5)
     assert isinstance(error, p.Error) and error.code == ErrorCode.UNKNOWN_MESSAGE
     consumer.close()
@@ -288,6 +291,7 @@ def test_a_refused_publish_leaves_the_producer_in_step(broker: BrokerController)
         Consumer("step", "bad group")
 
 
+@pytest.mark.slow
 def test_consumer_run_reconnects_when_the_broker_restarts(tmp_path: Path) -> None:
     done: list[bytes] = []
     stop = threading.Event()
@@ -298,12 +302,12 @@ def test_consumer_run_reconnects_when_the_broker_restarts(tmp_path: Path) -> Non
         runner.start()
         with Producer("steady", port=broker.port) as producer:
             producer.publish(b"before")
-        wait_for(lambda: done == [b"before"], timeout=10)
+        wait_for(lambda: done == [b"before"], "the message before the restart", timeout=10)
         assert broker.stop() == 0
         broker.start()
         with Producer("steady", port=broker.port) as producer:
             producer.publish(b"after")
-        wait_for(lambda: b"after" in done, timeout=20)
+        wait_for(lambda: b"after" in done, "the message after the restart", timeout=20)
         assert set(done) == {b"before", b"after"}  # "before" twice if its ack met the stop
         stop.set()
         runner.join(10)
@@ -333,10 +337,11 @@ def test_consumer_run_waits_out_a_full_broker(tmp_path: Path,
                                   kwargs={"stop": stop}, daemon=True)
         runner.start()
         try:
-            wait_for(lambda: "too many connections" in caplog.text, timeout=10)
+            wait_for(lambda: "too many connections" in caplog.text, "the refusal in the log",
+                     timeout=10)
             assert runner.is_alive(), "run() gave up on SERVER_BUSY"
             hog.close()
-            wait_for(lambda: done == [b"job"], timeout=20)
+            wait_for(lambda: done == [b"job"], "the job once a connection is free", timeout=20)
         finally:
             stop.set()
             runner.join(10)
@@ -350,6 +355,7 @@ def _script(name: str, *args: str, port: int, stdin: str = "") -> subprocess.Com
                           capture_output=True, timeout=60, env=env, cwd=REPO, check=False)
 
 
+@pytest.mark.slow
 def test_producer_and_consumer_scripts_as_a_user_would(broker: BrokerController) -> None:
     lines_in = ["first order", "second order", "HEAD PUBLISH 0 TAIL"]
     produced = _script("producer.py", "orders", "--name", "cli", port=broker.port,
@@ -367,6 +373,7 @@ def test_producer_and_consumer_scripts_as_a_user_would(broker: BrokerController)
     assert again.returncode == 0 and again.stdout == ""  # all three were acked
 
 
+@pytest.mark.slow
 def test_consumer_script_keeps_going_across_a_broker_restart(tmp_path: Path) -> None:
     out = tmp_path / "consumed.txt"
     with BrokerProcess(tmp_path / "data") as broker, out.open("wb") as sink:
@@ -377,7 +384,7 @@ def test_consumer_script_keeps_going_across_a_broker_restart(tmp_path: Path) -> 
             env={**os.environ, "BBMQ_PORT": str(broker.port)}, stdout=sink,
             stderr=subprocess.PIPE)
         try:
-            wait_for(lambda: out.read_bytes() == b"one\n", timeout=20)
+            wait_for(lambda: out.read_bytes() == b"one\n", "the first message consumed", timeout=20)
             assert broker.stop() == 0
             broker.start()
             with Producer("restarts", port=broker.port) as producer:
@@ -390,6 +397,7 @@ def test_consumer_script_keeps_going_across_a_broker_restart(tmp_path: Path) -> 
         assert b"reconnecting" in stderr
 
 
+@pytest.mark.slow
 def test_scripts_explain_an_unreachable_broker() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

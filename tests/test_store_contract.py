@@ -690,6 +690,13 @@ def _batch(recipe: dict[str, Any], issued: list[int]) -> Batch:
     )
 
 
+# Over MySQL, the 40 examples' fresh tables take seconds of DDL: slow, while the
+# SQLite run keeps the model check in the fast loop.
+@pytest.mark.parametrize(
+    "durable_backend",
+    ["sqlite", pytest.param("mysql", marks=[pytest.mark.mysql, pytest.mark.slow])],
+    indirect=True,
+)
 @settings(max_examples=40, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(recipes=batches(), retention_ms=st.sampled_from([0, 1000]))

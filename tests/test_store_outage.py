@@ -27,7 +27,7 @@ from bbmq.store.sql import Cursor
 
 from .mariadb_server import MariaDBServer, throwaway_mariadb
 
-pytestmark = pytest.mark.mysql
+pytestmark = [pytest.mark.mysql, pytest.mark.slow]  # each test runs a MariaDB server
 
 #: When each batch is committed, as the store thread would pass it.
 NOW_MS = 2_000

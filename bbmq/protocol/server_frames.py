@@ -13,7 +13,6 @@ from typing import Any, ClassVar
 from bbmq.protocol.codec import Frame, encode
 from bbmq.protocol.fields import (
     TypedFrame,
-    format_options,
     invalid,
     json_body,
     json_bytes,
@@ -66,8 +65,14 @@ class Message(TypedFrame):
     meta: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> bytes:
-        return encode(self.VERB, (str(self.id), str(self.attempt), *format_options(self.meta)),
-                      self.body)
+        # The broker encodes one per delivery: one %-format, the body copied once (a plain
+        # loop, as the meta has two or three keys: faster than a join of a comprehension).
+        options = ""
+        for key, value in self.meta.items():
+            options += f" {key}={value}"
+        body = self.body
+        return b"HEAD MESSAGE %d %d%s %d\r\n%sTAIL\r\n" % (
+            self.id, self.attempt, options.encode(), len(body), body)
 
     @classmethod
     def from_frame(cls, frame: Frame) -> Message:

@@ -1,0 +1,231 @@
+"""What a connection may send, by role, and what each frame does.
+
+A connection starts with no role; its handshake (CLIENT_PUBLISHER,
+CLIENT_SUBSCRIBER or CLIENT_ADMIN), once bbmq/auth.py allows its token, makes
+it a publisher of one topic, a subscriber of one group, or an admin.  From
+then on only that role's frames are accepted: PUBLISH for a publisher (answered
+once the store commits, in PUBLISH order, see :meth:`Roles.stored`), FETCH,
+ACK and NACK for a subscriber, ADMIN for an admin, PING and the goodbye for
+all.  This module turns those frames into calls on the queue engine and puts
+the answers in the outboxes; it keeps no state of its own beyond whether new
+publishes are still accepted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bbmq import protocol as p
+from bbmq.auth import Permission
+from bbmq.core.admin_commands import AdminCommands
+from bbmq.core.config import SERVER_NAME, BrokerConfig
+from bbmq.core.engine import QueueEngine
+from bbmq.core.outbox import Outboxes
+from bbmq.core.records import FetchRequest, PendingPublish, Reply, Role, Session, Topic
+from bbmq.protocol import ErrorCode, ProtocolError
+from bbmq.store.base import NewMessage, StoredId
+
+#: The frames that open a session and decide its role.
+Handshake = p.ClientPublisher | p.ClientSubscriber | p.ClientAdmin
+
+
+class Roles:
+    """Handles each frame a session sends, as its role allows."""
+
+    def __init__(self, config: BrokerConfig, sessions: dict[int, Session], engine: QueueEngine,
+                 outboxes: Outboxes, admin: AdminCommands) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.engine = engine
+        self.outboxes = outboxes
+        self.admin = admin
+        #: False once the server is shutting down: new publishes get SERVER_CLOSING.
+        self.accepting = True
+
+    def receive(self, session: Session, frame: p.Frame, now_ms: int) -> None:
+        """Handle one whole frame; a frame refused gets its ERROR, in order for a PUBLISH."""
+        try:
+            match typed := p.parse(frame):
+                case p.Publish():
+                    self._on_publish(session, typed, now_ms)
+                case p.Ack():
+                    self._on_ack(session, typed.ids, now_ms)
+                case p.Fetch():
+                    self._on_fetch(session, typed, now_ms)
+                case p.Nack():
+                    self._on_nack(session, typed, now_ms)
+                case p.Ping():
+                    self.outboxes.send(session, p.Pong())
+                case p.ClientShutdownSignal():
+                    self._on_shutdown(session, now_ms)
+                case p.ClientPublisher() | p.ClientSubscriber() | p.ClientAdmin():
+                    self._on_handshake(session, typed, now_ms)
+                case p.AdminCommand():
+                    self._require(session, Role.ADMIN, "ADMIN")
+                    result = self.admin.answer(typed.command, typed.params, now_ms)
+                    self.outboxes.send(session, p.AdminResult(result))
+                case _:
+                    raise ProtocolError(ErrorCode.NOT_ALLOWED,
+                                        f"{typed.VERB} is not handled on this connection")
+        except ProtocolError as error:
+            if frame.verb == p.Publish.VERB and session.role is Role.PUBLISHER:
+                # One reply per PUBLISH, in order: the error waits behind earlier acks.
+                session.replies.append(Reply(p.Error(error.code, error.text)))
+                self.outboxes.send_replies(session)
+            else:
+                self.outboxes.send(session, p.Error(error.code, error.text))
+                if error.fatal:
+                    self.outboxes.close(session)
+
+    @staticmethod
+    def _require(session: Session, role: Role, verb: str) -> None:
+        if session.role is not role:
+            if session.role is Role.NEW:
+                hint = "send CLIENT_PUBLISHER, CLIENT_SUBSCRIBER or CLIENT_ADMIN first"
+            else:
+                hint = f"this is a {session.role.name.lower()} connection"
+            raise ProtocolError(ErrorCode.NOT_ALLOWED, f"{verb} not allowed: {hint}")
+
+    # ------------------------------------------------------------------ handshake
+
+    def _on_handshake(self, session: Session, frame: Handshake, now_ms: int) -> None:
+        if session.role is not Role.NEW:
+            raise ProtocolError(ErrorCode.NOT_ALLOWED,
+                                "handshake already done; open a new connection for another role")
+        self._authorize(frame)
+        name = frame.options.get("name")
+        if name is not None and not isinstance(name, str):
+            raise ProtocolError(ErrorCode.BAD_NAME, "handshake 'name' must be a JSON string")
+        session.sender = p.check_sender(name) if name is not None else None
+        match frame:
+            case p.ClientPublisher():
+                session.role, session.topic = Role.PUBLISHER, frame.topic
+                self.engine.topic(frame.topic).publishers += 1
+            case p.ClientSubscriber():
+                session.role, session.topic, session.group = (
+                    Role.SUBSCRIBER, frame.topic, frame.group)
+                self.engine.ensure_group(frame.topic, frame.group, now_ms).consumers.add(session)
+            case p.ClientAdmin():
+                session.role = Role.ADMIN
+        self.outboxes.send(session, p.ServerAcknowledgement(self.server_info()))
+
+    def _authorize(self, frame: Handshake) -> None:
+        topic: str | None
+        match frame:
+            case p.ClientPublisher():
+                permission, topic = Permission.PUBLISH, frame.topic
+            case p.ClientSubscriber():
+                permission, topic = Permission.SUBSCRIBE, frame.topic
+            case p.ClientAdmin():
+                permission, topic = Permission.ADMIN, None
+        if not self.config.authorizer.allows(frame.options.get("token"), permission, topic):
+            where = f" on topic {topic!r}" if topic else ""
+            raise ProtocolError(ErrorCode.UNAUTHORIZED,
+                                f"token missing or not allowed to {permission}{where}; "
+                                "send a valid 'token' in the handshake body", fatal=True)
+
+    def server_info(self) -> dict[str, Any]:
+        """What the handshake's SERVER_ACKNOWLEDGEMENT tells a client about this broker."""
+        config = self.config
+        return {
+            "server": SERVER_NAME,
+            "version": config.version,
+            "max_message_bytes": config.max_message_bytes,
+            "ack_timeout_ms": config.ack_timeout_ms,
+            "max_attempts": config.max_attempts,
+            "idle_timeout_ms": config.idle_timeout_ms,
+        }
+
+    def _on_shutdown(self, session: Session, now_ms: int) -> None:
+        """Goodbye: CLOSE_CONNECTION_SIGNAL goes after the replies still owed, then close."""
+        session.replies.append(Reply(p.CloseConnectionSignal()))
+        session.closing_after_replies = True
+        self.engine.release(session, now_ms)
+        self.outboxes.send_replies(session)
+
+    # ------------------------------------------------------------------ publisher
+
+    def _on_publish(self, session: Session, frame: p.Publish, now_ms: int) -> None:
+        if session.role is not Role.PUBLISHER:
+            self._require(session, Role.PUBLISHER, "PUBLISH")
+        if not self.accepting:
+            raise ProtocolError(ErrorCode.SERVER_CLOSING,
+                                "server is shutting down; publish again after it restarts")
+        engine = self.engine
+        if engine.queued_bytes + len(frame.body) > self.config.max_queued_bytes:
+            raise ProtocolError(ErrorCode.SERVER_BUSY,
+                                "broker memory limit reached; retry after consumers catch up")
+        if frame.group is not None:  # created now, so it is stored with (or before) the message
+            engine.ensure_group(session.topic, frame.group, now_ms)
+        engine.queued_bytes += len(frame.body)
+        expires = now_ms + frame.ttl_ms if frame.ttl_ms is not None else None
+        pending = PendingPublish(session, NewMessage(
+            session.topic, frame.body, session.sender, now_ms, frame.msgid,
+            now_ms + frame.delay_ms if frame.delay_ms else 0, expires, group=frame.group))
+        session.replies.append(pending)
+        engine.to_store.append(pending)
+
+    def stored(self, publishes: list[PendingPublish], ids: list[StoredId], now_ms: int) -> None:
+        """The store committed these publishes: ack the publishers, queue the messages."""
+        engine = self.engine
+        touched: set[Topic] = set()
+        publishers: dict[int, Session] = {}
+        for pending, stored_id in zip(publishes, ids, strict=True):
+            if (session := pending.requester) is not None:
+                pending.answer = p.ProducerAckMessage(stored_id.id)
+                publishers[session.id] = session
+            if stored_id.duplicate:
+                engine.queued_bytes -= len(pending.message.body)
+            else:
+                touched.add(engine.accept(pending.message, stored_id.id, now_ms))
+        self._send_replies_to(publishers)
+        for topic in touched:
+            for group in topic.groups.values():
+                engine.dispatch(group, now_ms)
+
+    def store_failed(self, publishes: list[PendingPublish], reason: str) -> None:
+        """These publishes were not stored: each publisher gets STORE_UNAVAILABLE in its place."""
+        error = p.Error(
+            ErrorCode.STORE_UNAVAILABLE,
+            f"message not stored ({reason}); it was not acknowledged, publish it again",
+        )
+        publishers: dict[int, Session] = {}
+        for pending in publishes:
+            self.engine.queued_bytes -= len(pending.message.body)
+            if (session := pending.requester) is not None:
+                pending.answer = error
+                publishers[session.id] = session
+        self._send_replies_to(publishers)
+
+    def _send_replies_to(self, publishers: dict[int, Session]) -> None:
+        for session_id, session in publishers.items():
+            if self.sessions.get(session_id) is session:  # not gone meanwhile
+                self.outboxes.send_replies(session)
+
+    # ------------------------------------------------------------------ subscriber
+
+    def _on_fetch(self, session: Session, frame: p.Fetch, now_ms: int) -> None:
+        if session.role is not Role.SUBSCRIBER:  # checked inline: once per FETCH and ACK
+            self._require(session, Role.SUBSCRIBER, "FETCH")
+        deadline = None if frame.wait_ms is None else now_ms + frame.wait_ms
+        session.requests.append(FetchRequest(frame.count, deadline))
+        if len(session.requests) == 1:
+            self.engine.start_request(session, now_ms)
+
+    def _on_ack(self, session: Session, ids: tuple[int, ...], now_ms: int) -> None:
+        if session.role is not Role.SUBSCRIBER:
+            self._require(session, Role.SUBSCRIBER, "ACK")
+        if unknown := self.engine.ack(session, ids, now_ms):
+            raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE,
+                                f"not in flight on this connection: {' '.join(map(str, unknown))}"
+                                " (already acked, timed out, or delivered to another consumer)")
+
+    def _on_nack(self, session: Session, frame: p.Nack, now_ms: int) -> None:
+        self._require(session, Role.SUBSCRIBER, "NACK")
+        lease = session.leases.get(frame.id)
+        if lease is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE,
+                                f"not in flight on this connection: {frame.id}")
+        group = self.engine.group_of(session)
+        self.engine.take_back(group, lease, now_ms, frame.reason or "nacked", frame.delay_ms)
+        self.engine.dispatch(group, now_ms)
