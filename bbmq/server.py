@@ -41,6 +41,29 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def hand_over(connection: p.ServerConnection, broker: Broker, session_id: int, now_ms: int,
+              answer_handshake: Callable[[], bool]) -> None:
+    """Give the broker every event the connection has, in order.
+
+    After a handshake the connection pauses: what the frames behind it mean
+    depends on the answer, so ``answer_handshake`` sends it first (it returns
+    False if the broker closed the connection instead, and then nothing more is
+    handed over).
+    """
+    while True:
+        event = connection.next_event()
+        if event is p.NEED_DATA:
+            return
+        if event is p.PAUSED:
+            if not answer_handshake() or connection.state is p.State.AWAITING_ACK:
+                return
+            continue
+        assert not isinstance(event, p.Pending)
+        if isinstance(event, p.Rejected) and event.verb is None:
+            log.info("conn=%d framing error: %s", session_id, event.error.text)
+        broker.receive(session_id, event, now_ms)
+
+
 @dataclass(frozen=True, slots=True)
 class TransportConfig:
     """What the transport itself needs to know: where to listen, and its per-connection limits.
@@ -68,7 +91,8 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: BrokerServer, session_id: int) -> None:
         self.server = server
         self.id = session_id
-        self.decoder = p.FrameDecoder(server.config.max_message_size)
+        #: The protocol's state for this connection: it checks every frame against the table.
+        self.protocol = p.ServerConnection(server.config.max_message_size)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         self.timeout: asyncio.TimerHandle | None = None
@@ -97,29 +121,21 @@ class Connection(asyncio.Protocol):
         server = self.server
         self.last_read = time.monotonic()
         broker = server.broker
+        self.protocol.receive_data(data)
         try:
-            frames = self.decoder.feed(data)
-        except p.ProtocolError as error:
-            log.info("conn=%d peer=%s framing error: %s", self.id, self.peer, error.text)
-            broker.send_error(self.id, error.code, error.text, close=True)
-        else:
-            now = server.clock()
-            try:
-                for frame in frames:
-                    broker.receive(self.id, frame, now)
-            except Exception:  # a bug: this connection's state is suspect, the broker's not
-                log.exception("conn=%d peer=%s: failed on a frame; closing the connection",
-                              self.id, self.peer)
-                broker.send_error(self.id, ErrorCode.INTERNAL_ERROR,
-                                  "the broker failed on this frame (a bug, in its log); "
-                                  "reconnect, and please report it", close=True)
-            if (late := self.decoder.error) is not None:  # garbage after whole frames
-                broker.send_error(self.id, late.code, late.text, close=True)
-            if not self.watching_idle and broker.handshaken(self.id):
-                self.watching_idle = True
-                if self.timeout is not None:
-                    self.timeout.cancel()
-                self._arm_timeout(server.config.idle_timeout, self._check_idle)
+            hand_over(self.protocol, broker, self.id, server.clock(),
+                      lambda: server.write_output_of(self.id))
+        except Exception:  # a bug: this connection's state is suspect, the broker's not
+            log.exception("conn=%d peer=%s: failed on a frame; closing the connection",
+                          self.id, self.peer)
+            broker.send_error(self.id, ErrorCode.INTERNAL_ERROR,
+                              "the broker failed on this frame (a bug, in its log); "
+                              "reconnect, and please report it", close=True)
+        if not self.watching_idle and broker.handshaken(self.id):
+            self.watching_idle = True
+            if self.timeout is not None:
+                self.timeout.cancel()
+            self._arm_timeout(server.config.idle_timeout, self._check_idle)
         server.flush()
 
     def eof_received(self) -> bool:
@@ -251,19 +267,29 @@ class BrokerServer:
         broker = self.broker
         while True:
             for session_id, frames, close in broker.take_output():
-                connection = self.connections.get(session_id)
-                if connection is None or connection.transport is None:
-                    continue
-                if frames:
-                    connection.transport.write(b"".join([frame.encode() for frame in frames]))
-                if close:
-                    connection.transport.close()
+                self._write(session_id, frames, close)
             if not broker.resume_throttled(self.clock()):
                 break
         publishes, changes = broker.take_store_work()
         if publishes or len(changes):
             self.worker.submit(publishes, changes)
         self._arm_timer()
+
+    def write_output_of(self, session_id: int) -> bool:
+        """Write one connection's frames now (the answer to its handshake); False if it closes."""
+        frames, close = self.broker.take_output_of(session_id)
+        self._write(session_id, frames, close)
+        return not close
+
+    def _write(self, session_id: int, frames: list[p.TypedFrame], close: bool) -> None:
+        """Encode ``frames`` through the connection's protocol state, write them, maybe close."""
+        connection = self.connections.get(session_id)
+        if connection is None or connection.transport is None:
+            return
+        if frames:
+            connection.transport.write(connection.protocol.send_all(frames))
+        if close:
+            connection.transport.close()
 
     def _arm_timer(self) -> None:
         deadline = self.broker.next_deadline()

@@ -7,6 +7,7 @@ from collections import defaultdict
 
 from bbmq import protocol as p
 from bbmq.core import Broker, BrokerConfig
+from bbmq.server import hand_over
 from bbmq.store.base import Batch, StoredId
 
 START_MS = 1_700_000_000_000
@@ -20,7 +21,7 @@ class CoreHarness:
         self.now = START_MS
         self._session_ids = itertools.count(1)
         self._message_ids = itertools.count(1)
-        self._from_clients: dict[int, p.FrameDecoder] = {}
+        self._connections: dict[int, p.ServerConnection] = {}
         self._decoders: dict[int, p.FrameDecoder] = {}
         self.inbox: dict[int, list[p.TypedFrame]] = defaultdict(list)
         self.closed: set[int] = set()
@@ -30,7 +31,7 @@ class CoreHarness:
     def connect(self) -> int:
         session = next(self._session_ids)
         self.broker.connect(session)
-        self._from_clients[session] = p.FrameDecoder()
+        self._connections[session] = p.ServerConnection()
         self._decoders[session] = p.FrameDecoder(max_body_bytes=1 << 30)
         return session
 
@@ -53,12 +54,20 @@ class CoreHarness:
     def feed(self, session: int, data: bytes) -> None:
         """Bytes from the client, in pieces cut anywhere, as the server reads them.
 
-        The connection's decoder keeps a partial frame until the rest comes, then the
-        whole frames go to the core: the server's path without the socket.
+        The connection's protocol state keeps a partial frame until the rest comes, then
+        each whole frame goes to the core, checked against the protocol's table: the
+        server's path (:func:`bbmq.server.hand_over`) without the socket.
         """
-        for frame in self._from_clients[session].feed(data):
-            self.broker.receive(session, frame, self.now)
+        connection = self._connections[session]
+        connection.receive_data(data)
+        hand_over(connection, self.broker, session, self.now,
+                  lambda: self._answer_handshake(session))
         self._collect()
+
+    def _answer_handshake(self, session: int) -> bool:
+        frames, close = self.broker.take_output_of(session)
+        self._deliver(session, frames, close)
+        return not close
 
     def commit(self) -> list[StoredId]:
         """The store commits everything the broker handed it."""
@@ -104,11 +113,15 @@ class CoreHarness:
 
     def _collect(self) -> None:
         for session, frames, close in self.broker.take_output():
-            data = b"".join(frame.encode() for frame in frames)  # through the wire format
-            for frame in self._decoders[session].feed(data):
-                self.inbox[session].append(p.parse(frame, p.SERVER_FRAMES))
-            if close:
-                self.closed.add(session)
+            self._deliver(session, frames, close)
+
+    def _deliver(self, session: int, frames: list[p.TypedFrame], close: bool) -> None:
+        """Frames to the client, through the wire format and the protocol's state."""
+        data = self._connections[session].send_all(frames)
+        for frame in self._decoders[session].feed(data):
+            self.inbox[session].append(p.parse(frame, p.SERVER_FRAMES))
+        if close:
+            self.closed.add(session)
 
 
 def messages(frames: list[p.TypedFrame]) -> list[tuple[int, int, bytes]]:

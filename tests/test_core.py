@@ -289,9 +289,8 @@ def test_errors_for_wrong_roles_and_bad_frames() -> None:
     h.send(pub, p.Fetch(1))
     h.send(pub, p.ClientPublisher("t"))
     assert errors(h.take(pub)) == [ErrorCode.NOT_ALLOWED, ErrorCode.NOT_ALLOWED]
-    h.broker.receive(pub, p.Frame("BOGUS"), h.now)
-    h.broker.receive(fresh, p.Frame("CLIENT_SUBSCRIBER", ("bad name!",)), h.now)
-    h._collect()
+    h.feed(pub, p.encode("BOGUS"))
+    h.feed(fresh, p.encode("CLIENT_SUBSCRIBER", ["bad name!"]))
     assert errors(h.take(pub)) == [ErrorCode.INVALID_PROTOCOL]
     assert errors(h.take(fresh)) == [ErrorCode.BAD_NAME]
     assert pub not in h.closed and fresh not in h.closed
@@ -575,3 +574,28 @@ def test_a_subscriber_stream_cut_anywhere_gets_the_same_replies() -> None:
     assert [ack.message_id for ack in stored.acks] == [1, 2, 3]
     for how, chunks in pieces(stream):
         assert subscriber_run(chunks) == whole, how
+
+
+def test_a_framing_error_waits_behind_the_replies_owed_to_a_publisher() -> None:
+    """Frames before bad bytes are handled normally (PROTOCOL.md 2.4): their PUBLISH replies
+    go out first, once stored, then the ERROR, then the connection closes."""
+    h = CoreHarness()
+    pub = h.publisher("t")
+    h.feed(pub, b"".join(p.Publish(b"m%d" % i).encode() for i in range(3))
+           + p.Ping().encode() + b"HEAD PUBLISH 3\r\nabcdTAIL\r\n")
+    assert h.take(pub) == [p.Pong()]  # nothing else yet: the acks wait for the store
+    assert pub not in h.closed
+    ids = h.commit()
+    replies = h.take(pub)
+    assert replies[:3] == [p.ProducerAckMessage(stored.id) for stored in ids]
+    assert errors(replies[3:]) == [ErrorCode.INVALID_PROTOCOL]
+    assert pub in h.closed
+
+
+def test_a_framing_error_on_other_connections_closes_at_once() -> None:
+    h = CoreHarness()
+    sub = h.subscriber("t")
+    h.feed(sub, p.Ping().encode() + b"GET / HTTP/1.1\r\n\r\n")
+    replies = h.take(sub)
+    assert replies[0] == p.Pong() and errors(replies[1:]) == [ErrorCode.INVALID_PROTOCOL]
+    assert sub in h.closed

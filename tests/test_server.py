@@ -154,6 +154,21 @@ def test_framing_errors_send_an_error_then_close(raw: RawClient, garbage: bytes)
     assert raw.closed_by_server()
 
 
+def test_publishes_before_bad_bytes_are_confirmed_before_the_error(raw: RawClient) -> None:
+    """One write of 20 PUBLISHes, a PING and a malformed frame: PONG, then all 20 acks (each
+    message was stored), then the ERROR, then the close; never an ERROR in an ack's place."""
+    raw.handshake(p.ClientPublisher("burst"))
+    raw.send(*(p.Publish(b"m%d" % i) for i in range(20)), p.Ping(),
+             b"HEAD PUBLISH 3\r\nabcdTAIL\r\n")
+    replies = raw.receive(22)
+    assert replies[0] == p.Pong()
+    acks = replies[1:21]
+    assert all(isinstance(ack, p.ProducerAckMessage) for ack in acks), acks
+    assert [ack.id for ack in acks] == sorted(ack.id for ack in acks)  # type: ignore[attr-defined]
+    assert isinstance(replies[21], p.Error) and replies[21].code == ErrorCode.INVALID_PROTOCOL
+    assert raw.closed_by_server()
+
+
 def test_max_connections_gets_server_busy(tmp_path: Path) -> None:
     with BrokerController(data_dir=tmp_path, max_connections=1) as broker:
         first = RawClient(broker.port)

@@ -19,7 +19,7 @@ from typing import Any, Final
 from bbmq import protocol as p
 from bbmq.core.engine import QueueEngine
 from bbmq.core.outbox import Outboxes
-from bbmq.core.records import Group, QueuedMessage, Role, Topic
+from bbmq.core.records import Group, QueuedMessage, Topic
 from bbmq.core.snapshot import BrokerSnapshot
 from bbmq.protocol import ErrorCode, ProtocolError
 
@@ -139,7 +139,7 @@ class AdminCommands:
             self.outboxes.send(session, p.Error(
                 ErrorCode.NOT_ALLOWED, f"group {group_name!r} was deleted by an administrator"))
             self.outboxes.close(session)
-            session.role = Role.CLOSED
+            session.closed = True
             session.leases.clear()
         for message, _ in list(group.entries()):
             engine.finish(group, message, now_ms)

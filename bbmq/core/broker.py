@@ -29,11 +29,11 @@ from bbmq.core.admin_commands import AdminCommands
 from bbmq.core.config import BrokerConfig
 from bbmq.core.engine import QueueEngine
 from bbmq.core.outbox import Outboxes
-from bbmq.core.records import PendingPublish, Role, Session
+from bbmq.core.records import PendingPublish, Session
 from bbmq.core.recovery import recover
 from bbmq.core.roles import Roles
 from bbmq.core.snapshot import BrokerSnapshot
-from bbmq.protocol import ErrorCode
+from bbmq.protocol import ErrorCode, Role
 from bbmq.store.base import Batch, GroupRecord, RecoveredMessage, StoredId
 
 
@@ -71,11 +71,16 @@ class Broker:
     def connect(self, session_id: int) -> None:
         self.sessions[session_id] = Session(session_id)
 
-    def receive(self, session_id: int, frame: p.Frame, now_ms: int) -> None:
-        """Handle one whole frame from a connection."""
+    def receive(self, session_id: int, event: p.TypedFrame | p.Rejected, now_ms: int) -> None:
+        """Handle one event of a connection: a frame its state allows, or one refused.
+
+        The transport's :class:`~bbmq.protocol.ServerConnection` has already checked
+        the frame against the protocol's table, so the core never asks whether a
+        role may send what it sent.
+        """
         session = self.sessions[session_id]
-        if session.role is not Role.CLOSED:
-            self.roles.receive(session, frame, now_ms)
+        if not session.closed:
+            self.roles.receive(session, event, now_ms)
 
     def send_error(self, session_id: int, code: ErrorCode, text: str, *, close: bool) -> None:
         """Queue an ERROR frame; with ``close``, the connection ends after it."""
@@ -104,7 +109,7 @@ class Broker:
     def handshaken(self, session_id: int) -> bool:
         """Whether the connection's handshake was accepted (it has, or had, a role)."""
         session = self.sessions.get(session_id)
-        return session is not None and session.role is not Role.NEW
+        return session is not None and session.role is not Role.NONE
 
     def awaiting_answers(self, session_id: int) -> bool:
         """Whether the connection waits on the broker (an open FETCH, a PUBLISH not yet
@@ -117,6 +122,11 @@ class Broker:
     def take_output(self) -> list[tuple[int, list[p.TypedFrame], bool]]:
         """The frames to send per connection, and whether to close it after them."""
         return self.outboxes.take()
+
+    def take_output_of(self, session_id: int) -> tuple[list[p.TypedFrame], bool]:
+        """One connection's frames to send now, and whether to close it after them (the
+        answer to its handshake, which the frames behind it wait for)."""
+        return self.outboxes.take_one(self.sessions[session_id])
 
     def resume_throttled(self, now_ms: int) -> bool:
         """After a flush: deliver more to subscribers whose full outbox held them back.

@@ -34,12 +34,12 @@ from bbmq.core.records import (
     Lease,
     PendingPublish,
     QueuedMessage,
-    Role,
     Session,
     Topic,
 )
 from bbmq.core.snapshot import BrokerSnapshot, take_snapshot
 from bbmq.defaults import DLQ_SUFFIX
+from bbmq.protocol import Role
 from bbmq.store.base import AckRecord, Batch, DeliveryRecord, GroupRecord, NewMessage
 
 #: The ack-deadline FIFO is compacted once it holds this many entries, or twice the
@@ -316,8 +316,10 @@ class QueueEngine:
 
     def release(self, session: Session, now_ms: int) -> None:
         """A session ends: it stops counting as a publisher; a subscriber's leases go back."""
+        if session.closed:
+            return
+        session.closed = True
         role = session.role
-        session.role = Role.CLOSED
         if role is Role.PUBLISHER:
             self.topic(session.topic).publishers -= 1
         if role is not Role.SUBSCRIBER:

@@ -76,6 +76,12 @@ class Outboxes:
         self._dirty.clear()
         return out
 
+    def take_one(self, session: Session) -> tuple[list[p.TypedFrame], bool]:
+        """The frames to send to one session now, and whether to close it after them."""
+        frames, session.outbox, session.outbox_bytes = session.outbox, [], 0
+        self._dirty.pop(session.id, None)
+        return frames, session.closing
+
     def take_throttled(self) -> set[Session]:
         """The sessions held back by a full outbox since the last call."""
         throttled, self._throttled = self._throttled, set()

@@ -15,20 +15,10 @@ import heapq
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import Enum, auto
 
 from bbmq import protocol as p
+from bbmq.protocol import Role
 from bbmq.store.base import ReplySlot, WriteRequest
-
-
-class Role(Enum):
-    """What a connection is, decided by its handshake."""
-
-    NEW = auto()
-    PUBLISHER = auto()
-    SUBSCRIBER = auto()
-    ADMIN = auto()
-    CLOSED = auto()
 
 
 @dataclass(slots=True)
@@ -45,7 +35,8 @@ class Session:
     """One connection's state, from handshake to close."""
 
     id: int
-    role: Role = Role.NEW
+    #: Granted by the handshake (the protocol's table says what each role may send).
+    role: Role = Role.NONE
     topic: str = ""
     group: str = ""
     sender: str | None = None
@@ -63,6 +54,8 @@ class Session:
     closing: bool = False
     #: CLIENT_SHUTDOWN_SIGNAL came: close once every reply owed has been sent.
     closing_after_replies: bool = False
+    #: Released (goodbye, or its group deleted): whatever it still sends is ignored.
+    closed: bool = False
 
 
 #: A PUBLISH on its way to the store; its requester is the publishing session.

@@ -21,8 +21,8 @@ from bbmq.core.admin_commands import AdminCommands
 from bbmq.core.config import SERVER_NAME, BrokerConfig
 from bbmq.core.engine import QueueEngine
 from bbmq.core.outbox import Outboxes
-from bbmq.core.records import FetchRequest, PendingPublish, Reply, Role, Session, Topic
-from bbmq.protocol import ErrorCode, ProtocolError
+from bbmq.core.records import FetchRequest, PendingPublish, Reply, Session, Topic
+from bbmq.protocol import ErrorCode, ProtocolError, Role
 from bbmq.store.base import NewMessage, StoredId
 
 #: The frames that open a session and decide its role.
@@ -42,56 +42,58 @@ class Roles:
         #: False once the server is shutting down: new publishes get SERVER_CLOSING.
         self.accepting = True
 
-    def receive(self, session: Session, frame: p.Frame, now_ms: int) -> None:
-        """Handle one whole frame; a frame refused gets its ERROR, in order for a PUBLISH."""
+    def receive(self, session: Session, event: p.TypedFrame | p.Rejected, now_ms: int) -> None:
+        """Handle one frame the session's role allows, or answer one the protocol refused."""
         try:
-            match typed := p.parse(frame):
+            match event:
                 case p.Publish():
-                    self._on_publish(session, typed, now_ms)
+                    self._on_publish(session, event, now_ms)
                 case p.Ack():
-                    self._on_ack(session, typed.ids, now_ms)
+                    self._on_ack(session, event.ids, now_ms)
                 case p.Fetch():
-                    self._on_fetch(session, typed, now_ms)
+                    self._on_fetch(session, event, now_ms)
                 case p.Nack():
-                    self._on_nack(session, typed, now_ms)
+                    self._on_nack(session, event, now_ms)
                 case p.Ping():
                     self.outboxes.send(session, p.Pong())
                 case p.ClientShutdownSignal():
                     self._on_shutdown(session, now_ms)
                 case p.ClientPublisher() | p.ClientSubscriber() | p.ClientAdmin():
-                    self._on_handshake(session, typed, now_ms)
+                    self._on_handshake(session, event, now_ms)
                 case p.AdminCommand():
-                    self._require(session, Role.ADMIN, "ADMIN")
-                    result = self.admin.answer(typed.command, typed.params, now_ms)
+                    result = self.admin.answer(event.command, event.params, now_ms)
                     self.outboxes.send(session, p.AdminResult(result))
+                case p.Rejected():
+                    self._refuse(session, event.verb, event.error)
                 case _:
                     raise ProtocolError(ErrorCode.NOT_ALLOWED,
-                                        f"{typed.VERB} is not handled on this connection")
+                                        f"{event.VERB} is not handled on this connection")
         except ProtocolError as error:
-            if frame.verb == p.Publish.VERB and session.role is Role.PUBLISHER:
-                # One reply per PUBLISH, in order: the error waits behind earlier acks.
-                session.replies.append(Reply(p.Error(error.code, error.text)))
-                self.outboxes.send_replies(session)
-            else:
-                self.outboxes.send(session, p.Error(error.code, error.text))
-                if error.fatal:
-                    self.outboxes.close(session)
+            self._refuse(session, event.VERB if isinstance(event, p.TypedFrame) else event.verb,
+                         error)
 
-    @staticmethod
-    def _require(session: Session, role: Role, verb: str) -> None:
-        if session.role is not role:
-            if session.role is Role.NEW:
-                hint = "send CLIENT_PUBLISHER, CLIENT_SUBSCRIBER or CLIENT_ADMIN first"
-            else:
-                hint = f"this is a {session.role.name.lower()} connection"
-            raise ProtocolError(ErrorCode.NOT_ALLOWED, f"{verb} not allowed: {hint}")
+    def _refuse(self, session: Session, verb: str | None, error: ProtocolError) -> None:
+        """Answer a refused frame with ERROR.
+
+        A publisher gets one reply per PUBLISH, in order, so an error about a
+        PUBLISH waits behind the acks still owed to earlier ones; so does a
+        framing error (its frame may have been a PUBLISH), and the connection
+        closes once every reply before it has gone out.
+        """
+        answer = p.Error(error.code, error.text)
+        if session.role is Role.PUBLISHER and verb in (p.Publish.VERB, None):
+            session.replies.append(Reply(answer))
+            if error.fatal:
+                session.closing_after_replies = True
+            self.outboxes.send_replies(session)
+            return
+        self.outboxes.send(session, answer)
+        if error.fatal:
+            self.outboxes.close(session)
 
     # ------------------------------------------------------------------ handshake
 
     def _on_handshake(self, session: Session, frame: Handshake, now_ms: int) -> None:
-        if session.role is not Role.NEW:
-            raise ProtocolError(ErrorCode.NOT_ALLOWED,
-                                "handshake already done; open a new connection for another role")
         self._authorize(frame)
         name = frame.options.get("name")
         if name is not None and not isinstance(name, str):
@@ -146,8 +148,6 @@ class Roles:
     # ------------------------------------------------------------------ publisher
 
     def _on_publish(self, session: Session, frame: p.Publish, now_ms: int) -> None:
-        if session.role is not Role.PUBLISHER:
-            self._require(session, Role.PUBLISHER, "PUBLISH")
         if not self.accepting:
             raise ProtocolError(ErrorCode.SERVER_CLOSING,
                                 "server is shutting down; publish again after it restarts")
@@ -205,23 +205,18 @@ class Roles:
     # ------------------------------------------------------------------ subscriber
 
     def _on_fetch(self, session: Session, frame: p.Fetch, now_ms: int) -> None:
-        if session.role is not Role.SUBSCRIBER:  # checked inline: once per FETCH and ACK
-            self._require(session, Role.SUBSCRIBER, "FETCH")
         deadline = None if frame.wait_ms is None else now_ms + frame.wait_ms
         session.requests.append(FetchRequest(frame.count, deadline))
         if len(session.requests) == 1:
             self.engine.start_request(session, now_ms)
 
     def _on_ack(self, session: Session, ids: tuple[int, ...], now_ms: int) -> None:
-        if session.role is not Role.SUBSCRIBER:
-            self._require(session, Role.SUBSCRIBER, "ACK")
         if unknown := self.engine.ack(session, ids, now_ms):
             raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE,
                                 f"not in flight on this connection: {' '.join(map(str, unknown))}"
                                 " (already acked, timed out, or delivered to another consumer)")
 
     def _on_nack(self, session: Session, frame: p.Nack, now_ms: int) -> None:
-        self._require(session, Role.SUBSCRIBER, "NACK")
         lease = session.leases.get(frame.id)
         if lease is None:
             raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE,

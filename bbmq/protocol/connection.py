@@ -32,7 +32,6 @@ from bbmq.protocol.codec import (
 from bbmq.protocol.fields import TypedFrame
 from bbmq.protocol.server_frames import CloseConnectionSignal, Error, ServerAcknowledgement
 from bbmq.protocol.states import (
-    CLIENT_FRAMES,
     CLIENT_MAY_SEND,
     HANDSHAKES,
     SERVER_FRAMES,
@@ -117,40 +116,41 @@ class _Connection:
 class ServerConnection(_Connection):
     """The server's side of one connection."""
 
-    __slots__ = ()
+    __slots__ = ("_error_reported",)
 
     def __init__(self, max_body_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
         super().__init__(max_body_bytes)
+        self._error_reported = False
 
     def next_event(self) -> TypedFrame | Rejected | Pending:
-        """The next client frame, checked against the table; or why there is none now."""
+        """The next client frame, checked against the table; or why there is none now.
+
+        A frame is parsed before its role is checked, so an unknown verb or a bad
+        value is reported as such (INVALID_PROTOCOL, BAD_NAME) whatever the state,
+        and NOT_ALLOWED means only that a well-formed frame came at the wrong time.
+        """
         state = self.state
         if state is State.AWAITING_ACK:
             return PAUSED
         frames = self._frames
         if not frames:
             error = self._framing_error
-            if error is None or state is State.CLOSED:
+            if error is None or self._error_reported:
                 return NEED_DATA
-            self.state = State.CLOSED  # one framing error is reported, then nothing more
+            self._error_reported = True  # one framing error is reported, then nothing more
             return Rejected(None, error)
         frame = frames.popleft()
         if state is not State.OPEN:  # after the goodbye, frames are ignored (PROTOCOL.md 4.3)
             frames.clear()
             return NEED_DATA
         verb = frame.verb
-        if verb not in CLIENT_MAY_SEND[self.role]:
-            if verb not in CLIENT_FRAMES:
-                try:
-                    parse(frame)  # raises the unknown-verb error
-                except ProtocolError as error:
-                    return Rejected(verb, error)
-            return Rejected(verb, ProtocolError(ErrorCode.NOT_ALLOWED,
-                                                not_allowed_hint(self.role, verb)))
         try:
-            event = CLIENT_FRAMES[verb].from_frame(frame)
+            event = parse(frame)
         except ProtocolError as error:
             return Rejected(verb, error)
+        if verb not in CLIENT_MAY_SEND[self.role]:
+            return Rejected(verb, ProtocolError(ErrorCode.NOT_ALLOWED,
+                                                not_allowed_hint(self.role, verb)))
         if verb in HANDSHAKES:
             self._asked, self.state = HANDSHAKES[verb], State.AWAITING_ACK
         elif verb == ClientShutdownSignal.VERB:
