@@ -1,10 +1,10 @@
 """Administering a running broker as a client: ``bbmq stats|topics|purge|group|peek|dlq``.
 
 The broker answers administrative requests on a ``CLIENT_ADMIN`` connection
-(the :class:`~bbmq.admin_client.Admin` client), so these commands need nothing
+(the :class:`~bbmq.client.Admin` client), so these commands need nothing
 but the address and, when the broker requires one, a token: they work against a
 local daemon, a container or a remote host alike.  ``dlq replay`` runs
-:func:`~bbmq.admin_client.replay_dead_letters`, which the broker's dashboard
+:func:`~bbmq.dlq_replay.replay_dead_letters`, which the broker's dashboard
 runs too.
 """
 
@@ -18,12 +18,10 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from bbmq.admin_client import Admin, replay_dead_letters
 from bbmq.cli_options import add_client_arguments, client_options, name_type
+from bbmq.client.admin import Admin
 from bbmq.defaults import DLQ_SUFFIX
-
-__all__ = ["Admin", "add_admin_commands", "format_duration", "stats_table", "with_rates"]
-
+from bbmq.dlq_replay import replay_dead_letters
 
 # --------------------------------------------------------------------------- rates and tables
 

@@ -24,11 +24,11 @@ from collections.abc import Callable
 from typing import Any
 
 from bbmq._version import __version__
-from bbmq.admin_client import ReplayOutcome, replay_dead_letters
 from bbmq.auth import Authorizer
 from bbmq.config import Config
 from bbmq.core import Broker, BrokerConfig
 from bbmq.dashboard import DashboardSources, HttpServer, start_http
+from bbmq.dlq_replay import ReplayOutcome, replay_dead_letters
 from bbmq.metrics import MetricsSources
 from bbmq.server import BrokerServer, ConnectionInfo, TransportConfig
 from bbmq.store import open_store
@@ -137,7 +137,7 @@ async def serve(config: Config, ready: asyncio.Future[BrokerServer] | None = Non
 def dashboard_sources(server: BrokerServer, config: Config) -> DashboardSources:
     """What the HTTP side reads and runs, from the running server.
 
-    DLQ replay is the CLI's own (:func:`bbmq.admin_client.replay_dead_letters`),
+    DLQ replay is the CLI's own (:func:`bbmq.dlq_replay.replay_dead_letters`),
     run against this broker's port with the logged-in token; with TLS on, its
     clients trust exactly this broker's certificate.
     """

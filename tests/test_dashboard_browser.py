@@ -24,8 +24,7 @@ from typing import Any, Final
 import pytest
 from playwright import sync_api as playwright_sync
 
-from bbmq.admin_client import Admin
-from bbmq.client import Consumer, Producer
+from bbmq.client import Admin, Consumer, Producer
 from bbmq.testing import BrokerProcess, free_port, wait_for
 
 pytestmark = pytest.mark.slow

@@ -20,8 +20,7 @@ from typing import Any
 import pytest
 
 from bbmq import config as settings
-from bbmq.admin_client import Admin
-from bbmq.client import Consumer, Producer
+from bbmq.client import Admin, Consumer, Producer
 from bbmq.core import BrokerSnapshot, CounterSnapshot, TopicSnapshot
 from bbmq.dashboard import HttpPortError, start_http
 from bbmq.dashboard.rates import CommitTimes, RateHistory

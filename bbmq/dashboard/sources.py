@@ -3,7 +3,7 @@
 The dashboard never reaches into the server or the core: it gets the core's
 snapshot, the transport's list of connections and a way to run the core's own
 ADMIN commands, so a purge from the browser is the very purge ``bbmq purge``
-asks for.  DLQ replay is :func:`bbmq.admin_client.replay_dead_letters`, the
+asks for.  DLQ replay is :func:`bbmq.dlq_replay.replay_dead_letters`, the
 code ``bbmq dlq replay`` runs, pointed at the broker's own port.
 """
 
@@ -13,9 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from bbmq.admin_client import ReplayOutcome
 from bbmq.auth import Authorizer
 from bbmq.core import BrokerSnapshot
+from bbmq.dlq_replay import ReplayOutcome
 from bbmq.metrics import MetricsSources
 
 
