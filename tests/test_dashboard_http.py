@@ -11,10 +11,14 @@ from __future__ import annotations
 import asyncio
 import http.cookiejar
 import json
+import shutil
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +28,9 @@ from bbmq.client import Admin, Consumer, Producer
 from bbmq.core import BrokerSnapshot, CounterSnapshot, TopicSnapshot
 from bbmq.dashboard import HttpPortError, start_http
 from bbmq.dashboard.rates import CommitTimes, RateHistory
-from bbmq.testing import BrokerController, wait_for
+from bbmq.testing import BrokerController, answers_ping, clean_environment, free_port, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
 
 ADMIN_TOKEN = "adm1n"
 TOKENS = f"{ADMIN_TOKEN}:admin+publish+subscribe:*,app:publish+subscribe:*,ops:admin:*"
@@ -332,3 +338,36 @@ def test_replay_with_a_token_that_may_not_publish_is_refused(secured: BrokerCont
     status, error, _ = client.call("POST", "/api/topics/jobs/dlq/replay", {"confirm": True})
     assert status == 409 and "replay failed" in error["error"]
     assert queued(secured.port, "jobs.dlq", ADMIN_TOKEN) == 1  # nothing lost
+
+
+@pytest.mark.slow  # builds the package and starts a broker process from it
+def test_an_installed_broker_serves_the_dashboard_with_no_extra_step(tmp_path: Path) -> None:
+    """The static files are package data: a broker run from what pip installs (build_py's
+    layout, not this source tree) serves the pages on its default HTTP port setting."""
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copy(REPO / "pyproject.toml", source)
+    shutil.copy(REPO / "README.md", source)
+    shutil.copytree(REPO / "bbmq", source / "bbmq", ignore=shutil.ignore_patterns("__pycache__"))
+    installed = tmp_path / "installed"
+    subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()", "-q",
+                    "build_py", "--build-lib", str(installed)], cwd=source,
+                   check=True, capture_output=True, timeout=120)
+    assert (installed / "bbmq" / "dashboard" / "static" / "dashboard.js").is_file()
+    port, http_port = free_port(), free_port()
+    environment = {**clean_environment(), "PYTHONPATH": str(installed)}
+    broker = subprocess.Popen(
+        [sys.executable, "-m", "bbmq", "server", "run", "--port", str(port),
+         "--http-port", str(http_port), "--data-dir", str(tmp_path / "data")],
+        cwd=tmp_path, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: answers_ping(port) or broker.poll() is not None, "the broker")
+        assert broker.poll() is None, broker.stderr.read() if broker.stderr else ""
+        client = HttpClient(http_port)
+        status, page, _ = client.call("GET", "/")
+        assert status == 200 and "bbmq dashboard" in page
+        for name in ("dashboard.js", "dashboard.css", "favicon.svg"):
+            assert client.call("GET", f"/static/{name}")[0] == 200, name
+    finally:
+        broker.terminate()
+        broker.wait(30)
