@@ -162,6 +162,9 @@ function refresh() {
 
 function renderLogin(reason) {
   const main = document.getElementById("main");
+  const live = document.getElementById("live");
+  live.className = "live";
+  live.textContent = "not logged in";
   const error = el("div", { class: "error", id: "login-error" }, reason || "");
   const token = el("input", { type: "password", id: "token", autocomplete: "current-password",
                               placeholder: "admin token", required: true });
@@ -174,7 +177,8 @@ function renderLogin(reason) {
     boot();
   } },
   el("h1", {}, "Log in"),
-  el("p", { class: "subtitle" }, "This broker requires an admin token (one of --auth-tokens with the admin permission)."),
+  el("p", { class: "subtitle" }, "This broker requires a token with the ", el("code", {}, "admin"),
+     " permission (one of its ", el("code", {}, "--auth-tokens"), ")."),
   error, token, el("button", { class: "primary", type: "submit" }, "Log in"));
   main.replaceChildren(form);
   token.focus();
@@ -377,6 +381,9 @@ function buildTopic(main, view) {
     el("p", {}, el("a", { href: "#/topics" }, "← Topics")),
     el("h1", { id: "topic-name" }, topic),
     el("p", { class: "subtitle", id: "topic-line" }),
+    readOnly ? el("div", { class: "notice info inline-notice" },
+      "This dashboard is read-only (--dashboard-read-only): purge, group delete and replay are off.") : null,
+    el("div", { id: "topic-body" },
     el("div", { class: "cards", id: "topic-cards" }),
     el("section", { class: "panel" },
       el("div", { class: "panel-head" }, el("h2", {}, "Consumer groups"),
@@ -398,11 +405,12 @@ function buildTopic(main, view) {
       el("div", { class: "panel-head" }, el("h2", {}, "Dead letters"),
         el("div", { class: "right" }, replayResult,
           el("button", { id: "replay", disabled: readOnly, onclick: () => replay(topic) }, "Replay dead letters…"))),
-      el("p", { id: "dlq-line", class: "muted" }))));
+      el("p", { id: "dlq-line", class: "muted" })))));
 }
 
 function refreshTopic(view) {
   const row = state.live.topics.find((t) => t.name === view.topic);
+  document.getElementById("topic-body").classList.toggle("hidden", !row);
   if (!row) {
     setText("topic-line", "This topic does not exist (yet): it appears when something publishes or subscribes to it.");
     return;
