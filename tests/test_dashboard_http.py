@@ -366,7 +366,7 @@ def test_an_installed_broker_serves_the_dashboard_with_no_extra_step(tmp_path: P
         client = HttpClient(http_port)
         status, page, _ = client.call("GET", "/")
         assert status == 200 and "bbmq dashboard" in page
-        for name in ("dashboard.js", "dashboard.css", "favicon.svg"):
+        for name in ("common.js", "charts.js", "dashboard.js", "dashboard.css", "favicon.svg"):
             assert client.call("GET", f"/static/{name}")[0] == 200, name
     finally:
         broker.terminate()

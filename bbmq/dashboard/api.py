@@ -114,8 +114,7 @@ class Api:
 
     # ------------------------------------------------------------------ reads
 
-    def overview_state(self) -> dict[str, Any]:
-        snapshot = self.sources.snapshot()
+    def overview_state(self, snapshot: BrokerSnapshot) -> dict[str, Any]:
         status = self.sources.status()
         groups = [group for topic in snapshot.topics for group in topic.groups]
         return {"version": self.sources.version, "server": status,
@@ -153,12 +152,13 @@ class Api:
 
     def state(self) -> dict[str, Any]:
         """Everything the pages show, as one event of the stream."""
-        return {"overview": self.overview_state(),
-                "topics": self.topics_state(self.sources.snapshot()),
+        snapshot = self.sources.snapshot()
+        return {"overview": self.overview_state(snapshot), "topics": self.topics_state(snapshot),
                 "connections": self.connections_state()}
 
     async def overview(self, request: web.Request) -> web.Response:
-        return web.json_response({**self.overview_state(), "history": list(self.history.points)})
+        return web.json_response({**self.overview_state(self.sources.snapshot()),
+                                  "history": list(self.history.points)})
 
     async def topics(self, request: web.Request) -> web.Response:
         return web.json_response(self.topics_state(self.sources.snapshot()))

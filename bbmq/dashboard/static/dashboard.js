@@ -12,78 +12,6 @@ const SERIES = [
 const state = { session: null, live: null, history: [], events: null,
                 sort: { key: "name", dir: 1 }, filter: "", view: null };
 
-// ------------------------------------------------------------------ helpers
-
-function el(tag, attrs, ...children) {
-  const node = document.createElement(tag);
-  for (const [name, value] of Object.entries(attrs || {})) {
-    if (value === null || value === undefined || value === false) continue;
-    if (name === "class") node.className = value;
-    else if (name === "style") node.style.cssText = value;  // CSSOM: allowed by the page's CSP
-    else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
-    else node.setAttribute(name, value === true ? "" : String(value));
-  }
-  for (const child of children.flat()) {
-    if (child === null || child === undefined || child === false) continue;
-    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
-  }
-  return node;
-}
-
-function svg(tag, attrs, ...children) {
-  const node = document.createElementNS("http://www.w3.org/2000/svg", tag);
-  for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, String(value));
-  for (const child of children) node.append(child instanceof Node ? child : String(child));
-  return node;
-}
-
-const number = (n) => (n === null || n === undefined ? "–" : Number(n).toLocaleString("en-US"));
-const rate = (n) => (n === null || n === undefined ? "–" :
-  Number(n).toLocaleString("en-US", { maximumFractionDigits: n < 10 ? 1 : 0 }));
-
-function bytes(n) {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
-  let i = 0;
-  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
-  return `${i ? n.toFixed(1) : n} ${units[i]}`;
-}
-
-function duration(seconds) {
-  seconds = Math.max(0, Math.floor(seconds));
-  const parts = [[Math.floor(seconds / 86400), "d"], [Math.floor(seconds / 3600) % 24, "h"],
-                 [Math.floor(seconds / 60) % 60, "m"], [seconds % 60, "s"]];
-  return parts.filter(([v]) => v).slice(0, 2).map(([v, u]) => `${v}${u}`).join(" ") || "0s";
-}
-
-const clock = (ms) => new Date(ms).toLocaleTimeString("en-GB");
-
-function showNotice(text, kind) {
-  const box = document.getElementById("notice");
-  box.textContent = text || "";
-  box.className = text ? `notice ${kind || ""}` : "notice hidden";
-}
-
-async function api(path, options = {}) {
-  const init = { method: options.method || "GET", headers: {}, credentials: "same-origin" };
-  if (options.body !== undefined) {
-    init.body = JSON.stringify(options.body);
-    init.headers["Content-Type"] = "application/json";
-  }
-  if (init.method === "POST" && state.session && state.session.csrf) {
-    init.headers["X-CSRF-Token"] = state.session.csrf;
-  }
-  const response = await fetch(path, init);
-  let body = null;
-  try { body = await response.json(); } catch (error) { body = null; }
-  if (response.status === 401 && path !== "/api/login") loggedOut(body && body.error);
-  return { ok: response.ok, status: response.status, body };
-}
-
-function refusalText(result) {
-  const why = (result.body && result.body.error) || "the broker refused";
-  return `Refused (HTTP ${result.status}): ${why}`;
-}
-
 // ------------------------------------------------------------------ session and live data
 
 async function boot() {
@@ -256,53 +184,6 @@ function refreshOverview() {
     setText(`rate-${s.key}`, rate(latest[s.key] ?? 0));
     drawChart(document.getElementById(`chart-${s.key}`), state.history, s, span);
   }
-}
-
-// The time the charts span: what the history holds, from one minute up to five.
-function chartSpan(points) {
-  const held = points.length ? Date.now() - points[0].t : 0;
-  return Math.min(HISTORY_MS, Math.max(60000, Math.ceil(held / 30000) * 30000));
-}
-
-function niceMax(value) {
-  if (value <= 5) return 5;
-  const power = 10 ** Math.floor(Math.log10(value));
-  for (const step of [1, 2, 2.5, 5, 10]) if (step * power >= value) return step * power;
-  return 10 * power;
-}
-
-function drawChart(box, points, series, span) {
-  const W = 600, H = 170, left = 48, right = 8, top = 8, bottom = 24;
-  const now = Date.now(), from = now - span;
-  const shown = points.filter((p) => p.t >= from);
-  const max = niceMax(Math.max(0, ...shown.map((p) => p[series.key] || 0)));
-  const x = (t) => left + ((t - from) / span) * (W - left - right);
-  const y = (v) => top + (1 - v / max) * (H - top - bottom);
-  const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img",
-                             "aria-label": `${series.label} per second` });
-  for (let i = 0; i <= 2; i += 1) {
-    const v = (max / 2) * i;
-    chart.append(svg("line", { class: "grid", x1: left, x2: W - right, y1: y(v), y2: y(v) }));
-    chart.append(svg("text", { class: "axis", x: left - 6, y: y(v) + 4, "text-anchor": "end" },
-                     rate(v)));
-  }
-  const step = span > 180000 ? 60000 : 30000;
-  for (let ago = 0; ago <= span; ago += step) {
-    const label = ago === 0 ? "now" : ago % 60000 ? `-${ago / 1000}s` : `-${ago / 60000}m`;
-    chart.append(svg("text", { class: "axis", x: x(now - ago), y: H - 6,
-                               "text-anchor": ago === 0 ? "end" : ago === span ? "start" : "middle" }, label));
-  }
-  if (shown.length >= 2) {
-    const line = shown.map((p, i) => `${i ? "L" : "M"}${x(p.t).toFixed(1)},${y(p[series.key] || 0).toFixed(1)}`).join("");
-    const area = `${line}L${x(shown[shown.length - 1].t).toFixed(1)},${y(0)}L${x(shown[0].t).toFixed(1)},${y(0)}Z`;
-    chart.append(svg("path", { d: area, fill: series.color, "fill-opacity": 0.08, stroke: "none" }));
-    chart.append(svg("path", { d: line, fill: "none", stroke: series.color, "stroke-width": 2,
-                               "stroke-linejoin": "round", "data-series": series.key }));
-  } else {
-    chart.append(svg("text", { class: "axis", x: W / 2, y: H / 2, "text-anchor": "middle" },
-                     "collecting the first seconds…"));
-  }
-  box.replaceChildren(chart);
 }
 
 // ------------------------------------------------------------------ topics
