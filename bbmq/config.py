@@ -195,8 +195,10 @@ class Config:
         for setting in SETTINGS:
             value = getattr(self, setting.name)
             shown = mask(setting.name, value) if setting.secret else value
-            rows.append((setting.name, "" if shown is None else str(shown),
-                         self.sources[setting.name]))
+            source = self.sources[setting.name]
+            if setting.name == "http_port" and shown != self.effective_http_port:
+                shown, source = self.effective_http_port, "metrics_port (its former name)"
+            rows.append((setting.name, "" if shown is None else str(shown), source))
         return rows
 
 

@@ -153,6 +153,7 @@ def test_the_overview_charts_the_publish_rate_while_a_producer_runs(
                 if message is not None:
                     consumer.ack(message)
 
+    page.wait_for_selector("#rate-published:text-is('0')")  # nothing published yet
     workers = [threading.Thread(target=produce), threading.Thread(target=consume)]
     for worker in workers:
         worker.start()

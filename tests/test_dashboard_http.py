@@ -98,7 +98,9 @@ def queued(port: int, topic: str, token: str | None = None) -> int:
 
 def test_the_http_port_is_on_by_default_and_metrics_port_is_its_alias() -> None:
     assert settings.load({}, environ={}).effective_http_port == 15334
-    assert settings.load({"metrics_port": "9108"}, environ={}).effective_http_port == 9108
+    aliased = settings.load({}, environ={"BBMQ_METRICS_PORT": "9108"})
+    assert aliased.effective_http_port == 9108
+    assert ("http_port", "9108", "metrics_port (its former name)") in aliased.describe()
     both = settings.load({"metrics_port": "9108", "http_port": "8080"}, environ={})
     assert both.effective_http_port == 8080  # the new name wins when both are given
     assert settings.load({}, environ={"BBMQ_HTTP_PORT": "0"}).effective_http_port == 0
