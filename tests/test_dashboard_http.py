@@ -9,6 +9,7 @@ can show (escaping, the pages) is in test_dashboard_browser.py.
 from __future__ import annotations
 
 import asyncio
+import http.client
 import http.cookiejar
 import json
 import shutil
@@ -88,8 +89,11 @@ def secured() -> Iterator[BrokerController]:
 
 
 def queued(port: int, topic: str, token: str | None = None) -> int:
+    """Messages of ``topic`` waiting for delivery (0 while the topic does not exist yet)."""
     with Admin("127.0.0.1", port, token=token) as admin:
-        stats = admin.stats()["topics"][topic]
+        stats = admin.stats()["topics"].get(topic)
+    if stats is None:
+        return 0
     return int(stats["backlog"] + sum(g["ready"] for g in stats["groups"].values()))
 
 
@@ -303,6 +307,33 @@ def test_read_only_refuses_every_change() -> None:
 
 
 # ---------------------------------------------------------------------- auth
+
+
+def _status_as(port: int, host_header: str, path: str = "/api/session") -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        connection.request("GET", path, headers={"Host": host_header})
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+def test_an_open_broker_answers_its_api_only_by_address(broker: BrokerController) -> None:
+    """No tokens: a page that rebound its own name to 127.0.0.1 gets nothing from the API."""
+    port = broker.http_port
+    for named in (f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"):
+        assert _status_as(port, named)[0] == 200, named
+    status, text = _status_as(port, f"attacker.example:{port}")
+    assert status == 403 and "DNS rebinding" in text and "--auth-tokens" in text
+    assert _status_as(port, f"attacker.example:{port}", "/api/topics")[0] == 403
+    assert _status_as(port, f"attacker.example:{port}", "/")[0] == 200  # the page says why
+
+
+def test_with_tokens_any_host_name_may_log_in(secured: BrokerController) -> None:
+    port = secured.http_port
+    status, text = _status_as(port, f"broker.internal:{port}")
+    assert status == 200 and json.loads(text)["auth_required"] is True
 
 
 def test_with_auth_the_api_needs_an_admin_login(secured: BrokerController) -> None:

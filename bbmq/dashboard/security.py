@@ -12,17 +12,21 @@ Every change (purge, group delete, replay) is a POST that must carry the
 session's CSRF token in the ``X-CSRF-Token`` header, which a page of another
 site can neither read nor send; the read-only mode refuses them all.  Every
 answer carries a Content-Security-Policy that runs no inline script, so a
-message body that slipped into the page as markup still could not run.
+message body that slipped into the page as markup still could not run.  With
+no tokens at all, the API answers only requests that name the host by address
+or as localhost, which a DNS-rebinding page of another site cannot do.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -99,6 +103,26 @@ class Sessions:
         return self.authorizer.allows(token, Permission.ADMIN, None)
 
 
+def _named_directly(host_header: str) -> bool:
+    """Whether the Host header names this machine by address or as localhost.
+
+    A page of another site can make its own name resolve to 127.0.0.1 (DNS
+    rebinding) and then read and POST as if it were this dashboard; with no token
+    to ask for, only the Host header it cannot fake tells the two apart.
+    """
+    try:
+        host = urlsplit("//" + host_header).hostname or ""
+    except ValueError:  # a malformed Host header
+        return False
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 def set_cookie(response: web.StreamResponse, session: WebSession) -> None:
     response.set_cookie(COOKIE, session.id, max_age=SESSION_SECONDS, path="/", httponly=True,
                         samesite="Strict")
@@ -122,7 +146,14 @@ def middleware(sessions: Sessions) -> Middleware:
 
     async def _checked(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
-        if not path.startswith("/api/") or path in OPEN_PATHS:
+        if not path.startswith("/api/"):
+            return await handler(request)
+        if not sessions.auth_required and not _named_directly(request.host):
+            return refusal(403, f"this broker has no auth tokens, so its API answers only "
+                                f"when asked by IP address or as localhost, not as "
+                                f"{request.host!r} (DNS rebinding); use the IP address, or "
+                                "set --auth-tokens")
+        if path in OPEN_PATHS:
             return await handler(request)
         session = sessions.of(request)
         if session is None and sessions.auth_required:

@@ -16,6 +16,11 @@ const state = { session: null, live: null, history: [], events: null,
 
 async function boot() {
   const result = await api("/api/session");
+  if (!result.ok) {
+    showNotice(refusalText(result));
+    document.getElementById("main").replaceChildren();
+    return;
+  }
   state.session = result.body;
   document.getElementById("mode").classList.toggle("hidden", !state.session.read_only);
   document.getElementById("logout").classList.toggle(
