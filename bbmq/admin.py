@@ -17,10 +17,9 @@ import json
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from typing import Any, Final
 
-from bbmq.cli_options import add_client_arguments, client_options, name_type
+from bbmq.cli_options import add_client_arguments, client_options, message_header, name_type
 from bbmq.client import Consumer, Message, Producer
 from bbmq.client.admin import Admin as Admin  # noqa: PLC0414 (re-exported: the daemon uses it)
 from bbmq.defaults import DLQ_SUFFIX
@@ -196,16 +195,10 @@ def _peek(args: argparse.Namespace) -> int:
 
 
 def _peek_header(message: Mapping[str, Any]) -> str:
-    published = datetime.fromtimestamp(message["published_ms"] / 1000, UTC)
-    parts = [f"id={message['id']}", f"attempts={message['attempts']}",
-             f"published={published.isoformat(timespec='milliseconds')}"]
-    if message.get("sender"):
-        parts.append(f"from={message['sender']}")
-    if message.get("deliver_at_ms") and message["deliver_at_ms"] > message["published_ms"]:
-        due = datetime.fromtimestamp(message["deliver_at_ms"] / 1000, UTC)
-        parts.append(f"due={due.isoformat(timespec='milliseconds')}")
-    parts += [f"{key}={value}" for key, value in message.get("meta", {}).items()]
-    return "# " + " ".join(parts)
+    """The header ``bbmq consume -v`` would print for the message's next delivery."""
+    return message_header(message["id"], message["attempts"] + 1, message.get("meta", {}),
+                          published_ms=message["published_ms"], sender=message.get("sender"),
+                          deliver_at_ms=message.get("deliver_at_ms"))
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
