@@ -72,5 +72,13 @@ def message_header(message_id: int, attempt: int, meta: Mapping[str, Any], *,
         parts.append(f"from={sender}")
     if deliver_at_ms and published_ms is not None and deliver_at_ms > published_ms:
         parts.append(f"due={utc_time(deliver_at_ms)}")
-    parts += [f"{key}={value}" for key, value in extra.items()]
+    parts += [f"{key}={_shown(key, value)}" for key, value in extra.items()]
     return "# " + " ".join(parts)
+
+
+def _shown(key: str, value: Any) -> Any:
+    """A metadata value as shown: the times a dead letter carries (``original_ts``) in the
+    one time format, everything else as it is."""
+    if key.endswith("_ts") and str(value).isdigit():
+        return utc_time(int(value))
+    return value
