@@ -338,9 +338,9 @@ def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
 
     dlq = commands.add_parser("dlq", help="list, replay or purge a topic's dead letters")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
-    dlq_list = dlq_commands.add_parser(
-        "list", help="show the dead letters of TOPIC (in TOPIC.dlq) without consuming them: "
-                     "the group that gave up, after how many attempts, and why")
+    list_help = ("show the dead letters of TOPIC (in TOPIC.dlq) without consuming them: the "
+                 "group that gave up, after how many attempts, and why")
+    dlq_list = dlq_commands.add_parser("list", help=list_help, description=list_help)
     dlq_list.add_argument("topic", type=topic)
     dlq_list.add_argument("--group", type=group, default=None,
                           help="whose queue of TOPIC.dlq (only once 'dlq replay' made groups; "
@@ -349,9 +349,9 @@ def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     dlq_list.add_argument("--json", action="store_true", help="print JSON for scripts")
     add_client_arguments(dlq_list)
     dlq_list.set_defaults(func=_dlq_list)
-    replay = dlq_commands.add_parser(
-        "replay", help="give each message of TOPIC.dlq back to the group of TOPIC that gave "
-                       "up on it (re-published to that group only), then ack it in TOPIC.dlq")
+    replay_help = ("give each message of TOPIC.dlq back to the group of TOPIC that gave up on "
+                   "it (re-published to that group only), then ack it in TOPIC.dlq")
+    replay = dlq_commands.add_parser("replay", help=replay_help, description=replay_help)
     replay.add_argument("topic", type=topic)
     replay.add_argument("--group", type=group, default="default",
                         help="the consumer group of TOPIC.dlq to take them from; it must "
