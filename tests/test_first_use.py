@@ -187,7 +187,7 @@ def test_toml_keys_may_be_spelled_like_the_flags(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="ack_timeout is given twice"):
         load(config_file=config_file, environ={})
     config_file.write_text('ack-timout = 10\n')
-    with pytest.raises(ConfigError, match="ack-timout.*ack-timeout, or ack_timeout"):
+    with pytest.raises(ConfigError, match=r"ack-timout.*ack-timeout, or ack_timeout"):
         load(config_file=config_file, environ={})
 
 
