@@ -21,7 +21,7 @@ from typing import Any, Final
 
 from bbmq.cli_options import add_client_arguments, client_options, message_header, name_type
 from bbmq.client import Consumer, Message, Producer
-from bbmq.client.admin import Admin as Admin  # noqa: PLC0414 (re-exported: the daemon uses it)
+from bbmq.client.admin import Admin
 from bbmq.defaults import DLQ_SUFFIX
 
 #: Messages fetched, re-published and acked together by ``dlq replay``.
