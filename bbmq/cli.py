@@ -129,50 +129,53 @@ class _GracefulStop:
 
 
 def _consume(args: argparse.Namespace) -> int:
-    """Print and ack messages; once connected, come back when the broker restarts (until
-    --give-up-after seconds pass without it)."""
+    """Print and ack messages until done, or until SIGINT/SIGTERM (after the message in hand)."""
+    with _GracefulStop() as stopping:
+        try:
+            return _consume_until_stopped(args, stopping)
+        except _Stopped:
+            return 0
+
+
+def _consume_until_stopped(args: argparse.Namespace, stopping: _GracefulStop) -> int:
+    """Once connected, come back when the broker restarts (until --give-up-after seconds
+    pass without it)."""
     received = 0
     reconnect = Backoff.reconnect(CONSUME_RECONNECT_CEILING_S)
     connected = False  # not reaching the broker at all is an error to report, not to retry
     lost_at: float | None = None  # when the broker went away, while it is away
-    with _GracefulStop() as stopping:
-        while not stopping.requested:
-            wanted = args.count - received if args.count else 0
-            consumer = Consumer(args.topic, args.group, prefetch=min(args.prefetch, wanted)
-                                if wanted else args.prefetch, **client_options(args))
-            try:
-                consumer.connect()
-                connected, lost_at = True, None
-                reconnect.reset()
-                for _ in _print_messages(consumer, args, stopping):
-                    received += 1
-                    if args.count and received >= args.count:
-                        return 0
-                return 0  # --timeout passed without a message, or a signal
-            except _Stopped:
-                return 0
-            except BrokerError as error:
-                if not connected or not comes_back(error):
-                    raise
-                lost_at = time.monotonic() if lost_at is None else lost_at
-                away = time.monotonic() - lost_at
-                if args.give_up_after and away >= args.give_up_after:
-                    print(f"bbmq: {error.text}; giving up after {away:.0f} s without the broker "
-                          "(--give-up-after)", file=sys.stderr)
-                    return 1
-                pause = reconnect.next()
-                if args.give_up_after:
-                    pause = min(pause, args.give_up_after - away)
-                print(f"bbmq: {error.text}; reconnecting in {pause:.1f} s", file=sys.stderr)
-            finally:
-                stopping.busy = True  # a signal now is noted: the goodbye is not cut short
-                consumer.close()
-                stopping.busy = False
-            try:
-                if not stopping.requested:
-                    time.sleep(pause)  # back off while the broker restarts
-            except _Stopped:
-                return 0
+    while not stopping.requested:
+        wanted = args.count - received if args.count else 0
+        consumer = Consumer(args.topic, args.group, prefetch=min(args.prefetch, wanted)
+                            if wanted else args.prefetch, **client_options(args))
+        try:
+            consumer.connect()
+            connected, lost_at = True, None
+            reconnect.reset()
+            for _ in _print_messages(consumer, args, stopping):
+                received += 1
+                if args.count and received >= args.count:
+                    return 0
+            return 0  # --timeout passed without a message, or a signal
+        except BrokerError as error:
+            if not connected or not comes_back(error):
+                raise
+            lost_at = time.monotonic() if lost_at is None else lost_at
+            away = time.monotonic() - lost_at
+            if args.give_up_after and away >= args.give_up_after:
+                print(f"bbmq: {error.text}; giving up after {away:.0f} s without the broker "
+                      "(--give-up-after)", file=sys.stderr)
+                return 1
+            pause = reconnect.next()
+            if args.give_up_after:
+                pause = min(pause, args.give_up_after - away)
+            print(f"bbmq: {error.text}; reconnecting in {pause:.1f} s", file=sys.stderr)
+        finally:
+            stopping.busy = True  # a signal now is noted: the goodbye is not cut short
+            consumer.close()
+            stopping.busy = False
+        if not stopping.requested:
+            time.sleep(pause)  # back off while the broker restarts (a signal ends it)
     return 0
 
 

@@ -50,8 +50,10 @@ class Consumer(Client):
         self.group = checked_name("group", group)
         self.prefetch = max(1, prefetch)
         self._fetches = FetchQueue()
-        #: Set by stop() (or close() from another thread) to end run() after its handlers.
-        self._stop_requested = threading.Event()
+        #: Set by stop() (or close() while run() runs) to end run() after its handlers; a
+        #: plain flag, not an Event, so that a signal handler may set it (an Event's lock
+        #: may be held by the very thread the signal interrupts).
+        self._stop_requested = False
         self._running = False
         self._close_after_run = False
 
@@ -138,7 +140,7 @@ class Consumer(Client):
         messages requested but not yet handed to a handler are redelivered
         once the consumer is closed.
         """
-        self._stop_requested.set()
+        self._stop_requested = True
 
     def close(self) -> None:
         """Close the connection; while :meth:`run` is running (called from another thread
@@ -164,10 +166,10 @@ class Consumer(Client):
         """
         self._running = True
         try:
-            self._run(handler, workers, backoff, max_backoff, stop or self._stop_requested)
+            self._run(handler, workers, backoff, max_backoff, stop or threading.Event())
         finally:
             self._running = False
-            self._stop_requested.clear()
+            self._stop_requested = False
             if self._channel is not None and not self._channel.closed:
                 with contextlib.suppress(ConnectionLost):  # then they are redelivered
                     self._channel.flush()  # the acks of the last handlers
@@ -177,7 +179,9 @@ class Consumer(Client):
 
     def _run(self, handler: Callable[[Message], object], workers: int, backoff: float,
              max_backoff: float, stop: threading.Event) -> None:
-        requested = self._stop_requested
+        def stopping() -> bool:
+            return self._stop_requested or stop.is_set()
+
         slots = threading.Semaphore(self.prefetch)
 
         def process(message: Message, channel: Channel) -> None:
@@ -203,7 +207,7 @@ class Consumer(Client):
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bbmq-handler") as pool:
             held = 0  # slots held for the messages run()'s open FETCH may still bring
             reconnect = Backoff.reconnect(max_backoff)
-            while not (stop.is_set() or requested.is_set()):
+            while not stopping():
                 try:
                     channel = self.channel
                     fetches = self._fetches
@@ -223,7 +227,7 @@ class Consumer(Client):
                 except BrokerError as error:
                     if not comes_back(error) or never_reached(self, error):
                         raise
-                    if requested.is_set() or stop.is_set():
+                    if stopping():
                         break  # the connection went with a close() that stopped us
                     for _ in range(held):
                         slots.release()
@@ -234,7 +238,7 @@ class Consumer(Client):
                     pause = reconnect.next()
                     log.warning("consumer of %s/%s: %s; reconnecting in %.1f s",
                                 self.topic, self.group, error, pause)
-                    _wait_for_either(stop, requested, pause)
+                    _pause(pause, stopping)
                     continue
                 reconnect.reset()
                 if message is not None:
@@ -255,12 +259,12 @@ class Consumer(Client):
             log.warning("could not settle a message (%s); it will be redelivered", error)
 
 
-def _wait_for_either(first: threading.Event, second: threading.Event, seconds: float) -> None:
-    """Sleep ``seconds``, or less once either event is set (a reconnect pause that stop()
-    cuts short)."""
+#: How often a reconnect pause of run() looks whether it was asked to stop.
+STOP_CHECK_S: Final = 0.1
+
+
+def _pause(seconds: float, stopping: Callable[[], bool]) -> None:
+    """Back off for ``seconds`` before reconnecting, or less once ``stopping()`` says so."""
     deadline = time.monotonic() + seconds
-    while not (first.is_set() or second.is_set()):
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return
-        second.wait(min(left, 0.1))
+    while not stopping() and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, STOP_CHECK_S))
