@@ -64,7 +64,7 @@ def test_the_python_examples_run_and_run_again(readme_broker: BrokerController,
         assert any(line.endswith("b'a'") for line in printed), (attempt, printed)
         ran = _run([sys.executable, "-c", run_example], readme_broker.port, tmp_path)
         assert ran.returncode == 0, (attempt, ran.stderr)
-        assert "handled b'done'" in ran.stdout.splitlines(), (attempt, ran.stdout)
+        assert "handled b'done'" in ran.stdout, (attempt, ran.stdout)  # lines of 8 threads
 
 
 @pytest.mark.slow
