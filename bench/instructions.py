@@ -63,7 +63,7 @@ def count_instructions(tree: Path, messages: int, workload: str) -> int:
         try:
             probe = [sys.executable, "-c",
                      f"from bbmq.client import ping; ping('127.0.0.1', {port}, timeout=2)"]
-            wait_until(lambda: subprocess.run(probe, cwd=tree, env=env,
+            wait_until(lambda: subprocess.run(probe, check=False, cwd=tree, env=env,
                                               capture_output=True).returncode == 0,
                        timeout=120, what="the broker under valgrind to answer")
             if workload != "idle":
@@ -101,7 +101,7 @@ def main() -> None:
               file=sys.stderr, flush=True)
         results.append(measure(tree.resolve(), args.messages))
         publish, consume = results[-1]
-        print(f"{str(tree):<40} {publish:>18,.0f} {consume:>22,.0f}", flush=True)
+        print(f"{tree!s:<40} {publish:>18,.0f} {consume:>22,.0f}", flush=True)
     if len(results) > 1:
         (base_publish, base_consume), (publish, consume) = results[0], results[-1]
         print(f"{'change, last over first':<40} {publish / base_publish - 1:>+18.1%} "
