@@ -13,6 +13,7 @@ ones the issue describes, and scales every storm with it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import threading
@@ -53,6 +54,8 @@ class StormFigures:
     attempts: int = 0
     refusals: dict[str, int] = field(default_factory=dict)  # error code -> count
     waits_s: list[float] = field(default_factory=list)  # every publish, acked or refused
+    refused_waits_s: list[float] = field(default_factory=list)
+    error_texts: dict[str, str] = field(default_factory=dict)  # code -> its first text
 
     @property
     def worst_wait_s(self) -> float:
@@ -98,6 +101,8 @@ class PublishStorm:
                 message_id = producer.publish(body)
             except BrokerError as error:
                 outcome: int | str = error.code
+                with self._lock:
+                    self.figures.error_texts.setdefault(error.code, str(error))
             except OSError as error:  # refused while the broker restarts
                 outcome = type(error).__name__
             else:
@@ -110,12 +115,11 @@ class PublishStorm:
                     self.figures.acked[body] = outcome
                 else:
                     self.figures.refusals[outcome] = self.figures.refusals.get(outcome, 0) + 1
+                    self.figures.refused_waits_s.append(waited)
             if not isinstance(outcome, int):
                 self._stop.wait(0.02)  # pacing of a client that backs off, not a sync
-        try:
+        with contextlib.suppress(BrokerError, OSError):
             producer.close()
-        except (BrokerError, OSError):
-            pass
 
     def start(self) -> PublishStorm:
         for thread in self._threads:
