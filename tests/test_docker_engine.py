@@ -119,7 +119,7 @@ def run_broker(image: str, name: str, volume: str) -> int:
 
 def consume(port: int, topic: str, count: int, *, rest: bool = False) -> list[bytes]:
     """``count`` messages of ``topic``, acked as they come; ``rest``: and no more."""
-    bodies = []
+    bodies: list[bytes] = []
     with Consumer(topic, port=port, timeout=30) as consumer:
         for _ in range(count):
             message = consumer.fetch(timeout=10)

@@ -134,6 +134,11 @@ class PublishStorm:
         return self.figures
 
 
+def acked_at_least(publishers: PublishStorm, floor: int) -> bool:
+    """For wait_for: the storm has had ``floor`` acks in all."""
+    return publishers.acked_count() >= floor
+
+
 @contextmanager
 def storm(port: int, topic: str, **options: object) -> Iterator[PublishStorm]:
     running = PublishStorm(port, topic, **options).start()  # type: ignore[arg-type]

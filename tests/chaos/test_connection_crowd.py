@@ -83,6 +83,11 @@ def round_trips(producer: Producer, consumer: Consumer, count: int) -> list[floa
     return latencies
 
 
+def close_all(sockets: list[socket.socket]) -> None:
+    for sock in sockets:
+        sock.close()
+
+
 def broker_connections(port: int) -> int:
     """How many connections the broker says it holds (this admin one included)."""
     with Admin(port=port) as admin:
@@ -127,7 +132,7 @@ def test_crowd_of_idle_slow_and_half_open_connections_keeps_an_honest_pair_fast(
         alone = round_trips(producer, consumer, SAMPLES)
 
         crowd: list[socket.socket] = []
-        stack.callback(lambda: [sock.close() for sock in crowd])
+        stack.callback(close_all, crowd)
         started = time.monotonic()
         for n in range(IDLE):
             handshake = (p.ClientPublisher(f"crowd.idle{n % 10}") if n % 2 else

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ import pytest
 from bbmq.testing import BrokerProcess, wait_for
 
 from ..mysql_support import isolated_mysql_url
-from .harness import chaos_rounds, drain, missing_acked, report, storm, wait_summary
+from .harness import acked_at_least, chaos_rounds, drain, missing_acked, report, storm, wait_summary
 
 pytestmark = pytest.mark.slow
 
@@ -54,7 +55,7 @@ def test_kill_9_during_a_publish_storm_loses_no_acknowledged_message(
             with storm(broker.port, TOPIC, timeout_s=30) as publishers:
                 for _ in range(rounds):
                     floor = publishers.acked_count() + ACKS_PER_ROUND
-                    wait_for(lambda floor=floor: publishers.acked_count() >= floor,
+                    wait_for(partial(acked_at_least, publishers, floor),
                              f"{ACKS_PER_ROUND} acks from the restarted broker", 60)
                     # Pacing, not synchronisation: the kill lands anywhere in ~0.5 s.
                     threading.Event().wait(pacing.uniform(0.0, 0.5))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,7 +21,7 @@ from bbmq.store.mysql import MySQLStore
 from bbmq.testing import BrokerProcess, wait_for
 
 from ..mysql_support import isolated_mysql_url
-from .harness import drain, long_run, missing_acked, report, storm, wait_summary
+from .harness import acked_at_least, drain, long_run, missing_acked, report, storm, wait_summary
 from .proxy import FaultyProxy, Mode
 
 pytestmark = [pytest.mark.slow, pytest.mark.mysql]
@@ -55,7 +56,7 @@ def test_refused_black_holed_and_reset_store_connections_lose_nothing(tmp_path: 
             with storm(broker.port, TOPIC, timeout_s=120) as publishers:
                 for fault in (Mode.REFUSE, Mode.BLACK_HOLE, Mode.RESET):
                     floor = publishers.acked_count() + ACKS_BETWEEN_FAULTS
-                    wait_for(lambda floor=floor: publishers.acked_count() >= floor,
+                    wait_for(partial(acked_at_least, publishers, floor),
                              f"acks through the healthy proxy before the {fault.value}", 90)
                     acked, refused = publishers.acked_count(), publishers.refused_count()
                     proxy.set_mode(fault)
