@@ -14,75 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import ssl
 import sys
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from bbmq import protocol as p
 from bbmq.cli_options import add_client_arguments, client_options, name_type
-from bbmq.client import BrokerError, ConnectionLost, Consumer, Message, Producer, _Client
+from bbmq.client import Consumer, Message, Producer
+from bbmq.client.admin import Admin
 from bbmq.defaults import DLQ_SUFFIX
 
 #: Messages fetched, re-published and acked together by ``dlq replay``.
 REPLAY_BATCH: Final = 100
-
-
-class Admin(_Client):
-    """An administrative connection: stats, topics, purge, group delete, peek."""
-
-    def __init__(self, host: str | None = None, port: int | None = None, *,
-                 name: str | None = None, token: str | None = None,
-                 tls: bool | ssl.SSLContext = False,
-                 ca_file: str | None = None, timeout: float = 10.0) -> None:
-        super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
-                         timeout=timeout)
-
-    def _handshake_frame(self) -> p.TypedFrame:
-        return p.ClientAdmin(self._options())
-
-    def command(self, name: str, **params: Any) -> Any:
-        """Run one ADMIN command and return its JSON result; broker errors raise BrokerError."""
-        channel = self.channel
-        channel.send(p.AdminCommand(name, params).encode())
-        while True:
-            reply = channel.read(self.timeout)
-            if isinstance(reply, p.AdminResult):
-                return reply.result
-            if isinstance(reply, p.Error):
-                raise BrokerError(reply.code, reply.text)
-            if reply is None:
-                channel.close()
-                raise ConnectionLost(f"no answer to ADMIN {name} within {self.timeout:g} s")
-
-    def stats(self) -> dict[str, Any]:
-        """Server facts and, per topic and group, queue sizes and running totals."""
-        result: dict[str, Any] = self.command("stats")
-        return result
-
-    def topics(self) -> list[str]:
-        result: list[str] = self.command("topics")
-        return result
-
-    def purge(self, topic: str, group: str | None = None) -> int:
-        """Drop the queued (not in-flight) messages of one group, or of the whole topic;
-        returns how many."""
-        params = {"topic": topic} if group is None else {"topic": topic, "group": group}
-        return int(self.command("purge", **params)["purged"])
-
-    def delete_group(self, topic: str, group: str) -> None:
-        """Remove a group and what it owes; its consumers are disconnected."""
-        self.command("group_delete", topic=topic, group=group)
-
-    def peek(self, topic: str, group: str | None = None, n: int = 10) -> list[dict[str, Any]]:
-        """The next ``n`` messages the group would deliver, without changing anything."""
-        params: dict[str, Any] = {"topic": topic, "n": n}
-        if group is not None:
-            params["group"] = group
-        result: list[dict[str, Any]] = self.command("peek", **params)
-        return result
 
 
 # --------------------------------------------------------------------------- rates and tables

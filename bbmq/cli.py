@@ -24,9 +24,9 @@ from bbmq.client import (
     default_address,
     ping,
 )
+from bbmq.client.retry import Backoff, comes_back
 from bbmq.daemon import add_server_commands, describe_failure, load_config
 from bbmq.pidfile import AlreadyRunning, PidFile
-from bbmq.protocol import ErrorCode
 from bbmq.store import SchemaVersionError, StoreUnavailable
 
 
@@ -95,7 +95,7 @@ def _publish(args: argparse.Namespace) -> int:
 def _consume(args: argparse.Namespace) -> int:
     """Print and ack messages; once connected, come back when the broker restarts."""
     received = 0
-    pause = 0.1
+    reconnect = Backoff.reconnect()
     connected = False  # not reaching the broker at all is an error to report, not to retry
     while True:
         wanted = args.count - received if args.count else 0
@@ -110,16 +110,13 @@ def _consume(args: argparse.Namespace) -> int:
                     return 0
             return 0  # --timeout passed without a message
         except BrokerError as error:
-            if not connected or error.code not in _CONSUMER_COMES_BACK:
+            if not connected or not comes_back(error):
                 raise
+            pause = reconnect.next()
             print(f"bbmq: {error.text}; reconnecting in {pause:.1f} s", file=sys.stderr)
         finally:
             consumer.close()
         time.sleep(pause)  # back off while the broker restarts
-        pause = min(5.0, pause * 2)
-
-
-_CONSUMER_COMES_BACK = frozenset({"CONNECTION_LOST", ErrorCode.SERVER_CLOSING, ErrorCode.TIMEOUT})
 
 
 def _print_messages(consumer: Consumer, args: argparse.Namespace) -> Iterator[Message]:

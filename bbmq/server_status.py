@@ -10,9 +10,10 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from bbmq.admin import Admin, format_duration, stats_table
+from bbmq.admin import format_duration, stats_table
 from bbmq.auth import Authorizer
 from bbmq.client import BrokerError
+from bbmq.client.admin import Admin
 from bbmq.config import Config
 from bbmq.pidfile import probe
 

@@ -180,6 +180,14 @@ class ServerConnection(_Connection):
         return b"".join([send(frame) for frame in frames])
 
 
+#: The states as module names, for the client's per-frame checks: on Python 3.11 looking a
+#: member up on its Enum class (State.OPEN) costs about 0.1 µs, as much as the rest of a check.
+_OPEN: Final = State.OPEN
+_AWAITING_ACK: Final = State.AWAITING_ACK
+_CLOSING: Final = State.CLOSING
+_CLOSED: Final = State.CLOSED
+
+
 class ClientConnection(_Connection):
     """The client's side of one connection."""
 
@@ -197,9 +205,9 @@ class ClientConnection(_Connection):
         """
         verb = frame.VERB
         state = self.state
-        if state is State.OPEN:
+        if state is _OPEN:
             role = self.role
-        elif state is State.AWAITING_ACK and verb not in HANDSHAKES:
+        elif state is _AWAITING_ACK and verb not in HANDSHAKES:
             role = self._asked
         else:
             raise LocalProtocolError(f"cannot send {verb}: the connection is "
@@ -207,9 +215,9 @@ class ClientConnection(_Connection):
         if verb not in CLIENT_MAY_SEND[role]:
             raise LocalProtocolError(not_allowed_hint(role, verb))
         if verb in HANDSHAKES:
-            self._asked, self.state = HANDSHAKES[verb], State.AWAITING_ACK
+            self._asked, self.state = HANDSHAKES[verb], _AWAITING_ACK
         elif verb == ClientShutdownSignal.VERB:
-            self.state = State.CLOSING
+            self.state = _CLOSING
         return frame.encode()
 
     def next_event(self) -> TypedFrame | Pending:
@@ -225,7 +233,7 @@ class ClientConnection(_Connection):
             return NEED_DATA
         frame = frames.popleft()
         verb = frame.verb
-        awaiting = self.state is State.AWAITING_ACK
+        awaiting = self.state is _AWAITING_ACK
         if verb not in (SERVER_MAY_ANSWER_HANDSHAKE if awaiting else SERVER_MAY_SEND[self.role]):
             raise ProtocolError(
                 ErrorCode.INVALID_PROTOCOL,
@@ -236,5 +244,5 @@ class ClientConnection(_Connection):
         elif awaiting and verb == Error.VERB:
             self._refused()
         elif verb == CloseConnectionSignal.VERB:
-            self.state = State.CLOSED
+            self.state = _CLOSED
         return event
