@@ -25,8 +25,7 @@ from pathlib import Path
 import pytest
 
 from bbmq import protocol as p
-from bbmq.admin import Admin
-from bbmq.client import Consumer, Producer
+from bbmq.client import Admin, Consumer, Producer
 from bbmq.testing import BrokerProcess
 
 from .harness import long_run, percentile, report
