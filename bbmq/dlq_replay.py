@@ -69,7 +69,8 @@ def replay_dead_letters(topic: str, group: str = "default", *, count: int = 0,
                 progress(replayed)
                 progress_at = time.monotonic() + 1.0
     if replayed:
-        return ReplayOutcome(replayed, f"replayed {replayed} messages from {dlq} to {topic}")
+        return ReplayOutcome(replayed, f"replayed {replayed} messages from {dlq} to the groups "
+                                       f"of {topic} that gave up on them")
     return ReplayOutcome(0, f"nothing to replay: {dlq} has no queued messages for group "
                             f"{group} ('bbmq stats' shows which groups hold them; pick one "
                             "with --group)")
