@@ -8,7 +8,6 @@ can show (escaping, the pages) is in test_dashboard_browser.py.
 
 from __future__ import annotations
 
-import asyncio
 import http.client
 import http.cookiejar
 import json
@@ -27,7 +26,6 @@ import pytest
 from bbmq import config as settings
 from bbmq.client import Admin, Consumer, Producer
 from bbmq.core import BrokerSnapshot, CounterSnapshot, TopicSnapshot
-from bbmq.dashboard import HttpPortError, start_http
 from bbmq.dashboard.rates import CommitTimes, RateHistory
 from bbmq.testing import BrokerController, answers_ping, clean_environment, free_port, wait_for
 
@@ -112,19 +110,20 @@ def test_the_http_port_is_on_by_default_and_metrics_port_is_its_alias() -> None:
         settings.load({"http_port": "70000"}, environ={})
 
 
-def test_a_busy_http_port_is_refused_with_what_to_do(broker: BrokerController) -> None:
+@pytest.mark.slow  # starts a broker process
+def test_a_busy_http_port_is_refused_with_what_to_do(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        server = broker.server
-        assert server is not None
-        sources = broker.http.api.sources if broker.http else None
-        assert sources is not None
-        starting = asyncio.run_coroutine_threadsafe(
-            start_http(sources, "127.0.0.1", port, lambda: 0), broker._loop)
-        with pytest.raises(HttpPortError, match=f"127.0.0.1:{port}.*--http-port"):
-            starting.result(10)
+        result = subprocess.run(
+            [sys.executable, "-m", "bbmq", "server", "run", "--store", "memory://",
+             "--port", "0", "--http-port", str(port), "--data-dir", str(tmp_path / "data")],
+            env=clean_environment(), capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert f"cannot serve HTTP (dashboard, /metrics) on 127.0.0.1:{port}" in last_line
+    assert "choose another --http-port (0 turns it off)" in last_line
 
 
 # ---------------------------------------------------------------------- rates
