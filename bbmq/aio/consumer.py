@@ -1,0 +1,149 @@
+"""The asyncio Consumer: bbmq/client/consuming.py's decisions over an AsyncChannel, and the
+Message it hands out, which settles itself (``await message.ack()``).
+
+Cancellation: the consumer's state (the FETCH requests open and what they
+still owe, the frames received) changes only in synchronous steps, so a task
+cancelled in ``fetch`` or in ``async for`` loses nothing: a message on its
+way is handed out by the next ``fetch`` or iteration, and one still unacked
+when the consumer closes is redelivered by the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Self
+
+from bbmq.aio.base import AsyncClient
+from bbmq.aio.channel import AsyncChannel
+from bbmq.client import message as blocking_message
+from bbmq.client.arguments import checked_name
+from bbmq.client.consuming import FetchQueue, ack_frames, nack_frame
+from bbmq.client.errors import ConnectionLost
+from bbmq.protocol import Ack, ClientSubscriber, TypedFrame
+
+
+@dataclass(frozen=True, slots=True)
+class Message(blocking_message.Message):
+    """A delivered message that knows the connection it came on: ``await message.ack()`` or
+    ``await message.nack(delay=...)`` settles it there.
+
+    The blocking client settles through its consumer (``consumer.ack(message)``),
+    which this client offers too; only here does the message carry its
+    connection, because only here is settling an ``await`` that a handler
+    can do without holding on to the consumer.  Settling on the connection
+    the message came on, not on a newer one, keeps the meaning exact: after a
+    lost connection, ``ack`` raises ConnectionLost and the broker redelivers.
+    """
+
+    consumer: Consumer = field(kw_only=True, repr=False, compare=False)
+    channel: AsyncChannel = field(kw_only=True, repr=False, compare=False)
+
+    async def ack(self) -> None:
+        """Done with the message: it will not be delivered again (to this group)."""
+        await self.consumer.ack(self)
+
+    async def nack(self, *, delay: float | None = None, reason: str | None = None) -> None:
+        """Give the message back: redelivered at once, or after ``delay`` seconds."""
+        await self.consumer.nack(self, delay=delay, reason=reason)
+
+
+class Consumer(AsyncClient):
+    """Consumes one topic as a member of ``group`` (consumers of a group share its messages).
+
+    ``await fetch(timeout=...)`` for one message, or ``async for message in
+    consumer`` for a stream with ``prefetch`` messages requested ahead; they can
+    follow one another, as with the blocking Consumer.
+    """
+
+    def __init__(self, topic: str, group: str = "default", host: str | None = None,
+                 port: int | None = None, *, name: str | None = None, token: str | None = None,
+                 tls: bool | ssl.SSLContext = False, ca_file: str | None = None,
+                 timeout: float = 30.0, prefetch: int = 100) -> None:
+        super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
+                         timeout=timeout)
+        self.topic = checked_name("topic", topic)
+        self.group = checked_name("group", group)
+        self.prefetch = max(1, prefetch)
+        self._fetches = FetchQueue()
+
+    def _handshake_frame(self) -> TypedFrame:
+        return ClientSubscriber(self.topic, self.group, self._options())
+
+    def _connected(self) -> None:
+        self._fetches = FetchQueue()  # what the old connection owed, the broker redelivers
+
+    def _bound(self, message: blocking_message.Message, channel: AsyncChannel) -> Message:
+        return Message(message.id, message.body, message.attempt, message.meta,
+                       consumer=self, channel=channel)
+
+    async def fetch(self, timeout: float | None = None) -> Message | None:
+        """One message; waits until one comes, or returns None after ``timeout`` seconds.
+
+        Messages already on their way (requested by a stream left early, or by
+        a fetch that was cancelled) come first; only when none are does it ask
+        the broker for one.
+        """
+        channel = await self.channel()
+        fetches = self._fetches
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        asked = False
+        while True:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            if not asked and not fetches.owed and not channel.pending():
+                channel.send(fetches.fetch(1, None if left is None else int(left * 1000)))
+                asked = True
+            if asked:
+                frame = await channel.read()  # our FETCH ends with a message or QUEUE_EMPTY
+            elif (frame := await channel.read(left)) is None:
+                return None  # what an earlier FETCH still owes did not come in time
+            message = fetches.received(frame)
+            if message is not None:
+                return self._bound(message, channel)
+            if asked and not fetches.owed:
+                return None  # QUEUE_EMPTY: nothing came within the long poll
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Message:
+        """The next message of the stream, keeping up to ``prefetch`` requested ahead."""
+        while True:
+            channel = await self.channel()  # reconnects if the consumer was closed meanwhile
+            fetches = self._fetches
+            if (more := fetches.top_up(self.prefetch)) is not None:
+                channel.send(more)
+            message = fetches.received(await channel.read())
+            if message is not None:
+                return self._bound(message, channel)
+
+    async def _channel_of(self, message: blocking_message.Message | int) -> AsyncChannel:
+        if isinstance(message, Message):
+            if message.channel.closed:
+                raise ConnectionLost(f"the connection message {message.id} came on is closed; "
+                                     "the broker redelivers it")
+            return message.channel
+        return await self.channel()
+
+    async def ack(self, message: blocking_message.Message | int) -> None:
+        """Done with the message.  The ack is written at the end of this turn of the event
+        loop, in one write with the acks made in the same turn; close() sends what is left."""
+        channel = await self._channel_of(message)
+        channel.send_soon(Ack((message if isinstance(message, int) else message.id,)))
+
+    async def ack_many(self, messages: Iterable[blocking_message.Message | int]) -> None:
+        """Ack several messages in as few frames as fit in a header."""
+        by_channel: dict[AsyncChannel, list[blocking_message.Message | int]] = {}
+        for message in messages:
+            by_channel.setdefault(await self._channel_of(message), []).append(message)
+        for channel, batch in by_channel.items():
+            channel.send_all(ack_frames(batch))
+
+    async def nack(self, message: blocking_message.Message | int, *,
+                   delay: float | None = None, reason: str | None = None) -> None:
+        """Give the message back: redelivered at once, or after ``delay`` seconds."""
+        channel = await self._channel_of(message)
+        channel.send(nack_frame(message, delay, reason))
