@@ -16,7 +16,7 @@ from typing import Any, Final
 import pytest
 
 from bbmq import protocol as p
-from bbmq.client import BrokerError, ConnectionLost, Consumer, Message, Producer, PublishError
+from bbmq.client import BrokerError, ConnectionLost, Consumer, Message, PublishError
 from bbmq.client.channel import Channel
 from bbmq.client.consuming import FetchQueue, ack_frames
 from bbmq.client.publishing import MsgIds, PublishJob, PublishWindow, publish_frames
