@@ -43,11 +43,20 @@ class Message(blocking_message.Message):
 
     async def ack(self) -> None:
         """Done with the message: it will not be delivered again (to this group)."""
-        await self.consumer.ack(self)
+        _open(self).send_soon(Ack((self.id,)))
 
     async def nack(self, *, delay: float | None = None, reason: str | None = None) -> None:
         """Give the message back: redelivered at once, or after ``delay`` seconds."""
         await self.consumer.nack(self, delay=delay, reason=reason)
+
+
+def _open(message: Message) -> AsyncChannel:
+    """The connection ``message`` came on, where it is settled; ConnectionLost if closed."""
+    channel = message.channel
+    if channel.closed:
+        raise ConnectionLost(f"the connection message {message.id} came on is closed; the "
+                             "broker redelivers it")
+    return channel
 
 
 class Consumer(AsyncClient):
@@ -112,7 +121,9 @@ class Consumer(AsyncClient):
     async def __anext__(self) -> Message:
         """The next message of the stream, keeping up to ``prefetch`` requested ahead."""
         while True:
-            channel = await self.channel()  # reconnects if the consumer was closed meanwhile
+            channel = self._channel
+            if channel is None or channel.closed:
+                channel = await self.channel()  # (re)connects: closed between two messages
             fetches = self._fetches
             if (more := fetches.top_up(self.prefetch)) is not None:
                 channel.send(more)
@@ -121,12 +132,7 @@ class Consumer(AsyncClient):
                 return self._bound(message, channel)
 
     async def _channel_of(self, message: blocking_message.Message | int) -> AsyncChannel:
-        if isinstance(message, Message):
-            if message.channel.closed:
-                raise ConnectionLost(f"the connection message {message.id} came on is closed; "
-                                     "the broker redelivers it")
-            return message.channel
-        return await self.channel()
+        return _open(message) if isinstance(message, Message) else await self.channel()
 
     async def ack(self, message: blocking_message.Message | int) -> None:
         """Done with the message.  The ack is written at the end of this turn of the event
