@@ -9,12 +9,13 @@ import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, Final
 
 import pytest
 
 from bbmq import aio
-from bbmq.testing import BrokerController, wait_for
+from bbmq.testing import BrokerController, BrokerProcess, wait_for
 
 #: How many turns of the event loop a cancelled task gets before its cancel, cycled
 #: through so the cancel lands at every step: before it runs, in the connect, the
@@ -194,3 +195,91 @@ def test_publishes_cancelled_at_every_step_leave_the_connection_usable_or_closed
         assert maybe, "no cancel landed inside the publish"
 
     asyncio.run(scenario())
+
+
+def test_run_acks_on_success_and_retries_failures(broker: BrokerController) -> None:
+    bodies = [b"ok-%d" % i for i in range(10)] + [b"flaky"]
+
+    async def scenario() -> None:
+        async with aio.Producer("work", port=broker.port) as producer:
+            await producer.publish_many(bodies)
+        done: list[bytes] = []
+        failures: list[int] = []
+        finished = asyncio.Event()
+
+        async def handler(message: aio.Message) -> None:
+            if message.body == b"flaky" and not failures:
+                failures.append(message.attempt)
+                raise RuntimeError("first try fails")
+            done.append(message.body)
+            if len(done) == len(bodies):
+                finished.set()
+
+        async with aio.Consumer("work", port=broker.port) as consumer:
+            running = asyncio.create_task(consumer.run(handler, concurrency=3, backoff=0.05))
+            await asyncio.wait_for(finished.wait(), 30)
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+            assert sorted(done) == sorted(bodies) and failures == [1]
+            assert await consumer.fetch(timeout=0.3) is None  # everything was acked
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_run_lets_the_handlers_in_hand_settle(broker: BrokerController) -> None:
+    """Cancelling run() takes no more messages, and the handler already running finishes
+    and acks: nothing it did is redelivered, the rest stays for the next consumer."""
+    async def scenario() -> None:
+        async with aio.Producer("calm", port=broker.port) as producer:
+            ids = await producer.publish_many([b"a", b"b", b"c"])
+        started = asyncio.Event()
+        release = asyncio.Event()
+        handled: list[int] = []
+
+        async def handler(message: aio.Message) -> None:
+            started.set()
+            await release.wait()
+            handled.append(message.id)
+
+        async with aio.Consumer("calm", port=broker.port, prefetch=1) as consumer:
+            running = asyncio.create_task(consumer.run(handler, concurrency=1))
+            await asyncio.wait_for(started.wait(), 10)
+            running.cancel()
+            await asyncio.sleep(0)  # the cancel reaches run(), which waits for its handler
+            assert not running.done()
+            release.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+        assert handled == ids[:1]
+        assert sorted(await _drain(broker.port, "calm")) == ids[1:]  # first acked, not lost
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_run_and_a_producer_come_back_after_a_broker_restart(tmp_path: Path) -> None:
+    async def scenario(broker: BrokerProcess) -> None:
+        done: list[bytes] = []
+
+        async def handler(message: aio.Message) -> None:
+            done.append(message.body)
+
+        consumer = aio.Consumer("steady", port=broker.port)
+        running = asyncio.create_task(consumer.run(handler))
+        producer = aio.Producer("steady", port=broker.port, retry_for=30)
+        await producer.publish(b"before")
+        await _eventually(lambda: done == [b"before"], "the message before the restart")
+        assert await asyncio.to_thread(broker.stop) == 0
+        await asyncio.to_thread(broker.start)
+        await producer.publish(b"after")  # the same producer: reconnects, resends
+        await _eventually(lambda: b"after" in done, "the message after the restart", 20)
+        assert set(done) == {b"before", b"after"}  # "before" twice if its ack met the stop
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await producer.close()
+        await consumer.close()
+
+    with BrokerProcess(tmp_path / "data") as broker:
+        asyncio.run(scenario(broker))

@@ -11,8 +11,9 @@ when the consumer closes is redelivered by the broker.
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Self
 
@@ -20,9 +21,19 @@ from bbmq.aio.base import AsyncClient
 from bbmq.aio.channel import AsyncChannel
 from bbmq.client import message as blocking_message
 from bbmq.client.arguments import checked_name
-from bbmq.client.consuming import FetchQueue, ack_frames, nack_frame
-from bbmq.client.errors import ConnectionLost
+from bbmq.client.consuming import (
+    FetchQueue,
+    ack_frames,
+    log_handler_failure,
+    nack_frame,
+    retry_delay,
+)
+from bbmq.client.errors import BrokerError, ConnectionLost
+from bbmq.client.retry import Backoff, comes_back
+from bbmq.defaults import DLQ_SUFFIX
 from bbmq.protocol import Ack, ClientSubscriber, TypedFrame
+
+log = logging.getLogger("bbmq.client")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,9 +73,9 @@ def _open(message: Message) -> AsyncChannel:
 class Consumer(AsyncClient):
     """Consumes one topic as a member of ``group`` (consumers of a group share its messages).
 
-    ``await fetch(timeout=...)`` for one message, or ``async for message in
-    consumer`` for a stream with ``prefetch`` messages requested ahead; they can
-    follow one another, as with the blocking Consumer.
+    ``await fetch(timeout=...)`` for one message, ``async for message in
+    consumer`` for a stream with ``prefetch`` messages requested ahead (they can
+    follow one another, as with the blocking Consumer), or ``await run(handler)``.
     """
 
     def __init__(self, topic: str, group: str = "default", host: str | None = None,
@@ -153,3 +164,68 @@ class Consumer(AsyncClient):
         """Give the message back: redelivered at once, or after ``delay`` seconds."""
         channel = await self._channel_of(message)
         channel.send(nack_frame(message, delay, reason))
+
+    async def run(self, handler: Callable[[Message], Awaitable[object]], *,
+                  concurrency: int | None = None, backoff: float = 1.0,
+                  max_backoff: float = 60.0) -> None:
+        """Process messages with up to ``concurrency`` (default: prefetch) handlers at once,
+        until the task running this is cancelled.
+
+        As the blocking ``run``: a message is acked when ``handler`` returns and
+        nacked when it raises, to come back after ``backoff * 2**(attempt-1)``
+        seconds (at most ``max_backoff``); a lost connection is re-established
+        with backoff, and what was in flight on it is redelivered.  Cancelled,
+        it takes no more messages and waits for the handlers running to settle
+        theirs; cancelled again meanwhile, it cancels them (their messages are
+        redelivered).
+        """
+        slots = asyncio.Semaphore(concurrency or self.prefetch)
+        running: set[asyncio.Task[None]] = set()
+        reconnect = Backoff.reconnect(max_backoff)
+
+        async def process(message: Message) -> None:
+            try:
+                await handler(message)
+            except Exception as error:
+                delay = retry_delay(message.attempt, backoff, max_backoff)
+                log_handler_failure(message, error, delay, self.server_info.get(
+                    "max_attempts", 0), self.topic + DLQ_SUFFIX)
+                await _settle(message.nack(delay=delay, reason=type(error).__name__))
+            else:
+                await _settle(message.ack())
+            finally:
+                slots.release()
+
+        try:
+            while True:
+                await slots.acquire()
+                try:
+                    message = await self.__anext__()
+                except BrokerError as error:
+                    slots.release()
+                    if not comes_back(error):
+                        raise
+                    if self._channel is not None:
+                        self._channel.close()
+                    pause = reconnect.next()
+                    log.warning("consumer of %s/%s: %s; reconnecting in %.1f s",
+                                self.topic, self.group, error, pause)
+                    await asyncio.sleep(pause)
+                    continue
+                except BaseException:
+                    slots.release()
+                    raise
+                reconnect.reset()
+                task = asyncio.create_task(process(message))
+                running.add(task)
+                task.add_done_callback(running.discard)
+        finally:
+            if running:  # cancelled (or failed): let the handlers in hand settle theirs
+                await asyncio.gather(*running, return_exceptions=True)
+
+
+async def _settle(settling: Awaitable[None]) -> None:
+    try:
+        await settling
+    except ConnectionLost as error:
+        log.warning("could not settle a message (%s); it will be redelivered", error)
