@@ -15,6 +15,8 @@ from typing import Any, Final
 import pytest
 
 from bbmq import aio
+from bbmq import protocol as p
+from bbmq.aio.channel import AsyncChannel
 from bbmq.testing import BrokerController, BrokerProcess, wait_for
 
 #: How many turns of the event loop a cancelled task gets before its cancel, cycled
@@ -283,3 +285,25 @@ def test_run_and_a_producer_come_back_after_a_broker_restart(tmp_path: Path) -> 
 
     with BrokerProcess(tmp_path / "data") as broker:
         asyncio.run(scenario(broker))
+
+
+def test_the_channel_hands_out_the_frames_before_a_broken_one_then_fails() -> None:
+    """As the blocking channel: a broker that breaks the stream (garbage after two PONGs)
+    costs the connection, not the frames that came before the break, nor a hang."""
+    async def scenario() -> None:
+        async def answer(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(p.Pong().encode() + p.Pong().encode() + b"NOT A FRAME\r\n")
+            await writer.drain()
+
+        server = await asyncio.start_server(answer, "127.0.0.1", 0)
+        async with server:
+            port = server.sockets[0].getsockname()[1]
+            channel = await AsyncChannel.open("127.0.0.1", port, timeout=5, tls=False,
+                                              ca_file=None)
+            assert await channel.read(5) == p.Pong()
+            assert await channel.read(5) == p.Pong()
+            with pytest.raises(aio.ConnectionLost, match="invalid frame"):
+                await channel.read(5)
+            assert channel.closed
+
+    asyncio.run(scenario())

@@ -1,27 +1,28 @@
-"""One asyncio connection to the broker: a stream (TLS or not) under a sans-IO
+"""One asyncio connection to the broker: a transport (TLS or not) under a sans-IO
 :class:`~bbmq.protocol.ClientConnection`.
 
 The asyncio twin of bbmq/client/channel.py, and the only module of
 :mod:`bbmq.aio` that touches a socket.  The connection object does all
 encoding, decoding and state keeping; this module moves its bytes.
 
-Cancellation-safe by construction: bytes read are turned into frames in the
-same step (no ``await`` between a read and the decoding), and frames wait in
-``_events`` until a caller takes one synchronously.  A task cancelled while it
-waits leaves every frame that came for the next read.
+An ``asyncio.Protocol`` rather than streams: the bytes the loop reads go
+straight into the connection, and its frames into ``_events``, in the loop's
+own callback (no copy into a stream buffer, no task step per read).  That is
+also what makes it cancellation-safe by construction: no frame ever waits in
+a task, so a task cancelled while it waits leaves every frame that came for
+the next read.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
-from bbmq.client.channel import READ_BYTES, SOON_MAX_FRAMES
+from bbmq.client.channel import SOON_MAX_FRAMES
 from bbmq.client.errors import BrokerError, ConnectionLost
 from bbmq.protocol import (
     NEED_DATA,
@@ -37,6 +38,39 @@ from bbmq.protocol import (
 )
 
 
+class _Transport(asyncio.Protocol):
+    """The loop's callbacks for one connection, handed straight to its channel."""
+
+    def __init__(self) -> None:
+        self.channel: AsyncChannel | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast("asyncio.Transport", transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.channel is not None:
+            self.channel._receive(data)
+
+    def eof_received(self) -> bool:
+        if self.channel is not None:
+            self.channel._lost("the broker closed the connection")
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.channel is not None:
+            self.channel._lost(f"connection to broker failed: {exc}" if exc else
+                               "the broker closed the connection")
+
+    def pause_writing(self) -> None:
+        if self.channel is not None:
+            self.channel._writable = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        if self.channel is not None:
+            self.channel._wake_writers()
+
+
 class AsyncChannel:
     """One framed asyncio connection to the broker (one per client object).
 
@@ -45,16 +79,20 @@ class AsyncChannel:
     buffer, so frames never interleave).
     """
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 address: tuple[str, int]) -> None:
+    def __init__(self, transport: asyncio.Transport, address: tuple[str, int]) -> None:
         self.address = address
-        self._reader = reader
-        self._writer = writer
+        self._transport = transport
         self.connection = ClientConnection()
         #: Frames received and checked, not yet read.
         self._events: deque[TypedFrame] = deque()
         #: Why the stream broke, once the frames before the break have been read.
         self._broken: ProtocolError | None = None
+        #: Why the connection ended, once the frames before the end have been read.
+        self._ended: str | None = None
+        #: The reader waiting for frames, woken when some come or the connection ends.
+        self._waiter: asyncio.Future[None] | None = None
+        #: Set while the transport's buffer is over its high-water mark (see drain).
+        self._writable: asyncio.Future[None] | None = None
         #: Encoded frames that wait for the end of this turn of the loop (see send_soon).
         self._soon: list[bytes] = []
         self._flush_scheduled = False
@@ -68,21 +106,24 @@ class AsyncChannel:
         if tls:
             context = tls if isinstance(tls, ssl.SSLContext) else ssl.create_default_context(
                 cafile=ca_file)
+        loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(
-                    host, port, ssl=context, server_hostname=host if context else None,
-                    limit=READ_BYTES)
+                transport, callbacks = await loop.create_connection(
+                    _Transport, host, port, ssl=context,
+                    server_hostname=host if context else None)
         except ssl.SSLError as error:
             raise ConnectionLost(f"TLS with {host}:{port} failed: {error}; check that the "
                                  "broker serves TLS and that ca_file names its CA") from None
         except (OSError, TimeoutError) as error:
             raise ConnectionLost(f"cannot connect to {host}:{port}: {error or 'timed out'}; "
                                  "is the broker running ('bbmq server status')?") from None
-        sock = writer.get_extra_info("socket")
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(reader, writer, (host, port))
+        channel = cls(transport, (host, port))
+        callbacks.channel = channel
+        return channel
 
     # ------------------------------------------------------------------ sending
 
@@ -99,7 +140,7 @@ class AsyncChannel:
             self._refuse_after_goodbye()
             raise
         self._soon.clear()
-        self._write(data)
+        self._transport.write(data)
 
     def send_soon(self, frame: TypedFrame) -> None:
         """Write ``frame`` at the end of this turn of the event loop, in one write with the
@@ -118,42 +159,59 @@ class AsyncChannel:
 
     def _flush_later(self) -> None:
         self._flush_scheduled = False
-        with contextlib.suppress(ConnectionLost):  # its user hears of it at the next call
-            self.flush()
+        self.flush()
 
     def flush(self) -> None:
         """Write what ``send_soon`` holds, now."""
         if self._soon and not self.closed:
             data = b"".join(self._soon)
             self._soon.clear()
-            self._write(data)
+            self._transport.write(data)
 
     async def drain(self) -> None:
         """Wait while the transport's buffer is over its high-water mark (a slow broker)."""
-        try:
-            await self._writer.drain()
-        except OSError as error:
-            self.close()
-            raise ConnectionLost(f"send to {self.address[0]}:{self.address[1]} failed: "
-                                 f"{error}") from None
+        while self._writable is not None and not self.closed:
+            await self._writable  # a lost connection wakes it: the next read says so
+
+    def _wake_writers(self) -> None:
+        writable, self._writable = self._writable, None
+        if writable is not None and not writable.done():
+            writable.set_result(None)
 
     def _check_open(self) -> None:
-        if self.closed:
-            raise ConnectionLost("connection already closed")
+        if self.closed or self._ended is not None:
+            raise ConnectionLost(self._ended or "connection already closed")
 
     def _refuse_after_goodbye(self) -> None:
         """A frame refused because the connection is closing fails as on a closed socket."""
         if self.closed or self.connection.state in (State.CLOSING, State.CLOSED):
             raise ConnectionLost("the connection is closing") from None
 
-    def _write(self, data: bytes) -> None:
-        if self._writer.is_closing():
-            self.close()
-            raise ConnectionLost(f"send to {self.address[0]}:{self.address[1]} failed: "
-                                 "the connection is closed")
-        self._writer.write(data)
-
     # ------------------------------------------------------------------ reading
+
+    def _receive(self, data: bytes) -> None:
+        """Take ``data`` into the connection and every event it completes into ``_events``
+        (the loop's callback: no task is involved, so no cancel can come between)."""
+        connection = self.connection
+        connection.receive_data(data)
+        events = cast("Iterator[TypedFrame]", iter(connection.next_event, NEED_DATA))
+        try:
+            self._events.extend(events)
+        except ProtocolError as error:
+            self._broken = error
+            self._transport.close()
+        self._wake_reader()
+
+    def _lost(self, why: str) -> None:
+        if self._ended is None:
+            self._ended = why
+        self._wake_reader()
+        self._wake_writers()
+
+    def _wake_reader(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def pending(self) -> bool:
         """A whole frame is already received (reading it will not wait)."""
@@ -175,37 +233,32 @@ class AsyncChannel:
         return []
 
     async def _wait(self, timeout: float | None) -> bool:
-        """Read until a whole frame is in; False when ``timeout`` passes first."""
+        """Wait until a whole frame is in; False when ``timeout`` passes first."""
         self.flush()  # about to wait on the broker: nothing of ours should wait too
+        if timeout is None:
+            while not self._events:
+                await self._next_data()
+            return True
         try:
             async with asyncio.timeout(timeout):
                 while not self._events:
-                    await self._read_more()
+                    await self._next_data()
         except TimeoutError:
-            return False
+            return bool(self._events)
         return True
 
-    async def _read_more(self) -> None:
+    async def _next_data(self) -> None:
         if self._broken is not None:
             self.close()
             raise ConnectionLost(f"broker sent an invalid frame: {self._broken.text}")
-        if self.closed:
-            raise ConnectionLost("connection already closed")
-        try:
-            data = await self._reader.read(READ_BYTES)
-        except OSError as error:
+        if self._ended is not None or self.closed:
             self.close()
-            raise ConnectionLost(f"connection to broker failed: {error}") from None
-        if not data:
-            self.close()
-            raise ConnectionLost("the broker closed the connection")
-        connection = self.connection
-        connection.receive_data(data)
-        events = cast("Iterator[TypedFrame]", iter(connection.next_event, NEED_DATA))
+            raise ConnectionLost(self._ended or "connection already closed")
+        self._waiter = asyncio.get_running_loop().create_future()
         try:
-            self._events.extend(events)
-        except ProtocolError as error:
-            self._broken = error
+            await self._waiter
+        finally:
+            self._waiter = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -243,4 +296,5 @@ class AsyncChannel:
         if not self.closed:
             self.closed = True
             self._soon.clear()
-            self._writer.close()
+            self._transport.close()
+            self._wake_writers()
