@@ -322,7 +322,19 @@ def test_the_package_ships_py_typed(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()", "-q",
                     "build_py", "--build-lib", str(tmp_path / "installed")], cwd=source,
                    check=True, capture_output=True, timeout=120)
-    package = tmp_path / "installed" / "bbmq" / "client"
-    assert (package / "py.typed").is_file()
-    assert (package / "__init__.py").is_file()
+    for name in ("client", "aio"):  # the blocking client and the asyncio one
+        package = tmp_path / "installed" / "bbmq" / name
+        assert (package / "py.typed").is_file()
+        assert (package / "__init__.py").is_file()
     assert not (tmp_path / "installed" / "bbmq" / "client.py").exists()
+
+
+def test_an_unreachable_broker_is_a_connection_lost_that_says_what_to_check(
+        clients: Flavour) -> None:
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # bound, not listening: connections are refused
+        with pytest.raises(ConnectionLost, match="is the broker running"):
+            clients.Consumer("nowhere", port=port).connect()
+        with pytest.raises(ConnectionLost, match="is the broker running"):
+            clients.Producer("nowhere", port=port, retry_for=0).publish(b"lost")
