@@ -97,7 +97,7 @@ def test_the_fetch_queue_counts_against_the_oldest_open_fetch() -> None:
     fetches = FetchQueue()
     assert fetches.top_up(4) == p.Fetch(4)
     assert fetches.top_up(4) is None
-    delivered = p.Message(5, 1, b"x", {"from": "me"})
+    delivered = p.Message(5, 1, b"x", "me")
     assert fetches.received(delivered) == Message(5, b"x", 1, {"from": "me"})
     assert fetches.top_up(4) is None  # 3 on their way: more than half of 4
     fetches.received(delivered)
@@ -328,13 +328,3 @@ def test_the_package_ships_py_typed(tmp_path: Path) -> None:
         assert (package / "__init__.py").is_file()
     assert not (tmp_path / "installed" / "bbmq" / "client.py").exists()
 
-
-def test_an_unreachable_broker_is_a_connection_lost_that_says_what_to_check(
-        clients: Flavour) -> None:
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]  # bound, not listening: connections are refused
-        with pytest.raises(ConnectionLost, match="is the broker running"):
-            clients.Consumer("nowhere", port=port).connect()
-        with pytest.raises(ConnectionLost, match="is the broker running"):
-            clients.Producer("nowhere", port=port, retry_for=0).publish(b"lost")

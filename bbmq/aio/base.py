@@ -15,6 +15,8 @@ from typing import Any, Self
 
 from bbmq.aio.channel import AsyncChannel
 from bbmq.client.arguments import default_address
+from bbmq.client.errors import BrokerError
+from bbmq.client.retry import comes_back, first_connect_failed
 from bbmq.protocol import TypedFrame
 
 
@@ -34,6 +36,9 @@ class AsyncClient:
         self.timeout = timeout
         self.server_info: dict[str, Any] = {}
         self._channel: AsyncChannel | None = None
+        #: A handshake has succeeded once: a connection that fails from now on was lost
+        #: (worth retrying), while one that never opened is the caller's to hear of at once.
+        self.was_connected = False
         #: One connect at a time: tasks sharing a client wait for the same connection.
         self._connecting = asyncio.Lock()
 
@@ -44,6 +49,11 @@ class AsyncClient:
 
     def _handshake_frame(self) -> TypedFrame:
         raise NotImplementedError
+
+    def _gives_up(self, error: BrokerError) -> bool:
+        """``error`` is not for retrying: it does not pass, or the broker was never reached."""
+        return not comes_back(error) or first_connect_failed(
+            error, was_connected=self.was_connected)
 
     def _connected(self) -> None:
         """A new connection is up: whatever state belonged to the old one is void."""
@@ -65,6 +75,7 @@ class AsyncClient:
                 self.server_info = await channel.handshake(self._handshake_frame(),
                                                            self.timeout)
                 self._channel = channel
+                self.was_connected = True
                 self._connected()
             return self._channel
 

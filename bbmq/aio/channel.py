@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, cast
 
 from bbmq.client.channel import SOON_MAX_FRAMES
-from bbmq.client.errors import BrokerError, ConnectionLost
+from bbmq.client.errors import BrokerError, CannotConnect, ConnectionLost
 from bbmq.protocol import (
     NEED_DATA,
     ClientConnection,
@@ -113,11 +113,12 @@ class AsyncChannel:
                     _Transport, host, port, ssl=context,
                     server_hostname=host if context else None)
         except ssl.SSLError as error:
-            raise ConnectionLost(f"TLS with {host}:{port} failed: {error}; check that the "
-                                 "broker serves TLS and that ca_file names its CA") from None
+            raise CannotConnect(f"TLS with {host}:{port} failed: {error}; check that the "
+                                "broker serves TLS and that ca_file names its CA") from None
         except (OSError, TimeoutError) as error:
-            raise ConnectionLost(f"cannot connect to {host}:{port}: {error or 'timed out'}; "
-                                 "is the broker running ('bbmq server status')?") from None
+            raise CannotConnect(f"cannot connect to {host}:{port}: {error or 'timed out'}; is "
+                                "a broker running there ('bbmq server status' on its "
+                                "machine)?") from None
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -15,7 +15,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Self
+from typing import Any, Self, TypeVar
 
 from bbmq.aio.base import AsyncClient
 from bbmq.aio.channel import AsyncChannel
@@ -29,11 +29,12 @@ from bbmq.client.consuming import (
     retry_delay,
 )
 from bbmq.client.errors import BrokerError, ConnectionLost
-from bbmq.client.retry import Backoff, comes_back
+from bbmq.client.retry import Backoff
 from bbmq.defaults import DLQ_SUFFIX
 from bbmq.protocol import Ack, ClientSubscriber, TypedFrame
 
 log = logging.getLogger("bbmq.client")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +89,11 @@ class Consumer(AsyncClient):
         self.group = checked_name("group", group)
         self.prefetch = max(1, prefetch)
         self._fetches = FetchQueue()
+        #: run()'s task, and whether stop() may cancel it now (see _stoppable).
+        self._run_task: asyncio.Task[Any] | None = None
+        self._interruptible = False
+        self._stop_requested = False
+        self._stop_cancelled = False
 
     def _handshake_frame(self) -> TypedFrame:
         return ClientSubscriber(self.topic, self.group, self._options())
@@ -169,15 +175,16 @@ class Consumer(AsyncClient):
                   concurrency: int | None = None, backoff: float = 1.0,
                   max_backoff: float = 60.0) -> None:
         """Process messages with up to ``concurrency`` (default: prefetch) handlers at once,
-        until the task running this is cancelled.
+        until :meth:`stop` is called or the task running this is cancelled.
 
         As the blocking ``run``: a message is acked when ``handler`` returns and
         nacked when it raises, to come back after ``backoff * 2**(attempt-1)``
         seconds (at most ``max_backoff``); a lost connection is re-established
-        with backoff, and what was in flight on it is redelivered.  Cancelled,
-        it takes no more messages and waits for the handlers running to settle
-        theirs; cancelled again meanwhile, it cancels them (their messages are
-        redelivered).
+        with backoff, and what was in flight on it is redelivered; when the
+        broker cannot be reached at all on the first attempt, CannotConnect is
+        raised at once.  Stopped or cancelled, it takes no more messages and
+        waits for the handlers running to settle theirs; cancelled again
+        meanwhile, it cancels them (their messages are redelivered).
         """
         slots = asyncio.Semaphore(concurrency or self.prefetch)
         running: set[asyncio.Task[None]] = set()
@@ -196,32 +203,78 @@ class Consumer(AsyncClient):
             finally:
                 slots.release()
 
+        self._stop_requested = False
+        self._run_task = asyncio.current_task()
         try:
-            while True:
-                await slots.acquire()
+            while not self._stop_requested:
                 try:
-                    message = await self.__anext__()
+                    message = await self._next_for_run(slots)
                 except BrokerError as error:
-                    slots.release()
-                    if not comes_back(error):
+                    if self._gives_up(error):
                         raise
                     if self._channel is not None:
                         self._channel.close()
                     pause = reconnect.next()
                     log.warning("consumer of %s/%s: %s; reconnecting in %.1f s",
                                 self.topic, self.group, error, pause)
-                    await asyncio.sleep(pause)
+                    await self._stoppable(asyncio.sleep(pause))
                     continue
-                except BaseException:
-                    slots.release()
-                    raise
+                if message is None:
+                    break  # stop() came while it waited
                 reconnect.reset()
                 task = asyncio.create_task(process(message))
                 running.add(task)
                 task.add_done_callback(running.discard)
         finally:
-            if running:  # cancelled (or failed): let the handlers in hand settle theirs
+            self._run_task = None
+            if running:  # stopped, cancelled or failed: the handlers in hand settle theirs
                 await asyncio.gather(*running, return_exceptions=True)
+            if self._channel is not None:
+                self._channel.flush()  # the acks of the last handlers
+
+    async def _next_for_run(self, slots: asyncio.Semaphore) -> Message | None:
+        """The next message for a free handler slot; None once stop() is called."""
+        if not await self._stoppable(slots.acquire()):
+            return None
+        try:
+            message: Message | None = await self._stoppable(self.__anext__())
+        except BaseException:
+            slots.release()
+            raise
+        if message is None:
+            slots.release()
+        return message
+
+    async def _stoppable(self, waiting: Awaitable[T]) -> T | None:
+        """``await waiting``, or None when stop() interrupts it.  stop() cancels run()'s task
+        only while it is in here, where a cancel loses nothing (the stream keeps what
+        came); any other cancel goes on as a cancel."""
+        self._interruptible = True
+        try:
+            return await waiting
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._stop_cancelled and task is not None and task.uncancel() == 0:
+                return None
+            raise
+        finally:
+            self._interruptible = False
+            self._stop_cancelled = False
+
+    def stop(self) -> None:
+        """End :meth:`run`: it takes no more messages, lets the handlers running now finish
+        (and acks or nacks what they did), and returns.
+
+        Call it on the event loop's thread (a handler, a signal handler added with
+        ``loop.add_signal_handler``; from another thread, through
+        ``loop.call_soon_threadsafe``).  The messages requested but not handed to a
+        handler stay buffered for the next fetch, or are redelivered once the
+        consumer is closed.
+        """
+        self._stop_requested = True
+        if self._run_task is not None and self._interruptible and not self._stop_cancelled:
+            self._stop_cancelled = True
+            self._run_task.cancel()
 
 
 async def _settle(settling: Awaitable[None]) -> None:

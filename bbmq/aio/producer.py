@@ -25,7 +25,6 @@ from bbmq.aio.channel import AsyncChannel
 from bbmq.client.arguments import checked_name
 from bbmq.client.errors import BrokerError, ConnectionLost, PublishError
 from bbmq.client.publishing import MsgIds, PublishJob, PublishWindow, publish_frames
-from bbmq.client.retry import comes_back
 from bbmq.protocol import ClientPublisher, TypedFrame
 
 log = logging.getLogger("bbmq.client")
@@ -33,7 +32,9 @@ log = logging.getLogger("bbmq.client")
 
 class Producer(AsyncClient):
     """Publishes to one topic.  ``publish`` waits for the broker's ack; ``publish_many``
-    pipelines.  ``retry_for``: how long a publish keeps trying before it raises."""
+    pipelines.  ``retry_for``: how long a publish keeps trying before it raises (for a
+    broker that worked and went away: when the very first connection cannot be opened,
+    CannotConnect is raised at once, naming the address)."""
 
     def __init__(self, topic: str, host: str | None = None, port: int | None = None, *,
                  name: str | None = None, token: str | None = None,
@@ -76,7 +77,7 @@ class Producer(AsyncClient):
                 try:
                     await self._pipeline(publish_pass)
                 except BrokerError as error:
-                    if isinstance(error, PublishError) or not comes_back(error):
+                    if isinstance(error, PublishError) or self._gives_up(error):
                         raise
                     if self._channel is not None:
                         self._channel.close()
