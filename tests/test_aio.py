@@ -334,3 +334,33 @@ def test_stop_ends_run_after_the_handlers_in_hand_and_loses_nothing(
         assert await _drain(broker.port, "halt") == {}
 
     asyncio.run(scenario())
+
+
+def test_a_stream_of_buffered_messages_lets_other_tasks_run(broker: BrokerController) -> None:
+    """Buffered messages are handed out without waiting on the broker, so without a yield
+    now and then a long stream would hold the event loop for the whole batch."""
+    async def scenario() -> None:
+        async with aio.Producer("fair", port=broker.port) as producer:
+            await producer.publish_many([b"m%d" % i for i in range(60)])
+        async with aio.Consumer("fair", port=broker.port, prefetch=60) as consumer:
+            taken = [await anext(consumer)]
+            channel = consumer._channel
+            assert channel is not None
+            while len(channel._events) < 59:  # the rest of the batch, buffered
+                await channel._next_data()
+            ticks: list[int] = []
+
+            async def ticker() -> None:
+                while True:
+                    ticks.append(len(taken))
+                    await asyncio.sleep(0)
+
+            other = asyncio.create_task(ticker())
+            await asyncio.sleep(0)  # the ticker starts
+            while len(taken) < 60:
+                taken.append(await anext(consumer))
+            other.cancel()
+            assert len({m.id for m in taken}) == 60
+            assert any(0 < tick < 60 for tick in ticks[1:]), ticks  # it ran mid-stream
+
+    asyncio.run(scenario())

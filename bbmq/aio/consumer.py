@@ -15,7 +15,7 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Self, TypeVar
+from typing import Any, Final, Self, TypeVar
 
 from bbmq.aio.base import AsyncClient
 from bbmq.aio.channel import AsyncChannel
@@ -35,6 +35,12 @@ from bbmq.protocol import Ack, ClientSubscriber, TypedFrame
 
 log = logging.getLogger("bbmq.client")
 T = TypeVar("T")
+
+#: A stream lets the event loop run once per this many messages.  A batch of buffered
+#: messages is otherwise handed out without a single yield: the application's other tasks
+#: would wait for the whole batch, and so would the reads that keep the next batch coming
+#: (yielding every 10 raised consume+ack throughput in the bench; every 25, less so).
+YIELD_EVERY: Final = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +95,8 @@ class Consumer(AsyncClient):
         self.group = checked_name("group", group)
         self.prefetch = max(1, prefetch)
         self._fetches = FetchQueue()
+        #: Messages the stream handed out since it last let the loop run (see __anext__).
+        self._handed_since_yield = 0
         #: run()'s task, and whether stop() may cancel it now (see _stoppable).
         self._run_task: asyncio.Task[Any] | None = None
         self._interruptible = False
@@ -137,6 +145,13 @@ class Consumer(AsyncClient):
 
     async def __anext__(self) -> Message:
         """The next message of the stream, keeping up to ``prefetch`` requested ahead."""
+        self._handed_since_yield += 1
+        if self._handed_since_yield >= YIELD_EVERY:
+            # Messages already buffered are handed out without waiting: let the loop run
+            # its other tasks and callbacks now and then (before any is taken: a cancel
+            # here loses nothing).
+            self._handed_since_yield = 0
+            await asyncio.sleep(0)
         while True:
             channel = self._channel
             if channel is None or channel.closed:
