@@ -71,7 +71,7 @@ async def _drain(port: int, topic: str, expected: int = 0) -> dict[int, bytes]:
                 await message.ack()
                 if len(got) == expected:
                     break
-        while (message := await consumer.fetch(timeout=0.5)) is not None:
+        while (message := await consumer.fetch(timeout=0.2)) is not None:
             take(message)
             await message.ack()
     return got
@@ -327,7 +327,7 @@ def test_stop_ends_run_after_the_handlers_in_hand_and_loses_nothing(
             await asyncio.wait_for(consumer.run(handler, concurrency=1), 30)
             assert handled == ids[:5]
             rest = []
-            while (message := await consumer.fetch(timeout=0.5)) is not None:
+            while (message := await consumer.fetch(timeout=0.2)) is not None:
                 rest.append(message.id)
                 await message.ack()
             assert rest == ids[5:]  # each once, none redelivered: nothing lost or repeated
