@@ -4,13 +4,17 @@
 # (see docker-compose.yml and the README), `docker build -t bbmq .` builds it alone.
 # Every setting is a BBMQ_* environment variable (see bbmq/config.py).
 
-FROM python:3.11.14-slim-bookworm
+# The base: the official Python image. Anything with Python >= 3.11 and pip on Debian
+# will do (the container tests build on a debootstrapped one: --build-arg BASE_IMAGE=...).
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
+FROM ${BASE_IMAGE}
+ARG BASE_IMAGE
 
 LABEL org.opencontainers.image.title="bbmq" \
       org.opencontainers.image.description="A small, durable message broker you can read end to end" \
       org.opencontainers.image.version="0.1.0" \
       org.opencontainers.image.licenses="MIT" \
-      org.opencontainers.image.base.name="docker.io/library/python:3.11.14-slim-bookworm"
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
