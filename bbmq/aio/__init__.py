@@ -17,7 +17,13 @@ comes from the blocking client's sans-I/O modules::
 
 from bbmq.aio.consumer import Consumer, Message
 from bbmq.aio.producer import Producer
-from bbmq.client.errors import BrokerError, ConnectionLost, InvalidArgument, PublishError
+from bbmq.client.errors import (
+    BrokerError,
+    CannotConnect,
+    ConnectionLost,
+    InvalidArgument,
+    PublishError,
+)
 
-__all__ = ["BrokerError", "ConnectionLost", "Consumer", "InvalidArgument", "Message",
-           "Producer", "PublishError"]
+__all__ = ["BrokerError", "CannotConnect", "ConnectionLost", "Consumer", "InvalidArgument",
+           "Message", "Producer", "PublishError"]
