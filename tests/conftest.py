@@ -12,6 +12,8 @@ import pytest
 from bbmq import protocol as p
 from bbmq.testing import BrokerController
 
+from .client_flavours import Asyncio, Blocking, Flavour
+
 
 class RawClient:
     """Speaks bytes to the broker so tests can send anything, valid or not."""
@@ -88,3 +90,12 @@ def raw(broker: BrokerController) -> Iterator[RawClient]:
     yield client
     client.close()
 
+
+
+@pytest.fixture(params=["blocking", "asyncio"])
+def clients(request: pytest.FixtureRequest) -> Iterator[Flavour]:
+    """The blocking client, then the asyncio one behind the same (blocking) face: a test
+    that uses ``clients.Producer`` and ``clients.Consumer`` runs against both."""
+    flavour: Flavour = Blocking() if request.param == "blocking" else Asyncio()
+    yield flavour
+    flavour.close()

@@ -163,3 +163,20 @@ def test_the_config_has_one_typed_field_per_setting() -> None:
     assert list(types) == [setting.name for setting in SETTINGS] + ["sources"]
     for setting in SETTINGS:
         assert isinstance(setting.default, types[setting.name]), setting.name
+
+
+#: What bbmq.aio may take from the blocking client: the sans-IO decisions (checked to do
+#: no I/O by tests/test_client.py), and the channel's two tunables of how bytes are
+#: batched, which both transports share.
+AIO_MAY_SHARE: Final = {f"bbmq.client.{name}" for name in (
+    "arguments", "consuming", "errors", "message", "publishing", "retry", "channel")}
+
+
+@pytest.mark.parametrize("module", sorted(name for name in MODULES
+                                          if name.split(".")[:2] == ["bbmq", "aio"]))
+def test_the_asyncio_client_shares_the_decisions_not_the_blocking_calls(module: str) -> None:
+    """bbmq.aio adds the asyncio socket calls and nothing else: a second copy of a decision
+    would drift, and the blocking Producer/Consumer would drag threads into the loop."""
+    taken = {name for name in IMPORTS[module] if name.startswith("bbmq.client")}
+    assert taken <= AIO_MAY_SHARE, f"{module} imports {sorted(taken - AIO_MAY_SHARE)}"
+    assert "bbmq.client" not in IMPORTS[module]  # the package itself loads the blocking clients

@@ -11,18 +11,20 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import pytest
 
 from bbmq import protocol as p
-from bbmq.client import BrokerError, ConnectionLost, Consumer, Message, Producer, PublishError
+from bbmq.client import BrokerError, ConnectionLost, Consumer, Message, PublishError
 from bbmq.client.channel import Channel
 from bbmq.client.consuming import FetchQueue, ack_frames
 from bbmq.client.publishing import MsgIds, PublishJob, PublishWindow, publish_frames
 from bbmq.client.retry import Backoff, comes_back
 from bbmq.protocol import ErrorCode
 from bbmq.testing import BrokerController, wait_for
+
+from .client_flavours import Blocking, Flavour
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -178,12 +180,12 @@ def test_the_channel_hands_out_the_frames_before_a_broken_one_then_fails() -> No
 # --------------------------------------------------------------------------- against a broker
 
 
-def _publish(broker: BrokerController, topic: str, count: int) -> list[int]:
-    with Producer(topic, port=broker.port) as producer:
+def _publish(clients: Flavour, broker: BrokerController, topic: str, count: int) -> list[int]:
+    with clients.Producer(topic, port=broker.port) as producer:
         return producer.publish_many([b"m%d" % i for i in range(count)])
 
 
-def _stream_until_first(consumer: Consumer) -> Message:
+def _stream_until_first(consumer: Any) -> Message:
     """Leave a ``for`` loop after its first message: the rest it asked for is buffered or
     still on its way."""
     for message in consumer:
@@ -192,9 +194,9 @@ def _stream_until_first(consumer: Consumer) -> Message:
 
 
 def test_fetch_after_leaving_a_stream_early_hands_out_what_it_had_asked_for(
-        broker: BrokerController) -> None:
-    ids = _publish(broker, "leave", 12)
-    with Consumer("leave", port=broker.port, prefetch=8) as consumer:
+        broker: BrokerController, clients: Flavour) -> None:
+    ids = _publish(clients, broker, "leave", 12)
+    with clients.Consumer("leave", port=broker.port, prefetch=8) as consumer:
         first = _stream_until_first(consumer)
         consumer.ack(first)
         got = [first]
@@ -205,13 +207,14 @@ def test_fetch_after_leaving_a_stream_early_hands_out_what_it_had_asked_for(
         assert all(m.attempt == 1 for m in got)
 
 
-def test_fetch_takes_what_the_stream_left_early_is_still_owed(broker: BrokerController) -> None:
+def test_fetch_takes_what_the_stream_left_early_is_still_owed(
+        broker: BrokerController, clients: Flavour) -> None:
     """Messages published after the ``break`` go to the stream's FETCH, still open on the
     broker: fetch() waits for those rather than asking again, and misses none."""
-    first_id = _publish(broker, "owed", 1)[0]
-    with Consumer("owed", port=broker.port, prefetch=8) as consumer:
+    first_id = _publish(clients, broker, "owed", 1)[0]
+    with clients.Consumer("owed", port=broker.port, prefetch=8) as consumer:
         assert _stream_until_first(consumer).id == first_id
-        later = _publish(broker, "owed", 5)
+        later = _publish(clients, broker, "owed", 5)
         got = [consumer.fetch(timeout=5) for _ in later]
         assert [m.id for m in got if m] == later
         assert consumer.fetch(timeout=0.2) is None
@@ -222,9 +225,9 @@ def test_fetch_takes_what_the_stream_left_early_is_still_owed(broker: BrokerCont
 
 
 def test_iterating_again_after_leaving_a_stream_early_goes_on_where_it_left(
-        broker: BrokerController) -> None:
-    ids = _publish(broker, "again", 30)
-    with Consumer("again", port=broker.port, prefetch=10) as consumer:
+        broker: BrokerController, clients: Flavour) -> None:
+    ids = _publish(clients, broker, "again", 30)
+    with clients.Consumer("again", port=broker.port, prefetch=10) as consumer:
         got = [_stream_until_first(consumer)]
         fetched = consumer.fetch(timeout=5)  # fetch between the two loops, too
         assert fetched is not None
@@ -239,13 +242,13 @@ def test_iterating_again_after_leaving_a_stream_early_goes_on_where_it_left(
 
 
 def test_a_stream_left_early_then_closed_is_redelivered_by_the_broker(
-        broker: BrokerController) -> None:
-    ids = _publish(broker, "closed", 6)
-    consumer = Consumer("closed", port=broker.port, prefetch=4).connect()
+        broker: BrokerController, clients: Flavour) -> None:
+    ids = _publish(clients, broker, "closed", 6)
+    consumer = clients.Consumer("closed", port=broker.port, prefetch=4).connect()
     first = _stream_until_first(consumer)
     consumer.ack(first)
     consumer.close()
-    with Consumer("closed", port=broker.port) as second:
+    with clients.Consumer("closed", port=broker.port) as second:
         rest = []
         while (message := second.fetch(timeout=1)) is not None:
             rest.append(message)
@@ -256,7 +259,7 @@ def test_a_stream_left_early_then_closed_is_redelivered_by_the_broker(
 
 def test_run_after_leaving_a_stream_early_processes_what_it_had_asked_for(
         broker: BrokerController) -> None:
-    ids = _publish(broker, "handoff", 20)
+    ids = _publish(Blocking(), broker, "handoff", 20)
     consumer = Consumer("handoff", port=broker.port, prefetch=5).connect()
     first = _stream_until_first(consumer)
     consumer.ack(first)
@@ -277,8 +280,8 @@ def test_run_after_leaving_a_stream_early_processes_what_it_had_asked_for(
     consumer.close()
 
 
-def test_a_producer_waits_out_a_full_broker(tmp_path: Path,
-                                            caplog: pytest.LogCaptureFixture) -> None:
+def test_a_producer_waits_out_a_full_broker(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                            clients: Flavour) -> None:
     """SERVER_BUSY at the handshake is in the shared policy's COME_BACK: a publish retries
     it within retry_for, as Consumer.run does."""
     with BrokerController(data_dir=tmp_path, max_connections=1) as broker:
@@ -286,7 +289,8 @@ def test_a_producer_waits_out_a_full_broker(tmp_path: Path,
         outcome: list[int | BaseException] = []
 
         def publish() -> None:
-            producer = Producer("full", port=broker.port, retry_for=30)  # connects on publish
+            # connects on publish
+            producer = clients.Producer("full", port=broker.port, retry_for=30)
             try:
                 outcome.append(producer.publish(b"waited"))
             except BaseException as error:
@@ -318,7 +322,9 @@ def test_the_package_ships_py_typed(tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()", "-q",
                     "build_py", "--build-lib", str(tmp_path / "installed")], cwd=source,
                    check=True, capture_output=True, timeout=120)
-    package = tmp_path / "installed" / "bbmq" / "client"
-    assert (package / "py.typed").is_file()
-    assert (package / "__init__.py").is_file()
+    for name in ("client", "aio"):  # the blocking client and the asyncio one
+        package = tmp_path / "installed" / "bbmq" / name
+        assert (package / "py.typed").is_file()
+        assert (package / "__init__.py").is_file()
     assert not (tmp_path / "installed" / "bbmq" / "client.py").exists()
+

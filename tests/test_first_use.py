@@ -23,6 +23,7 @@ from bbmq.pidfile import PidFile
 from bbmq.server_status import daemon_status, print_status
 from bbmq.store import StoreUnavailable, open_store
 from bbmq.testing import BrokerController, BrokerProcess, clean_environment, free_port, wait_for
+from tests.client_flavours import Flavour
 from tests.mysql_support import require_mysql
 
 REPO = Path(__file__).resolve().parent.parent
@@ -31,17 +32,19 @@ REPO = Path(__file__).resolve().parent.parent
 # --------------------------------------------------------------------------- 2: fail at once
 
 
-def test_a_producer_that_never_reached_the_broker_fails_at_once_naming_the_address() -> None:
+def test_a_producer_that_never_reached_the_broker_fails_at_once_naming_the_address(
+        clients: Flavour) -> None:
     port = free_port()
     started = time.monotonic()
     with pytest.raises(CannotConnect, match=f"cannot connect to 127.0.0.1:{port}"):
-        Producer("orders", port=port, retry_for=120).publish(b"lost?")
+        clients.Producer("orders", port=port, retry_for=120).publish(b"lost?")
     # Not the retry_for wait: a refused first connection is reported, not retried.
     assert time.monotonic() - started < 60
 
 
-def test_run_on_a_broker_that_is_not_there_raises_instead_of_reconnecting() -> None:
-    consumer = Consumer("orders", port=free_port())
+def test_run_on_a_broker_that_is_not_there_raises_instead_of_reconnecting(
+        clients: Flavour) -> None:
+    consumer = clients.Consumer("orders", port=free_port())
     with pytest.raises(CannotConnect):
         consumer.run(lambda message: None)
 

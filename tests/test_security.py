@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import trustme
 
-from bbmq import BrokerError, Consumer, Producer
+from bbmq import BrokerError
 from bbmq import protocol as p
 from bbmq.auth import Authorizer, Permission
 from bbmq.config import ConfigError, load
 from bbmq.protocol import ErrorCode
 from bbmq.testing import BrokerController
 
+from .client_flavours import Flavour
 from .conftest import RawClient
 
 TOKENS = "pub-key:publish:orders.*,sub-key:subscribe:orders.eu,ops-key:admin+publish:*"
@@ -43,7 +44,8 @@ def test_malformed_token_list_is_refused_at_start() -> None:
         load({"auth_tokens": "k:write:*"}, environ={})
 
 
-def test_wrong_or_missing_token_is_unauthorized_and_closed(tmp_path: Path) -> None:
+def test_wrong_or_missing_token_is_unauthorized_and_closed(
+        tmp_path: Path, clients: Flavour, monkeypatch: pytest.MonkeyPatch) -> None:
     with BrokerController(data_dir=tmp_path, auth_tokens=TOKENS) as broker:
         for options in ({}, {"token": "nope"}, {"token": "sub-key"}):
             raw = RawClient(broker.port)
@@ -52,12 +54,12 @@ def test_wrong_or_missing_token_is_unauthorized_and_closed(tmp_path: Path) -> No
             assert isinstance(error, p.Error) and error.code == ErrorCode.UNAUTHORIZED
             assert raw.closed_by_server()
             raw.close()
-        with Producer("orders.eu", port=broker.port, token="pub-key") as producer:
+        with clients.Producer("orders.eu", port=broker.port, token="pub-key") as producer:
             mid = producer.publish(b"paid")
         with pytest.raises(BrokerError) as info:
-            Consumer("orders.eu", port=broker.port, token="pub-key").connect()
+            clients.Consumer("orders.eu", port=broker.port, token="pub-key").connect()
         assert info.value.code == ErrorCode.UNAUTHORIZED
-        with Consumer("orders.eu", port=broker.port, token="sub-key") as consumer:
+        with clients.Consumer("orders.eu", port=broker.port, token="sub-key") as consumer:
             message = consumer.fetch(timeout=5)
             assert message is not None and message.id == mid
             consumer.ack(message)
@@ -66,6 +68,15 @@ def test_wrong_or_missing_token_is_unauthorized_and_closed(tmp_path: Path) -> No
         admin.send(p.AdminCommand("topics"))
         assert admin.receive() == [p.AdminResult(["orders.eu"])]
         admin.close()
+        # The defaults come from the environment, as for the command line.
+        monkeypatch.setenv("BBMQ_PORT", str(broker.port))
+        monkeypatch.setenv("BBMQ_TOKEN", "sub-key")
+        with clients.Consumer("orders.eu") as consumer:
+            assert consumer.fetch(timeout=0) is None  # authorized: acked above, none left
+        monkeypatch.setenv("BBMQ_TOKEN", "pub-key")
+        with pytest.raises(BrokerError) as info:
+            clients.Consumer("orders.eu").connect()
+        assert info.value.code == ErrorCode.UNAUTHORIZED
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +85,7 @@ def authority() -> trustme.CA:
 
 
 @pytest.mark.slow
-def test_tls_end_to_end(tmp_path: Path, authority: trustme.CA) -> None:
+def test_tls_end_to_end(tmp_path: Path, authority: trustme.CA, clients: Flavour) -> None:
     cert = authority.issue_cert("127.0.0.1", "localhost")
     cert_file, key_file, ca_file = (tmp_path / "cert.pem", tmp_path / "key.pem",
                                     tmp_path / "ca.pem")
@@ -83,17 +94,17 @@ def test_tls_end_to_end(tmp_path: Path, authority: trustme.CA) -> None:
     authority.cert_pem.write_to_path(str(ca_file))
     with BrokerController(data_dir=tmp_path / "data", tls_cert=cert_file,
                           tls_key=key_file) as broker:
-        with Producer("secure", "127.0.0.1", broker.port, tls=True,
+        with clients.Producer("secure", "127.0.0.1", broker.port, tls=True,
                       ca_file=str(ca_file)) as producer:
             mid = producer.publish(b"over tls")
-        with Consumer("secure", host="127.0.0.1", port=broker.port, tls=True,
+        with clients.Consumer("secure", host="127.0.0.1", port=broker.port, tls=True,
                       ca_file=str(ca_file)) as consumer:
             message = consumer.fetch(timeout=5)
             assert message is not None and (message.id, message.body) == (mid, b"over tls")
             consumer.ack(message)
         untrusted = ssl.create_default_context()  # does not know the test CA
         with pytest.raises(BrokerError):
-            Producer("secure", "127.0.0.1", broker.port, tls=untrusted).connect()
+            clients.Producer("secure", "127.0.0.1", broker.port, tls=untrusted).connect()
         plain = RawClient(broker.port)  # a client speaking plain text to a TLS port
         plain.send(p.Ping())
         assert plain.closed_by_server()

@@ -17,6 +17,7 @@ from bbmq.client.publishing import PublishWindow
 from bbmq.protocol import ErrorCode
 from bbmq.testing import BrokerController, BrokerProcess, wait_for
 
+from .client_flavours import Flavour
 from .conftest import RawClient
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,11 +63,12 @@ def test_pipelined_publishes_are_acked_in_order(raw: RawClient) -> None:
     assert len(ids) == 500 and ids == sorted(ids) and len(set(ids)) == 500
 
 
-def test_fan_out_across_groups_and_sharing_inside_a_group(broker: BrokerController) -> None:
-    a1 = Consumer("fan", "a", port=broker.port).connect()
-    a2 = Consumer("fan", "a", port=broker.port).connect()
-    b = Consumer("fan", "b", port=broker.port).connect()
-    with Producer("fan", port=broker.port) as producer:
+def test_fan_out_across_groups_and_sharing_inside_a_group(
+        broker: BrokerController, clients: Flavour) -> None:
+    a1 = clients.Consumer("fan", "a", port=broker.port).connect()
+    a2 = clients.Consumer("fan", "a", port=broker.port).connect()
+    b = clients.Consumer("fan", "b", port=broker.port).connect()
+    with clients.Producer("fan", port=broker.port) as producer:
         ids = producer.publish_many([b"m%d" % i for i in range(20)])
     got_b = [b.fetch(timeout=5) for _ in range(20)]
     assert [m.id for m in got_b if m] == ids
@@ -84,28 +86,28 @@ def test_fan_out_across_groups_and_sharing_inside_a_group(broker: BrokerControll
         consumer.close()
 
 
-def test_redelivery_on_nack_and_on_disconnect(broker: BrokerController) -> None:
-    with Producer("redo", port=broker.port) as producer:
+def test_redelivery_on_nack_and_on_disconnect(broker: BrokerController, clients: Flavour) -> None:
+    with clients.Producer("redo", port=broker.port) as producer:
         [mid] = producer.publish_many([b"x"])
-    first = Consumer("redo", port=broker.port).connect()
+    first = clients.Consumer("redo", port=broker.port).connect()
     message = first.fetch(timeout=5)
     assert message is not None and (message.id, message.attempt) == (mid, 1)
     first.nack(message)
     message = first.fetch(timeout=5)
     assert message is not None and (message.id, message.attempt) == (mid, 2)
-    first.channel.close()  # vanish without acking
-    with Consumer("redo", port=broker.port) as second:
+    first._channel.close()  # vanish without acking
+    with clients.Consumer("redo", port=broker.port) as second:
         message = second.fetch(timeout=5)
         assert message is not None and (message.id, message.attempt) == (mid, 3)
         second.ack(message)
         assert second.fetch(timeout=0.2) is None
 
 
-def test_redelivery_on_ack_timeout(tmp_path: Path) -> None:
+def test_redelivery_on_ack_timeout(tmp_path: Path, clients: Flavour) -> None:
     with BrokerController(data_dir=tmp_path, ack_timeout=0.3) as broker:
-        with Producer("slow", port=broker.port) as producer:
+        with clients.Producer("slow", port=broker.port) as producer:
             mid = producer.publish(b"x")
-        with Consumer("slow", port=broker.port) as consumer:
+        with clients.Consumer("slow", port=broker.port) as consumer:
             message = consumer.fetch(timeout=5)
             assert message is not None and message.attempt == 1
             again = consumer.fetch(timeout=5)  # not acked: it comes back after 0.3 s
@@ -202,13 +204,14 @@ def test_stop_tells_clients_the_server_is_closing(tmp_path: Path) -> None:
     client.close()
 
 
-def test_client_surfaces_broker_errors_and_lost_connections(tmp_path: Path) -> None:
+def test_client_surfaces_broker_errors_and_lost_connections(
+        tmp_path: Path, clients: Flavour) -> None:
     broker = BrokerController(data_dir=tmp_path, max_message_size=10).start()
-    producer = Producer("limits", port=broker.port, retry_for=0).connect()
+    producer = clients.Producer("limits", port=broker.port, retry_for=0).connect()
     with pytest.raises(BrokerError) as info:
         producer.publish(b"x" * 11)
     assert info.value.code == ErrorCode.FRAME_TOO_LARGE
-    consumer = Consumer("limits", port=broker.port).connect()
+    consumer = clients.Consumer("limits", port=broker.port).connect()
     outcome: list[BaseException] = []
 
     def blocked_fetch() -> None:
@@ -280,10 +283,11 @@ def test_acks_that_wait_to_share_a_write_reach_the_broker_unprompted(
     consumer.close()
 
 
-def test_a_refused_publish_leaves_the_producer_in_step(broker: BrokerController) -> None:
+def test_a_refused_publish_leaves_the_producer_in_step(
+        broker: BrokerController, clients: Flavour) -> None:
     """Every reply owed is read before the refusal is raised, so the next publish gets its
     own ack, not a stale one; the refusal says which messages were stored."""
-    with Producer("step", port=broker.port) as producer:
+    with clients.Producer("step", port=broker.port) as producer:
         frames = [p.Publish(b"before", "m1"), p.Publish(b"x", delay_ms=-1),
                   p.Publish(b"after", "m2")]
         assert frames[1].encode() == b"HEAD PUBLISH delay=-1 1\r\nxTAIL\r\n"
@@ -298,12 +302,12 @@ def test_a_refused_publish_leaves_the_producer_in_step(broker: BrokerController)
             producer.publish(b"x", ttl=0)
         with pytest.raises(InvalidArgument, match="delay must be"):
             producer.publish(b"x", delay=-1)
-    with Consumer("step", port=broker.port) as consumer:
+    with clients.Consumer("step", port=broker.port) as consumer:
         got = [consumer.fetch(timeout=5) for _ in range(3)]
         assert [(m.id, m.body) for m in got if m] == [
             (refused.value.ids[0], b"before"), (refused.value.ids[2], b"after"), (next_id, b"next")]
     with pytest.raises(InvalidArgument):
-        Consumer("step", "bad group")
+        clients.Consumer("step", "bad group")
 
 
 @pytest.mark.slow
@@ -330,9 +334,9 @@ def test_consumer_run_reconnects_when_the_broker_restarts(tmp_path: Path) -> Non
         consumer.close()
 
 
-def test_a_message_over_the_limit_is_refused_at_once(tmp_path: Path) -> None:
+def test_a_message_over_the_limit_is_refused_at_once(tmp_path: Path, clients: Flavour) -> None:
     with BrokerController(data_dir=tmp_path, max_message_size=1000) as broker, \
-            Producer("big", port=broker.port, retry_for=30) as producer:
+            clients.Producer("big", port=broker.port, retry_for=30) as producer:
         with pytest.raises(InvalidArgument, match="over the broker's limit of 1000"):
             producer.publish(b"x" * 1001)
         assert producer.publish(b"x" * 1000)

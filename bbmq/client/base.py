@@ -15,7 +15,8 @@ from typing import Any, Self
 
 from bbmq.client.arguments import default_address
 from bbmq.client.channel import Channel
-from bbmq.client.errors import BrokerError, CannotConnect, ConnectionLost
+from bbmq.client.errors import BrokerError, ConnectionLost
+from bbmq.client.retry import first_connect_failed
 from bbmq.protocol import Ping, Pong, TypedFrame
 
 
@@ -39,7 +40,7 @@ def ping(host: str | None = None, port: int | None = None, *, timeout: float = 5
 def never_reached(client: Client, error: BrokerError) -> bool:
     """``error`` is ``client``'s first attempt to reach the broker failing: a wrong address
     or a broker that is not running, to report at once rather than retry."""
-    return isinstance(error, CannotConnect) and not client.was_connected
+    return first_connect_failed(error, was_connected=client.was_connected)
 
 
 class Client:

@@ -15,7 +15,13 @@ from typing import Final
 from bbmq.client.arguments import checked_name
 from bbmq.client.base import Client, never_reached
 from bbmq.client.channel import Channel
-from bbmq.client.consuming import FetchQueue, ack_frames, nack_frame, retry_delay
+from bbmq.client.consuming import (
+    FetchQueue,
+    ack_frames,
+    log_handler_failure,
+    nack_frame,
+    retry_delay,
+)
 from bbmq.client.errors import BrokerError, ConnectionLost
 from bbmq.client.message import Message
 from bbmq.client.retry import Backoff, comes_back
@@ -189,14 +195,8 @@ class Consumer(Client):
                 handler(message)
             except Exception as error:
                 delay = retry_delay(message.attempt, backoff, max_backoff)
-                max_attempts = self.server_info.get("max_attempts", 0)
-                if max_attempts and message.attempt >= max_attempts:
-                    log.warning("handler failed on message %d (attempt %d of %d): %s; it goes "
-                                "to the dead-letter topic %s", message.id, message.attempt,
-                                max_attempts, error, self.topic + DLQ_SUFFIX)
-                else:
-                    log.warning("handler failed on message %d (attempt %d): %s; retry in "
-                                "%.1f s", message.id, message.attempt, error, delay)
+                log_handler_failure(message, error, delay, self.server_info.get(
+                    "max_attempts", 0), self.topic + DLQ_SUFFIX)
                 nack = nack_frame(message, delay, type(error).__name__)
                 self._settle(lambda: channel.send(nack))
             else:

@@ -115,3 +115,16 @@ def nack_frame(message: Message | int, delay: float | None, reason: str | None) 
 def retry_delay(attempt: int, backoff: float, max_backoff: float) -> float:
     """Seconds before a message whose handler failed is redelivered: doubling per attempt."""
     return min(max_backoff, backoff * 2.0 ** min(attempt - 1, 32))
+
+
+def log_handler_failure(message: Message, error: Exception, delay: float, max_attempts: int,
+                        dead_letters: str) -> None:
+    """Say why a handler's message goes back, and whether it comes again (in ``delay``
+    seconds) or, at its last attempt, goes to the dead-letter topic ``dead_letters``."""
+    if max_attempts and message.attempt >= max_attempts:
+        log.warning("handler failed on message %d (attempt %d of %d): %s; it goes to the "
+                    "dead-letter topic %s", message.id, message.attempt, max_attempts, error,
+                    dead_letters)
+    else:
+        log.warning("handler failed on message %d (attempt %d): %s; retry in %.1f s",
+                    message.id, message.attempt, error, delay)

@@ -81,6 +81,17 @@ class PublishWindow:
         """Every reply owed has come."""
         return self.replied >= (self._sent if self.failed else len(self._todo))
 
+    @property
+    def unanswered(self) -> int:
+        """PUBLISH frames sent in this pass whose reply has not come yet (what a caller that
+        gives up on the pass, an asyncio task cancelled, say, must still read and drop)."""
+        return self._sent - self.replied
+
+    @staticmethod
+    def is_reply(frame: TypedFrame) -> bool:
+        """``frame`` answers a PUBLISH (an ack or an ERROR), as ``on_replies`` counts them."""
+        return isinstance(frame, (ProducerAckMessage, Error))
+
     def to_send(self) -> list[Publish]:
         """The frames to send now: none, or enough to fill the window again.
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from bbmq.client.errors import CONNECTION_LOST, BrokerError
+from bbmq.client.errors import CONNECTION_LOST, BrokerError, CannotConnect
 from bbmq.protocol import ErrorCode
 
 #: PUBLISH replies that mean "not now": send the message again, with the same msgid.
@@ -30,6 +30,13 @@ COME_BACK: Final = frozenset({CONNECTION_LOST, ErrorCode.SERVER_CLOSING, ErrorCo
 def comes_back(error: BrokerError) -> bool:
     """``error`` ended the connection for a reason that passes: reconnect and carry on."""
     return error.code in COME_BACK
+
+
+def first_connect_failed(error: BrokerError, *, was_connected: bool) -> bool:
+    """``error`` is a client's first attempt to reach the broker failing (``was_connected``:
+    a handshake has succeeded before): a wrong address or a broker that is not running,
+    to report at once rather than retry."""
+    return isinstance(error, CannotConnect) and not was_connected
 
 
 class Backoff:
