@@ -1,0 +1,29 @@
+"""The Celery app of the bench's Celery phase, imported by ``celery -A bench.celery_app``.
+
+The broker comes from BENCH_CELERY_BROKER.  The one task appends its finish
+time to BENCH_CELERY_LOG (one short ``O_APPEND`` write, atomic between the pool's
+processes): the bench reads the processing rate from those times, so no result
+backend (with its own server and costs) is in the measurement.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from celery import Celery
+
+import bbmq.kombu  # noqa: F401  (registers bbmq://)
+
+app = Celery("bench", broker=os.environ.get("BENCH_CELERY_BROKER", "bbmq://127.0.0.1:15333"))
+app.conf.update(broker_connection_retry_on_startup=True, task_ignore_result=True,
+                worker_hijack_root_logger=False)
+
+
+@app.task
+def note_done(log: str) -> None:
+    descriptor = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(descriptor, f"{time.time():.6f}\n".encode())
+    finally:
+        os.close(descriptor)
