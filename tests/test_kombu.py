@@ -197,6 +197,23 @@ def test_the_eta_header_is_held_by_the_broker(broker: BrokerController,
     assert (stats["delayed"], stats["ready"]) == (1, 0)
 
 
+def test_waiting_on_an_idle_queue_is_not_a_busy_poll(connection: Connection) -> None:
+    """drain_events sleeps in select() on the long poll: it costs its thread next to no
+    CPU while it waits (a poll-and-sleep loop or a spinning one would)."""
+    queue = jobs_queue()
+
+    def on_message(body: Any, message: Any) -> None:
+        raise AssertionError(f"nothing was published, got {body!r}")
+
+    with connection.Consumer([queue], callbacks=[on_message]):
+        cpu_before, wall_before = time.thread_time(), time.monotonic()
+        with pytest.raises(TimeoutError):
+            connection.drain_events(timeout=0.8)
+        cpu, wall = time.thread_time() - cpu_before, time.monotonic() - wall_before
+    assert wall >= 0.8
+    assert cpu < 0.1, f"{cpu:.3f} s of CPU in a {wall:.2f} s wait"
+
+
 def test_an_unreachable_broker_is_a_connection_error_kombu_can_retry() -> None:
     with Connection("bbmq://127.0.0.1:1", connect_timeout=2) as connection, \
             pytest.raises(connection.connection_errors):

@@ -72,7 +72,8 @@ class QoS(virtual.QoS):
 
     def holds_from(self, connection: Connection | None) -> bool:
         """Whether a delivery on ``connection`` waits to be acked or rejected."""
-        return any(origin is connection for origin, _ in self._origins.values())
+        # A copy: Celery's pool threads settle deliveries while this runs.
+        return any(origin is connection for origin, _ in list(self._origins.values()))
 
     def _settle(self, delivery_tag: str, frame: Ack | Nack | None) -> None:
         origin = self._origins.pop(delivery_tag, None)
@@ -268,15 +269,19 @@ class BbmqChannel(virtual.Channel):
 
     # -- queue management ---------------------------------------------------------------
 
-    @property
-    def _admin(self) -> Admin:
+    def _admin(self, command: str, **params: Any) -> Any:
+        """Run an admin command; a connection the broker closed while idle is opened again."""
         if self._admin_client is None:
             self._admin_client = Admin(**self.connection.client_options)
-        return self._admin_client
+        try:
+            return self._admin_client.command(command, **params)
+        except ConnectionLost:
+            self._admin_client.close()
+            return self._admin_client.command(command, **params)
 
     def _group_stats(self, queue: str) -> dict[str, Any] | None:
         name = bbmq_name(queue)
-        topic = self._admin.stats()["topics"].get(name)
+        topic = self._admin("stats")["topics"].get(name)
         group: dict[str, Any] | None = None if topic is None else topic["groups"].get(name)
         return group
 
@@ -300,7 +305,7 @@ class BbmqChannel(virtual.Channel):
         if self._group_stats(queue) is None:
             return 0
         name = bbmq_name(queue)
-        return self._admin.purge(name, name)
+        return int(self._admin("purge", topic=name, group=name)["purged"])
 
     def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
         name = bbmq_name(queue)
@@ -309,7 +314,7 @@ class BbmqChannel(virtual.Channel):
             reader.close()
         for topic in topics:
             with contextlib.suppress(BrokerError):  # no such topic or group: nothing to delete
-                self._admin.delete_group(topic, name)
+                self._admin("group_delete", topic=topic, group=name)
 
     # -- lifetime -------------------------------------------------------------------------
 
