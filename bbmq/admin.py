@@ -17,12 +17,11 @@ import json
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from typing import Any, Final
 
-from bbmq.cli_options import add_client_arguments, client_options, name_type
+from bbmq.cli_options import add_client_arguments, client_options, message_header, name_type
 from bbmq.client import Consumer, Message, Producer
-from bbmq.client.admin import Admin as Admin  # noqa: PLC0414 (re-exported: the daemon uses it)
+from bbmq.client.admin import Admin
 from bbmq.defaults import DLQ_SUFFIX
 
 #: Messages fetched, re-published and acked together by ``dlq replay``.
@@ -182,30 +181,44 @@ def _group_delete(args: argparse.Namespace) -> int:
 def _peek(args: argparse.Namespace) -> int:
     with _connect(args) as admin:
         messages = admin.peek(args.topic, args.group, args.count)
-    if args.json:
-        print(json.dumps(messages, indent=2))
-        return 0
-    if not messages:
+    if not messages and not args.json:
         print(f"no messages queued in {args.topic}"
               + (f" for group {args.group}" if args.group else ""), file=sys.stderr)
+    _print_peeked(messages, as_json=args.json)
+    return 0
+
+
+def _print_peeked(messages: list[dict[str, Any]], *, as_json: bool) -> None:
+    """What ``peek`` and ``dlq list`` show: a header line and the body, per message."""
+    if as_json:
+        print(json.dumps(messages, indent=2))
+        return
     for message in messages:
         print(_peek_header(message))
         body = message["body"]
         print(body if message["encoding"] == "utf-8" else f"(base64) {body}")
+
+
+def _dlq_list(args: argparse.Namespace) -> int:
+    """The dead letters of a topic, oldest first: why each died, where it came from."""
+    dlq = args.topic + DLQ_SUFFIX
+    with _connect(args) as admin:
+        if dlq not in admin.topics():
+            print(f"no dead letters: {args.topic} has none (no topic {dlq})", file=sys.stderr)
+            messages = []
+        else:
+            messages = admin.peek(dlq, args.group, args.count)
+            if not messages:
+                print(f"no dead letters queued in {dlq}", file=sys.stderr)
+    _print_peeked(messages, as_json=args.json)
     return 0
 
 
 def _peek_header(message: Mapping[str, Any]) -> str:
-    published = datetime.fromtimestamp(message["published_ms"] / 1000, UTC)
-    parts = [f"id={message['id']}", f"attempts={message['attempts']}",
-             f"published={published.isoformat(timespec='milliseconds')}"]
-    if message.get("sender"):
-        parts.append(f"from={message['sender']}")
-    if message.get("deliver_at_ms") and message["deliver_at_ms"] > message["published_ms"]:
-        due = datetime.fromtimestamp(message["deliver_at_ms"] / 1000, UTC)
-        parts.append(f"due={due.isoformat(timespec='milliseconds')}")
-    parts += [f"{key}={value}" for key, value in message.get("meta", {}).items()]
-    return "# " + " ".join(parts)
+    """The header ``bbmq consume -v`` would print for the message's next delivery."""
+    return message_header(message["id"], message["attempts"] + 1, message.get("meta", {}),
+                          published_ms=message["published_ms"], sender=message.get("sender"),
+                          deliver_at_ms=message.get("deliver_at_ms"))
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
@@ -238,7 +251,8 @@ def _dlq_replay(args: argparse.Namespace) -> int:
                 print(f"replayed {replayed} so far", file=sys.stderr, flush=True)
                 progress_at = time.monotonic() + 1.0
     if replayed:
-        print(f"replayed {replayed} messages from {dlq} to {args.topic}")
+        print(f"replayed {replayed} messages from {dlq} to the groups of {args.topic} that "
+              "gave up on them")
     else:
         print(f"nothing to replay: {dlq} has no queued messages for group {args.group} "
               "('bbmq stats' shows which groups hold them; pick one with --group)")
@@ -322,10 +336,22 @@ def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     add_client_arguments(peek)
     peek.set_defaults(func=_peek)
 
-    dlq = commands.add_parser("dlq", help="inspect, replay or purge a topic's dead letters")
+    dlq = commands.add_parser("dlq", help="list, replay or purge a topic's dead letters")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
-    replay = dlq_commands.add_parser(
-        "replay", help="re-publish the messages of TOPIC.dlq to TOPIC, then ack them")
+    list_help = ("show the dead letters of TOPIC (in TOPIC.dlq) without consuming them: the "
+                 "group that gave up, after how many attempts, and why")
+    dlq_list = dlq_commands.add_parser("list", help=list_help, description=list_help)
+    dlq_list.add_argument("topic", type=topic)
+    dlq_list.add_argument("--group", type=group, default=None,
+                          help="whose queue of TOPIC.dlq (only once 'dlq replay' made groups; "
+                               "default: 'default', else the first)")
+    dlq_list.add_argument("-n", "--count", type=int, default=10, help="how many (default 10)")
+    dlq_list.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_client_arguments(dlq_list)
+    dlq_list.set_defaults(func=_dlq_list)
+    replay_help = ("give each message of TOPIC.dlq back to the group of TOPIC that gave up on "
+                   "it (re-published to that group only), then ack it in TOPIC.dlq")
+    replay = dlq_commands.add_parser("replay", help=replay_help, description=replay_help)
     replay.add_argument("topic", type=topic)
     replay.add_argument("--group", type=group, default="default",
                         help="the consumer group of TOPIC.dlq to take them from; it must "

@@ -95,7 +95,7 @@ def test_the_fetch_queue_counts_against_the_oldest_open_fetch() -> None:
     fetches = FetchQueue()
     assert fetches.top_up(4) == p.Fetch(4)
     assert fetches.top_up(4) is None
-    delivered = p.Message(5, 1, b"x", {"from": "me"})
+    delivered = p.Message(5, 1, b"x", "me")
     assert fetches.received(delivered) == Message(5, b"x", 1, {"from": "me"})
     assert fetches.top_up(4) is None  # 3 on their way: more than half of 4
     fetches.received(delivered)

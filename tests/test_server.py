@@ -382,8 +382,9 @@ def test_producer_and_consumer_scripts_as_a_user_would(broker: BrokerController)
     assert consumed.returncode == 0, consumed.stderr
     lines = consumed.stdout.splitlines()
     assert lines[1::2] == lines_in
-    assert [line.split()[0] for line in lines[0::2]] == [f"id={i}" for i in ids]
-    assert lines[0].startswith(f"id={ids[0]} attempt=1 from=cli ts=")
+    assert [line.split()[1] for line in lines[0::2]] == [f"id={i}" for i in ids]
+    assert lines[0].startswith(f"# id={ids[0]} attempt=1 published=")
+    assert lines[0].endswith("+00:00 from=cli")
     again = _script("consumer.py", "orders", "--timeout", "0.3", port=broker.port)
     assert again.returncode == 0 and again.stdout == ""  # all three were acked
 
@@ -419,4 +420,5 @@ def test_scripts_explain_an_unreachable_broker() -> None:
         port = probe.getsockname()[1]
     result = _script("producer.py", "orders", "hello", port=port)
     assert result.returncode != 0
-    assert "is the broker running" in result.stderr
+    assert f"cannot connect to 127.0.0.1:{port}" in result.stderr
+    assert "is a broker running there" in result.stderr

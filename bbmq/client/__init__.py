@@ -20,9 +20,16 @@ from bbmq.client.arguments import default_address
 from bbmq.client.base import Client, ping
 from bbmq.client.channel import ACK_LINGER_S
 from bbmq.client.consumer import Consumer
-from bbmq.client.errors import BrokerError, ConnectionLost, InvalidArgument, PublishError
+from bbmq.client.errors import (
+    BrokerError,
+    CannotConnect,
+    ConnectionLost,
+    InvalidArgument,
+    PublishError,
+)
 from bbmq.client.message import Message
 from bbmq.client.producer import Producer
 
-__all__ = ["ACK_LINGER_S", "Admin", "BrokerError", "Client", "ConnectionLost", "Consumer",
-           "InvalidArgument", "Message", "Producer", "PublishError", "default_address", "ping"]
+__all__ = ["ACK_LINGER_S", "Admin", "BrokerError", "CannotConnect", "Client", "ConnectionLost",
+           "Consumer", "InvalidArgument", "Message", "Producer", "PublishError", "default_address",
+           "ping"]

@@ -15,7 +15,7 @@ from typing import Any, Self
 
 from bbmq.client.arguments import default_address
 from bbmq.client.channel import Channel
-from bbmq.client.errors import ConnectionLost
+from bbmq.client.errors import BrokerError, CannotConnect, ConnectionLost
 from bbmq.protocol import Ping, Pong, TypedFrame
 
 
@@ -36,6 +36,12 @@ def ping(host: str | None = None, port: int | None = None, *, timeout: float = 5
         channel.close()
 
 
+def never_reached(client: Client, error: BrokerError) -> bool:
+    """``error`` is ``client``'s first attempt to reach the broker failing: a wrong address
+    or a broker that is not running, to report at once rather than retry."""
+    return isinstance(error, CannotConnect) and not client.was_connected
+
+
 class Client:
     """One role's connection to the broker, opened on first use and again after a loss."""
 
@@ -52,6 +58,9 @@ class Client:
         self.timeout = timeout
         self.server_info: dict[str, Any] = {}
         self._channel: Channel | None = None
+        #: A handshake has succeeded once: a connection that fails from now on was lost
+        #: (worth retrying), while one that never opened is the caller's to hear of at once.
+        self.was_connected = False
 
     def _options(self) -> dict[str, Any]:
         """The handshake's options: this client's name and token, where given."""
@@ -71,6 +80,7 @@ class Client:
                               ca_file=self.ca_file)
             self.server_info = channel.handshake(self._handshake_frame(), self.timeout)
             self._channel = channel
+            self.was_connected = True
             self._connected(channel)
         return self
 

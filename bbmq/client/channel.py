@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, Final, cast
 
-from bbmq.client.errors import BrokerError, ConnectionLost
+from bbmq.client.errors import BrokerError, CannotConnect, ConnectionLost
 from bbmq.protocol import (
     NEED_DATA,
     ClientConnection,
@@ -53,8 +53,8 @@ class Channel:
         try:
             sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as error:
-            raise ConnectionLost(f"cannot connect to {host}:{port}: {error}; "
-                                 "is the broker running ('bbmq server status')?") from None
+            raise CannotConnect(f"cannot connect to {host}:{port}: {error}; is a broker "
+                                "running there ('bbmq server status' on its machine)?") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls:
             context = tls if isinstance(tls, ssl.SSLContext) else ssl.create_default_context(
@@ -63,7 +63,7 @@ class Channel:
                 sock = context.wrap_socket(sock, server_hostname=host)
             except (ssl.SSLError, OSError) as error:
                 sock.close()
-                raise ConnectionLost(f"TLS with {host}:{port} failed: {error}; check that the "
+                raise CannotConnect(f"TLS with {host}:{port} failed: {error}; check that the "
                                      "broker serves TLS and that --ca-file names its CA") from None
         sock.settimeout(None)
         self.sock = sock

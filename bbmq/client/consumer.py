@@ -3,6 +3,7 @@ worker threads and reconnects."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -12,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
 from bbmq.client.arguments import checked_name
-from bbmq.client.base import Client
+from bbmq.client.base import Client, never_reached
 from bbmq.client.channel import Channel
 from bbmq.client.consuming import FetchQueue, ack_frames, nack_frame, retry_delay
 from bbmq.client.errors import BrokerError, ConnectionLost
@@ -49,6 +50,12 @@ class Consumer(Client):
         self.group = checked_name("group", group)
         self.prefetch = max(1, prefetch)
         self._fetches = FetchQueue()
+        #: Set by stop() (or close() while run() runs) to end run() after its handlers; a
+        #: plain flag, not an Event, so that a signal handler may set it (an Event's lock
+        #: may be held by the very thread the signal interrupts).
+        self._stop_requested = False
+        self._running = False
+        self._close_after_run = False
 
     def _handshake_frame(self) -> TypedFrame:
         return ClientSubscriber(self.topic, self.group, self._options())
@@ -125,17 +132,56 @@ class Consumer(Client):
         """Give the message back: redelivered at once, or after ``delay`` seconds."""
         self.channel.send(nack_frame(message, delay, reason))
 
+    def stop(self) -> None:
+        """End :meth:`run`: it asks for no more messages, lets the handlers running now
+        finish (and acks or nacks what they did), and returns.
+
+        Safe from any thread, from a handler and from a signal handler; the
+        messages requested but not yet handed to a handler are redelivered
+        once the consumer is closed.
+        """
+        self._stop_requested = True
+
+    def close(self) -> None:
+        """Close the connection; while :meth:`run` is running (called from another thread
+        or a handler), stop it instead and let it close the connection as it returns."""
+        if self._running:
+            self._close_after_run = True
+            self.stop()
+            return
+        super().close()
+
     def run(self, handler: Callable[[Message], object], *, workers: int = 4,
             backoff: float = 1.0, max_backoff: float = 60.0,
             stop: threading.Event | None = None) -> None:
-        """Process messages on ``workers`` threads until ``stop`` is set.
+        """Process messages on ``workers`` threads until :meth:`stop` is called (or ``stop``
+        is set).
 
         A message is acked when ``handler`` returns and nacked when it raises,
         with an exponential retry delay: ``backoff * 2**(attempt-1)`` seconds,
         at most ``max_backoff``.  A lost connection (a broker restart, say) is
         re-established with backoff; what was in flight on it is redelivered.
+        When the broker cannot be reached at all on the first attempt,
+        :class:`~bbmq.client.errors.CannotConnect` is raised at once.
         """
-        stop = stop or threading.Event()
+        self._running = True
+        try:
+            self._run(handler, workers, backoff, max_backoff, stop or threading.Event())
+        finally:
+            self._running = False
+            self._stop_requested = False
+            if self._channel is not None and not self._channel.closed:
+                with contextlib.suppress(ConnectionLost):  # then they are redelivered
+                    self._channel.flush()  # the acks of the last handlers
+            if self._close_after_run:
+                self._close_after_run = False
+                super().close()
+
+    def _run(self, handler: Callable[[Message], object], workers: int, backoff: float,
+             max_backoff: float, stop: threading.Event) -> None:
+        def stopping() -> bool:
+            return self._stop_requested or stop.is_set()
+
         slots = threading.Semaphore(self.prefetch)
 
         def process(message: Message, channel: Channel) -> None:
@@ -161,7 +207,7 @@ class Consumer(Client):
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bbmq-handler") as pool:
             held = 0  # slots held for the messages run()'s open FETCH may still bring
             reconnect = Backoff.reconnect(max_backoff)
-            while not stop.is_set():
+            while not stopping():
                 try:
                     channel = self.channel
                     fetches = self._fetches
@@ -179,8 +225,10 @@ class Consumer(Client):
                     earlier = fetches.owed - held
                     message = None if frame is None else fetches.received(frame)
                 except BrokerError as error:
-                    if not comes_back(error):
+                    if not comes_back(error) or never_reached(self, error):
                         raise
+                    if stopping():
+                        break  # the connection went with a close() that stopped us
                     for _ in range(held):
                         slots.release()
                     held = 0
@@ -190,7 +238,7 @@ class Consumer(Client):
                     pause = reconnect.next()
                     log.warning("consumer of %s/%s: %s; reconnecting in %.1f s",
                                 self.topic, self.group, error, pause)
-                    stop.wait(pause)
+                    _pause(pause, stopping)
                     continue
                 reconnect.reset()
                 if message is not None:
@@ -209,3 +257,14 @@ class Consumer(Client):
             send()
         except ConnectionLost as error:
             log.warning("could not settle a message (%s); it will be redelivered", error)
+
+
+#: How often a reconnect pause of run() looks whether it was asked to stop.
+STOP_CHECK_S: Final = 0.1
+
+
+def _pause(seconds: float, stopping: Callable[[], bool]) -> None:
+    """Back off for ``seconds`` before reconnecting, or less once ``stopping()`` says so."""
+    deadline = time.monotonic() + seconds
+    while not stopping() and (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(left, STOP_CHECK_S))

@@ -44,3 +44,9 @@ class ConnectionLost(BrokerError):
 
     def __init__(self, text: str) -> None:
         super().__init__(CONNECTION_LOST, text)
+
+
+class CannotConnect(ConnectionLost):
+    """No connection could be opened at all (refused, no route, TLS failed): the text names
+    the address.  A client that never reached the broker raises it at once instead of
+    retrying, since the address or the broker's state is what needs fixing."""

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterable
 
 from bbmq.client.arguments import checked_name
-from bbmq.client.base import Client
+from bbmq.client.base import Client, never_reached
 from bbmq.client.errors import BrokerError, ConnectionLost, PublishError
 from bbmq.client.publishing import MsgIds, PublishJob, PublishWindow, publish_frames
 from bbmq.client.retry import comes_back
@@ -26,9 +26,11 @@ log = logging.getLogger("bbmq.client")
 class Producer(Client):
     """Publishes to one topic.  ``publish`` waits for the broker's ack; ``publish_many`` pipelines.
 
-    ``retry_for`` is how long a publish keeps trying (reconnecting, resending
-    with the same msgid) through lost connections and STORE_UNAVAILABLE before
-    it raises.
+    ``retry_for`` (seconds, default 30) is how long a publish keeps trying
+    (reconnecting, resending with the same msgid) through lost connections,
+    STORE_UNAVAILABLE and SERVER_BUSY before it raises.  It is for a broker
+    that worked and went away (a restart): when the very first connection
+    cannot be opened, :class:`CannotConnect` is raised at once, naming the address.
     """
 
     def __init__(self, topic: str, host: str | None = None, port: int | None = None, *,
@@ -70,7 +72,8 @@ class Producer(Client):
             try:
                 self._pipeline(publish_pass)
             except BrokerError as error:
-                if isinstance(error, PublishError) or not comes_back(error):
+                if (isinstance(error, PublishError) or not comes_back(error)
+                        or never_reached(self, error)):
                     raise
                 self._channel = None
                 pause = job.after_loss(error, time.monotonic())
