@@ -179,6 +179,26 @@ def test_a_fanout_exchange_gives_every_bound_queue_every_message(
     assert {message.delivery_info["routing_key"] for _, message in received} == {""}
 
 
+def test_a_direct_binding_made_by_another_process_routes_by_its_key(
+        broker: BrokerController) -> None:
+    """Bindings live in each process (kombu's virtual transports route in the client):
+    a binding whose key is not the queue's name still reaches a publisher that only
+    declared the exchange, as Celery's remote-control replies need."""
+    url = f"bbmq://127.0.0.1:{broker.port}"
+    exchange = Exchange("reply.pidbox", "direct")
+    replies = Queue("client-1.reply.pidbox", exchange, routing_key="ticket-1")
+    with Connection(url) as listener, Connection(url) as replier:
+        replies(listener.default_channel).declare()
+        with replier.Producer() as producer:
+            producer.publish("pong", exchange=exchange, routing_key="ticket-1",
+                             declare=[exchange])
+            producer.publish("to a queue named by the key", exchange=exchange,
+                             routing_key="plain", declare=[exchange])
+        assert [body for body, _ in drain(listener, [replies], 1)] == ["pong"]
+        assert [body for body, _ in drain(listener, [jobs_queue("plain")], 1)] == \
+            ["to a queue named by the key"]
+
+
 def test_an_expiration_becomes_the_message_s_ttl(broker: BrokerController,
                                                  connection: Connection) -> None:
     publish(connection, jobs_queue(), "short-lived", expiration=60)
@@ -243,7 +263,7 @@ class Worker:
     pool's processes too)."""
 
     def __init__(self, settings: dict[str, str], queue: str, log: Path,
-                 concurrency: int = 2) -> None:
+                 concurrency: int = 2, name: str | None = None) -> None:
         env = {**clean_environment(), **{key: value for key, value in settings.items()
                                          if key.startswith("BBMQ_CELERY_")}}
         self.log = log
@@ -251,7 +271,7 @@ class Worker:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "tests.celery_tasks", "worker",
                  "-Q", queue, "-c", str(concurrency), "--without-gossip", "--without-mingle",
-                 "--without-heartbeat", "-l", "info", "-n", f"{uuid.uuid4().hex[:8]}@%h"],
+                 "--without-heartbeat", "-l", "info", "-n", name or f"{uuid.uuid4().hex[:8]}@%h"],
                 cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT,
                 start_new_session=True)
 
@@ -315,6 +335,21 @@ def test_an_acks_late_task_whose_worker_is_killed_runs_again_on_a_new_worker(
                       for word in ("started", "done"))
     assert len(started) == 2 and started[0] != started[1], lines(log)
     assert ended == [started[1]], lines(log)
+
+
+@pytest.mark.slow
+def test_remote_control_reaches_the_worker_and_its_reply_comes_back(
+        celery_broker: dict[str, str], workers: list[Worker], tmp_path: Path) -> None:
+    """``celery inspect``/``control``: a fanout broadcast out, a direct reply back."""
+    from tests.celery_tasks import app  # noqa: PLC0415
+
+    queue = "control-" + uuid.uuid4().hex[:8]
+    worker_name = f"{queue}@test"
+    worker = Worker(celery_broker, queue, tmp_path / "worker.log", name=worker_name)
+    workers.append(worker)
+    replies = wait_for(lambda: app.control.ping(destination=[worker_name], timeout=1.0),
+                       "the worker's pong", timeout=60)
+    assert replies == [{worker_name: {"ok": "pong"}}]
 
 
 @pytest.mark.slow

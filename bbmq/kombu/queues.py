@@ -22,6 +22,9 @@ from bbmq.client.channel import Channel
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 #: Topics of fanout exchanges: one per exchange, with one group per bound queue.
 FANOUT_PREFIX: Final = "kombu.fanout."
+#: Topics of direct bindings whose routing key is not the queue's name (Celery's replies
+#: to remote control): one per exchange and key, with one group per bound queue.
+DIRECT_PREFIX: Final = "kombu.direct."
 #: How long an idle queue's long poll waits before it ends and is sent again.  It bounds how
 #: long one idle queue holds a share of the channel's prefetch that another queue could use.
 LONG_POLL_MS: Final = 1000
@@ -37,6 +40,10 @@ def bbmq_name(name: str) -> str:
 
 def fanout_topic(exchange: str) -> str:
     return bbmq_name(FANOUT_PREFIX + exchange)
+
+
+def direct_topic(exchange: str, routing_key: str) -> str:
+    return bbmq_name(f"{DIRECT_PREFIX}{exchange}.{routing_key}")
 
 
 def encode(envelope: dict[str, Any]) -> bytes:

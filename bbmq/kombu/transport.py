@@ -8,7 +8,9 @@ How kombu's model maps onto bbmq:
 * a **fanout exchange** is a topic (``kombu.fanout.<exchange>``) with one group per
   bound queue: every bound queue gets every message, as in AMQP;
 * direct and topic exchanges route in the client, as in every virtual transport; a
-  direct exchange whose bindings this process has not seen routes by queue name;
+  direct binding whose key is not its queue's name is also a topic
+  (``kombu.direct.<exchange>.<key>``, a group per queue), so a publisher in another
+  process (a Celery worker replying to ``celery inspect``) reaches it;
 * **acks** are bbmq acks, sent on the connection that delivered the message: a
   message kombu has not acked when its worker dies is redelivered by the broker as
   soon as the connection drops; ``reject(requeue=True)`` is a NACK, ``requeue=False``
@@ -44,6 +46,7 @@ from bbmq.kombu.queues import (
     QueueReader,
     bbmq_name,
     decode,
+    direct_topic,
     encode,
     fanout_topic,
     publish_delay,
@@ -154,18 +157,40 @@ class BbmqChannel(virtual.Channel):
             ttl=time_to_live(message))
 
     def _queue_bind(self, exchange: str, routing_key: str, pattern: str, queue: str) -> None:
-        """A queue bound to a fanout exchange joins the exchange's topic as its own group
-        now, so it keeps what is broadcast from here on even before it consumes."""
-        if self.typeof(exchange).type == "fanout":
+        """Bindings other processes must see join a topic as the queue's own group now, so
+        the queue keeps what is published from here on even before it consumes: a fanout
+        exchange's topic, and a direct binding's whose key is not the queue's name."""
+        kind = self.typeof(exchange).type
+        if kind == "fanout":
             self._reader(queue, fanout_topic(exchange)).connect()
+        elif kind == "direct" and routing_key and routing_key != queue:
+            self._reader(queue, direct_topic(exchange, routing_key)).connect()
 
-    def _lookup(self, exchange: str, routing_key: str, default: str | None = None) -> list[str]:
-        """Route in the client; a direct exchange this process has no bindings of (another
-        process declared them) routes by queue name, which is how Celery names its queues."""
-        if exchange and exchange not in self.state.exchanges:
-            return [routing_key] if routing_key else []
-        queues: list[str] = super()._lookup(exchange, routing_key, default)
-        return queues
+    def basic_publish(self, message: dict[str, Any], exchange: str, routing_key: str,
+                      **kwargs: Any) -> Any:
+        """Route in the client, as every virtual transport does; a direct exchange whose
+        bindings this process has not seen (another process made them) goes to the
+        binding's topic if a queue is bound by that key, else to the queue of that name
+        (how Celery names its queues)."""
+        if not exchange or self.typeof(exchange).type != "direct" or \
+                self._bound_here(exchange, routing_key):
+            return super().basic_publish(message, exchange, routing_key, **kwargs)
+        self._inplace_augment_message(message, exchange, routing_key)
+        topic = direct_topic(exchange, routing_key)
+        if topic in self._admin("topics"):
+            self._producer(topic).publish(encode(message),
+                                          delay=publish_delay(message, time.time()),
+                                          ttl=time_to_live(message))
+        elif routing_key:
+            self._put(routing_key, message)
+        return None
+
+    def _bound_here(self, exchange: str, routing_key: str) -> bool:
+        try:
+            table = self.get_table(exchange)
+        except KeyError:
+            return False
+        return bool(self.typeof(exchange).lookup(table, exchange, routing_key, None))
 
     # -- where they come from -------------------------------------------------------------
 
