@@ -42,6 +42,7 @@ from bbmq import __version__
 from bbmq.client import Admin, BrokerError, ConnectionLost, Message, Producer, ping
 from bbmq.client.channel import Channel as Connection
 from bbmq.defaults import DEFAULT_PORT
+from bbmq.kombu.qos import QoS
 from bbmq.kombu.queues import (
     QueueReader,
     bbmq_name,
@@ -52,7 +53,6 @@ from bbmq.kombu.queues import (
     publish_delay,
     time_to_live,
 )
-from bbmq.protocol import Ack, Nack
 
 #: Messages a channel requests at once when kombu sets no prefetch limit.
 UNLIMITED_WINDOW = 100
@@ -60,61 +60,6 @@ UNLIMITED_WINDOW = 100
 DELIVERY_TAGS = itertools.count(1)
 #: Seconds to wait for the rest of a frame once select() said its first bytes are in.
 FRAME_WAIT_S = 1.0
-
-
-class QoS(virtual.QoS):
-    """kombu's prefetch bookkeeping, with acks and rejects that reach the broker."""
-
-    def __init__(self, channel: BbmqChannel, prefetch_count: int = 0) -> None:
-        super().__init__(channel, prefetch_count)
-        #: delivery tag -> (the connection that delivered it, bbmq message id)
-        self._origins: dict[str, tuple[Connection, int]] = {}
-
-    def delivered(self, delivery_tag: str, connection: Connection, message_id: int) -> None:
-        self._origins[delivery_tag] = (connection, message_id)
-
-    def holds_from(self, connection: Connection | None) -> bool:
-        """Whether a delivery on ``connection`` waits to be acked or rejected."""
-        # A copy: Celery's pool threads settle deliveries while this runs.
-        return any(origin is connection for origin, _ in list(self._origins.values()))
-
-    def _settle(self, delivery_tag: str, frame: Ack | Nack | None) -> None:
-        origin = self._origins.pop(delivery_tag, None)
-        if origin is None or frame is None:
-            return
-        connection, _ = origin
-        if connection.closed:
-            return  # the broker has given it back already: it is redelivered
-        with contextlib.suppress(ConnectionLost):  # closed under us: it is redelivered
-            connection.send(frame)
-
-    def settle_unacked(self, delivery_tag: str) -> None:
-        """Ack at the broker a message kombu does not track (a no_ack consumer's)."""
-        origin = self._origins.get(delivery_tag)
-        if origin is not None:
-            self._settle(delivery_tag, Ack((origin[1],)))
-
-    def ack(self, delivery_tag: str) -> None:
-        full = bool(self.prefetch_count) and not self.can_consume()
-        self.settle_unacked(delivery_tag)
-        super().ack(delivery_tag)
-        if full:  # a drain may be waiting for this room (acks come from Celery's threads)
-            self.channel.wake()
-
-    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
-        origin = self._origins.get(delivery_tag)
-        if origin is not None:
-            self._settle(delivery_tag, Nack(origin[1], 0, "rejected") if requeue
-                         else Ack((origin[1],)))
-        self._quick_ack(delivery_tag)
-
-    def restore_unacked(self) -> list[Any]:
-        """basic_recover(requeue=True): every unacked message goes back to the broker."""
-        self._flush()
-        for delivery_tag in list(self._delivered):
-            self.reject(delivery_tag, requeue=True)
-        self._delivered.clear()
-        return []
 
 
 class BbmqChannel(virtual.Channel):
