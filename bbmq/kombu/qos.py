@@ -37,7 +37,12 @@ class QoS(virtual.QoS):
         if connection.closed:
             return  # the broker has given it back already: it is redelivered
         with contextlib.suppress(ConnectionLost):  # closed under us: it is redelivered
-            connection.send(frame)
+            if connection.pending():
+                # More deliveries are waiting to be handed out: their acks can share one
+                # write (within the client's ACK_LINGER_S), as Consumer.ack does.
+                connection.send_soon(frame)
+            else:
+                connection.send(frame)
 
     def settle_unacked(self, delivery_tag: str) -> None:
         """Ack at the broker a message kombu does not track (a no_ack consumer's)."""

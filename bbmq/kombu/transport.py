@@ -123,9 +123,11 @@ class BbmqChannel(virtual.Channel):
         self._inplace_augment_message(message, exchange, routing_key)
         topic = direct_topic(exchange, routing_key)
         if topic in self._admin("topics"):
-            self._producer(topic).publish(encode(message),
-                                          delay=publish_delay(message, time.time()),
-                                          ttl=time_to_live(message))
+            # A connection of its own, closed after: these keys are one-off (a reply topic
+            # per `celery inspect`), and a worker must not keep a connection for each.
+            with Producer(topic, **self.connection.client_options) as producer:
+                producer.publish(encode(message), delay=publish_delay(message, time.time()),
+                                 ttl=time_to_live(message))
         elif routing_key:
             self._put(routing_key, message)
         return None
