@@ -234,6 +234,7 @@ def test_waiting_on_an_idle_queue_is_not_a_busy_poll(connection: Connection) -> 
     assert cpu < 0.1, f"{cpu:.3f} s of CPU in a {wall:.2f} s wait"
 
 
+@pytest.mark.slow  # kombu's connect takes its connect_timeout to give up
 def test_an_unreachable_broker_is_a_connection_error_kombu_can_retry() -> None:
     with Connection("bbmq://127.0.0.1:1", connect_timeout=2) as connection, \
             pytest.raises(connection.connection_errors):
