@@ -250,7 +250,7 @@ def celery_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str
     base = tmp_path_factory.mktemp("celery")
     results = base / "results"
     results.mkdir()
-    with BrokerProcess(base / "data").start() as process:
+    with BrokerProcess(base / "data") as process:  # __enter__ starts it
         settings = {"BBMQ_CELERY_BROKER": f"bbmq://127.0.0.1:{process.port}",
                     "BBMQ_CELERY_BACKEND": f"file://{results}", "port": str(process.port)}
         from tests.celery_tasks import app  # noqa: PLC0415  (configured here, per run)
