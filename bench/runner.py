@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import profile, report, scale, systems
+from bench import celery_phase, profile, report, scale, systems
 from bench.phases import PHASES, Measurement, Settings, summarize
 from bench.procs import Progress
 from bench.systems.base import System, Unavailable
@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--profile", type=float, metavar="SECONDS", default=None,
                       help="profile the bbmq broker with py-spy for SECONDS during a window "
                            "publish and during publish+consume, and summarize where time goes")
+    mode.add_argument("--celery", action="store_true",
+                      help="the Celery phase instead: tasks/s sent and run by one worker, "
+                           "through bbmq (bbmq.kombu), Redis and RabbitMQ (pyamqp); "
+                           "N tasks (default 5,000)")
     parser.add_argument("--backlog", type=int, default=None,
                         help="messages in the --scale backlog (default 1,000,000; quick 20,000)")
     return parser
@@ -236,6 +240,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"--scale and --profile measure bbmq only, not {', '.join(others)}",
                   file=sys.stderr)
             return 2
+    if args.celery:
+        return celery_phase.run(args, args.messages or (QUICK_MESSAGES if args.quick else 5_000),
+                                runs)
     if args.scale:
         return scale.run(args, settings, runs)
     if args.profile is not None:
