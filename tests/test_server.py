@@ -153,6 +153,19 @@ def test_framing_errors_send_an_error_then_close(raw: RawClient, garbage: bytes)
     assert raw.closed_by_server()
 
 
+@pytest.mark.parametrize("incomplete", [
+    b"HEAD PING 0\n",                             # a header line ending in a bare LF
+    b"HEAD PUBLISH 3\r\nabcd",                     # a body not followed by TAIL
+])
+def test_incomplete_frames_known_to_be_wrong_are_refused_without_waiting(
+        raw: RawClient, incomplete: bytes) -> None:
+    """Defect 8: refused at once (well inside the 10 s handshake timeout), not timed out."""
+    raw.send(incomplete)
+    [error] = raw.receive(timeout=3)
+    assert isinstance(error, p.Error) and error.code == ErrorCode.INVALID_PROTOCOL, error
+    assert raw.closed_by_server(timeout=3)
+
+
 def test_publishes_before_bad_bytes_are_confirmed_before_the_error(raw: RawClient) -> None:
     """One write of 20 PUBLISHes, a PING and a malformed frame: PONG, then all 20 acks (each
     message was stored), then the ERROR, then the close; never an ERROR in an ack's place."""
