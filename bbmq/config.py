@@ -67,6 +67,15 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _optional_positive_float(text: str) -> float | None:
+    if not text:
+        return None
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"must be > 0 seconds, got {text!r}")
+    return value
+
+
 def _optional_str(text: str) -> str | None:
     return text or None
 
@@ -85,6 +94,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("store_password", None, _optional_str,
             "password for a mysql:// store, as is (no URL encoding); overrides one in --store",
             secret=True),
+    Setting("store_connect_timeout", None, _optional_positive_float,
+            "seconds to connect to a mysql:// store (default: the URL's connect_timeout "
+            "option, else 2)"),
+    Setting("store_io_timeout", None, _optional_positive_float,
+            "seconds a mysql:// store may take to answer one read or write before publishes "
+            "get STORE_UNAVAILABLE (default: the URL's io_timeout option, else 5)"),
     Setting("max_message_size", MIB, _positive_int, "largest message body in bytes"),
     Setting("ack_timeout", 30.0, _non_negative_float,
             "seconds a delivered message may stay unacked before it is redelivered"),
@@ -129,6 +144,8 @@ class Config:
     data_dir: str
     store: str
     store_password: str | None
+    store_connect_timeout: float | None
+    store_io_timeout: float | None
     max_message_size: int
     ack_timeout: float
     max_attempts: int
