@@ -167,7 +167,11 @@ class Connection(asyncio.Protocol):
     def _check_idle(self) -> None:
         limit = self.server.config.idle_timeout
         if self.server.broker.awaiting_answers(self.id):
-            self.last_read = time.monotonic()  # waiting on a FETCH or on acks is not idle
+            # Waiting on a FETCH or on acks is not idle; look again within a second, so the
+            # idle clock restarts when the wait ends (docs/PROTOCOL.md 4.4), not before.
+            self.last_read = time.monotonic()
+            self._arm_timeout(min(limit, 1.0), self._check_idle)
+            return
         idle_for = time.monotonic() - self.last_read
         if idle_for < limit:
             self._arm_timeout(limit - idle_for, self._check_idle)

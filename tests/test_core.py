@@ -599,3 +599,19 @@ def test_a_framing_error_on_other_connections_closes_at_once() -> None:
     replies = h.take(sub)
     assert replies[0] == p.Pong() and errors(replies[1:]) == [ErrorCode.INVALID_PROTOCOL]
     assert sub in h.closed
+
+
+def test_an_id_named_twice_in_one_ack_is_acked_once_and_unknown_ids_are_machine_readable() -> None:
+    """Issue 16, defect 7: ``ACK 10023 10023`` used to answer UNKNOWN_MESSAGE for the message
+    it had just acked; UNKNOWN_MESSAGE names the ids as ``ids=a,b`` at the start of its text."""
+    h = CoreHarness()
+    sub = h.subscriber("t")
+    [mid] = h.publish(h.publisher("t"), b"x")
+    h.send(sub, p.Fetch(1))
+    h.take(sub)
+    h.send(sub, p.Ack((mid, mid)))
+    assert h.take(sub) == []
+    h.send(sub, p.Ack((mid, 77)), p.Nack(78))
+    unknown = h.take(sub)
+    assert errors(unknown) == [ErrorCode.UNKNOWN_MESSAGE] * 2
+    assert [e.text.split(" ")[0] for e in unknown] == [f"ids={mid},77", "ids=78"]  # type: ignore[attr-defined]

@@ -211,16 +211,21 @@ class Roles:
             self.engine.start_request(session, now_ms)
 
     def _on_ack(self, session: Session, ids: tuple[int, ...], now_ms: int) -> None:
-        if unknown := self.engine.ack(session, ids, now_ms):
-            raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE,
-                                f"not in flight on this connection: {' '.join(map(str, unknown))}"
+        # An id named twice in one ACK is acked once, not refused the second time.
+        if unknown := self.engine.ack(session, tuple(dict.fromkeys(ids)), now_ms):
+            raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE, _unknown_ids_text(unknown) +
                                 " (already acked, timed out, or delivered to another consumer)")
 
     def _on_nack(self, session: Session, frame: p.Nack, now_ms: int) -> None:
         lease = session.leases.get(frame.id)
         if lease is None:
-            raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE,
-                                f"not in flight on this connection: {frame.id}")
+            raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE, _unknown_ids_text([frame.id]))
         group = self.engine.group_of(session)
         self.engine.take_back(group, lease, now_ms, frame.reason or "nacked", frame.delay_ms)
         self.engine.dispatch(group, now_ms)
+
+
+def _unknown_ids_text(ids: list[int]) -> str:
+    """UNKNOWN_MESSAGE's text: ``ids=<id>,<id>...`` first, the one part of an error text meant
+    to be parsed (docs/PROTOCOL.md 9), then words for people."""
+    return f"ids={','.join(map(str, ids))} not in flight on this connection"
