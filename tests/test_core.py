@@ -615,3 +615,27 @@ def test_an_id_named_twice_in_one_ack_is_acked_once_and_unknown_ids_are_machine_
     unknown = h.take(sub)
     assert errors(unknown) == [ErrorCode.UNKNOWN_MESSAGE] * 2
     assert [e.text.split(" ")[0] for e in unknown] == [f"ids={mid},77", "ids=78"]  # type: ignore[attr-defined]
+
+
+def test_expired_messages_leave_the_queue_and_the_store_without_a_consumer() -> None:
+    """Issue 16, defect 6: a timer expires them in the background, counted in stats."""
+    h = CoreHarness()
+    h.subscriber("t", "g")
+    pub = h.publisher("t")
+    [short] = h.publish(pub, b"short", ttl_ms=1_000)
+    h.publish(pub, b"long", ttl_ms=5_000)
+    h.publish(pub, b"forever")
+    h.publish(pub, b"delayed", ttl_ms=3_000, delay_ms=2_000)
+    group = h.broker.snapshot().topic("t").group("g")
+    assert (group.ready, group.delayed) == (3, 1)
+    h.advance(1_000)
+    h.commit()
+    group = h.broker.snapshot().topic("t").group("g")
+    assert (group.ready, group.counters.expired) == (2, 1)
+    assert short in h.stored.done  # the store forgets it too
+    h.advance(4_000)
+    snapshot = h.broker.snapshot()
+    group = snapshot.topic("t").group("g")
+    assert (group.ready, group.delayed, group.counters.expired) == (1, 0, 3)
+    assert snapshot.topic("t").counters.expired == 3
+    assert h.broker.next_deadline() is None  # nothing left to expire: no timer

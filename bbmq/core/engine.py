@@ -10,8 +10,15 @@ topic.  Every change the store must learn goes into :attr:`QueueEngine.batch`.
 
 Time comes in as ``now_ms``.  Two structures hold what is due later: the ack
 deadlines, a FIFO because every lease gets the same timeout, and a heap for
-the rest (long-poll ends, delayed messages, and the rare lease whose deadline
-is out of order after the wall clock stepped back).
+the rest (long-poll ends, delayed messages, TTL sweeps, and the rare lease
+whose deadline is out of order after the wall clock stepped back).
+
+Expired (TTL) messages do not wait for a consumer to reach them: a group with
+a queued message that has a TTL gets a sweep timer for its earliest expiry,
+which takes every expired message out of the group's queues (counted as
+expired, dropped or dead-lettered, and forgotten by the store).  Sweeps of a
+group are at least EXPIRY_SWEEP_MS apart, so their cost (one pass over the
+group's queues) stays bounded however many expiry times there are.
 
 This is the hot path: the records it moves are slotted (bbmq/core/records.py),
 it makes no closures, and a queued message holds nothing for later that can be
@@ -45,12 +52,15 @@ from bbmq.store.base import AckRecord, Batch, DeliveryRecord, GroupRecord, NewMe
 #: The ack-deadline FIFO is compacted once it holds this many entries, or twice the
 #: live ones after the last compaction.
 LEASE_FIFO_MIN: Final = 4096
+#: Least time between two sweeps of one group for expired messages.
+EXPIRY_SWEEP_MS: Final = 1000
 
 
 class TimerKind(Enum):
     LEASE = auto()  # only for a lease out of order in the FIFO (the clock stepped back)
     POLL = auto()
     DELAYED = auto()
+    EXPIRY = auto()
 
 
 class QueueEngine:
@@ -145,6 +155,41 @@ class QueueEngine:
             group.fresh.append(message)
         else:
             heapq.heappush(group.retry, (message.id, message, attempts))
+        if message.expires_at_ms is not None:
+            self._watch_expiry(group, message.expires_at_ms)
+
+    def _watch_expiry(self, group: Group, expires_at_ms: int) -> None:
+        """Make sure a sweep of ``group`` comes soon after ``expires_at_ms``."""
+        due = max(expires_at_ms, group.swept_ms + EXPIRY_SWEEP_MS)
+        if group.expiry_due_ms is None or due < group.expiry_due_ms:
+            group.expiry_due_ms = due  # an earlier sweep supersedes the one scheduled
+            self._schedule(due, TimerKind.EXPIRY, group)
+
+    def _sweep_expired(self, group: Group, due_ms: int, now_ms: int) -> None:
+        """Take every expired message out of ``group``'s queues; schedule the next sweep."""
+        topic = self.topics.get(group.topic)
+        live = topic is not None and topic.groups.get(group.name) is group
+        if group.expiry_due_ms != due_ms or not live:
+            return  # superseded by an earlier sweep, or the group was deleted
+        group.expiry_due_ms = None
+        group.swept_ms = now_ms
+        queued = [(m, 0) for m in group.fresh] + [(m, a) for _, m, a in group.retry] + [
+            (m, a) for _, _, m, a in group.delayed]
+        expired = [(m, a) for m, a in queued
+                   if m.expires_at_ms is not None and m.expires_at_ms <= now_ms]
+        if expired:
+            gone = {m.id for m, _ in expired}
+            group.fresh = deque(m for m in group.fresh if m.id not in gone)
+            group.retry = [entry for entry in group.retry if entry[0] not in gone]
+            group.delayed = [entry for entry in group.delayed if entry[1] not in gone]
+            heapq.heapify(group.retry)
+            heapq.heapify(group.delayed)
+            for message, attempts in expired:
+                self._expire(group, message, attempts, now_ms)
+        later = [m.expires_at_ms for m, _ in queued
+                 if m.expires_at_ms is not None and m.expires_at_ms > now_ms]
+        if later:
+            self._watch_expiry(group, min(later))
 
     def delay(self, group: Group, message: QueuedMessage, attempts: int, due_ms: int) -> None:
         heapq.heappush(group.delayed, (due_ms, message.id, message, attempts))
@@ -344,7 +389,8 @@ class QueueEngine:
         return min(deadlines) if deadlines else None
 
     def tick(self, now_ms: int) -> None:
-        """Run every timer that is due: ack timeouts, long-poll ends, delayed messages."""
+        """Run every timer that is due: ack timeouts, long-poll ends, delayed messages, TTL
+        sweeps."""
         leases = self.lease_deadlines
         while leases and leases[0][0] <= now_ms:
             self._lease_due(*leases.popleft(), now_ms)
@@ -357,6 +403,8 @@ class QueueEngine:
                 session, request = subject
                 if session.requests and session.requests[0] is request:
                     self._finish_request(session, now_ms)
+            elif kind is TimerKind.EXPIRY:
+                self._sweep_expired(subject, deadline, now_ms)
             else:
                 self._promote_delayed(subject, now_ms)
 
