@@ -46,6 +46,7 @@ def build_server(config: Config, clock: Callable[[], int] = wall_clock_ms) -> Br
         max_attempts=config.max_attempts,
         dead_letter_expired=config.dead_letter_expired,
         max_queued_bytes=config.max_queued_bytes,
+        max_messages_per_topic=config.max_messages_per_topic,
         max_output_bytes=config.max_output_bytes,
         idle_timeout_ms=int(config.idle_timeout * 1000),
         authorizer=Authorizer.parse(config.auth_tokens),

@@ -60,6 +60,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -112,7 +119,10 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "seconds a PUBLISH msgid is remembered for idempotent publish"),
     Setting("max_connections", 10000, _positive_int, "connections beyond this get SERVER_BUSY"),
     Setting("max_queued_bytes", 512 * MIB, _positive_int,
-            "message bytes held in memory before publishers get SERVER_BUSY"),
+            "memory the queued messages may take (bodies plus ~200 B each) before "
+            "publishers get SERVER_BUSY"),
+    Setting("max_messages_per_topic", 0, _non_negative_int,
+            "messages one topic may hold before its publishers get SERVER_BUSY (0: no limit)"),
     Setting("max_output_bytes", 4 * MIB, _positive_int,
             "unsent bytes per connection before deliveries to it pause"),
     Setting("handshake_timeout", 10.0, _non_negative_float,
@@ -154,6 +164,7 @@ class Config:
     dedup_window: float
     max_connections: int
     max_queued_bytes: int
+    max_messages_per_topic: int
     max_output_bytes: int
     handshake_timeout: float
     idle_timeout: float

@@ -52,6 +52,11 @@ from bbmq.store.base import AckRecord, Batch, DeliveryRecord, GroupRecord, NewMe
 #: The ack-deadline FIFO is compacted once it holds this many entries, or twice the
 #: live ones after the last compaction.
 LEASE_FIFO_MIN: Final = 4096
+#: What a message held in memory costs beyond its body: the QueuedMessage, its id and
+#: timestamp ints, the bytes object's header, its queue slot and its share of the
+#: store work.  Measured with tracemalloc on 200,000 queued 100-byte messages: 173 B
+#: beyond the body; rounded up for the allocator's own rounding and fragmentation.
+MESSAGE_OVERHEAD_BYTES: Final = 200
 #: Least time between two sweeps of one group for expired messages.
 EXPIRY_SWEEP_MS: Final = 1000
 
@@ -83,8 +88,25 @@ class QueueEngine:
         #: publishes, and the dead letters the broker publishes itself).
         self.batch = Batch()
         self.to_store: list[PendingPublish] = []
-        #: Message bytes held in memory: queued, and on their way to the store.
+        #: What the messages held in memory cost (bodies plus MESSAGE_OVERHEAD_BYTES each):
+        #: queued, and on their way to the store.
         self.queued_bytes = 0
+        #: Messages held in memory by topic name (a dead letter's topic may not exist yet).
+        self.held: dict[str, int] = {}
+
+    def hold(self, topic_name: str, body: bytes) -> None:
+        """A message of ``topic_name`` is now held in memory (published, recovered, a dead
+        letter): count what it costs."""
+        self.queued_bytes += len(body) + MESSAGE_OVERHEAD_BYTES
+        self.held[topic_name] = self.held.get(topic_name, 0) + 1
+
+    def let_go(self, topic_name: str, body: bytes) -> None:
+        """A held message is gone from memory (finished, refused, a duplicate)."""
+        self.queued_bytes -= len(body) + MESSAGE_OVERHEAD_BYTES
+        if self.held[topic_name] == 1:
+            del self.held[topic_name]
+        else:
+            self.held[topic_name] -= 1
 
     def take_store_work(self) -> tuple[list[PendingPublish], Batch]:
         publishes, batch = self.to_store, self.batch
@@ -136,7 +158,7 @@ class QueueEngine:
             groups = [topic.groups[new.group]] if new.group in topic.groups else []
             if not groups:
                 self.batch.done.append(message_id)
-                self.queued_bytes -= len(new.body)
+                self.let_go(new.topic, new.body)
         else:
             groups = list(topic.groups.values())
             if not groups:
@@ -272,7 +294,7 @@ class QueueEngine:
                 "reason": reason.replace(" ", "_")[:200]}
         self.to_store.append(PendingPublish(None, NewMessage(
             group.topic + DLQ_SUFFIX, message.body, message.sender, now_ms, meta=meta)))
-        self.queued_bytes += len(message.body)
+        self.hold(group.topic + DLQ_SUFFIX, message.body)
         self.finish(group, message, now_ms)
 
     def finish(self, group: Group, message: QueuedMessage, now_ms: int) -> None:
@@ -281,7 +303,7 @@ class QueueEngine:
         message.refs -= 1
         if message.refs == 0:
             self.batch.done.append(message.id)
-            self.queued_bytes -= len(message.body)
+            self.let_go(message.topic, message.body)
 
     # ------------------------------------------------------------------ delivery
 

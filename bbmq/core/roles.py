@@ -19,7 +19,7 @@ from bbmq import protocol as p
 from bbmq.auth import Permission
 from bbmq.core.admin_commands import AdminCommands
 from bbmq.core.config import SERVER_NAME, BrokerConfig
-from bbmq.core.engine import QueueEngine
+from bbmq.core.engine import MESSAGE_OVERHEAD_BYTES, QueueEngine
 from bbmq.core.outbox import Outboxes
 from bbmq.core.records import FetchRequest, PendingPublish, Reply, Session, Topic
 from bbmq.protocol import ErrorCode, ProtocolError, Role
@@ -152,12 +152,18 @@ class Roles:
             raise ProtocolError(ErrorCode.SERVER_CLOSING,
                                 "server is shutting down; publish again after it restarts")
         engine = self.engine
-        if engine.queued_bytes + len(frame.body) > self.config.max_queued_bytes:
+        if engine.queued_bytes + len(frame.body) + MESSAGE_OVERHEAD_BYTES > \
+                self.config.max_queued_bytes:
             raise ProtocolError(ErrorCode.SERVER_BUSY,
                                 "broker memory limit reached; retry after consumers catch up")
+        limit = self.config.max_messages_per_topic
+        if limit and engine.held.get(session.topic, 0) >= limit:
+            raise ProtocolError(ErrorCode.SERVER_BUSY,
+                                f"topic holds {limit} messages, its limit; retry after "
+                                "consumers catch up")
         if frame.group is not None:  # created now, so it is stored with (or before) the message
             engine.ensure_group(session.topic, frame.group, now_ms)
-        engine.queued_bytes += len(frame.body)
+        engine.hold(session.topic, frame.body)
         expires = now_ms + frame.ttl_ms if frame.ttl_ms is not None else None
         pending = PendingPublish(session, NewMessage(
             session.topic, frame.body, session.sender, now_ms, frame.msgid,
@@ -175,7 +181,7 @@ class Roles:
                 pending.answer = p.ProducerAckMessage(stored_id.id)
                 publishers[session.id] = session
             if stored_id.duplicate:
-                engine.queued_bytes -= len(pending.message.body)
+                engine.let_go(pending.message.topic, pending.message.body)
             else:
                 touched.add(engine.accept(pending.message, stored_id.id, now_ms))
         self._send_replies_to(publishers)
@@ -191,7 +197,7 @@ class Roles:
         )
         publishers: dict[int, Session] = {}
         for pending in publishes:
-            self.engine.queued_bytes -= len(pending.message.body)
+            self.engine.let_go(pending.message.topic, pending.message.body)
             if (session := pending.requester) is not None:
                 pending.answer = error
                 publishers[session.id] = session
