@@ -5,6 +5,13 @@ decoder, hands whole frames to :class:`bbmq.core.Broker`, and after every read
 writes each connection's coalesced output in one ``transport.write`` and hands
 the store its work.  Flow control uses asyncio's own write-buffer limits:
 ``pause_writing`` stops deliveries to a slow consumer until its buffer drains.
+
+Reading is bounded the same way, so that one client's burst cannot hold the
+others back: at most FRAMES_PER_TURN of a connection's frames go to the core
+per turn of the event loop (the rest wait for the next turn, with reading
+paused), and a connection owed MAX_OWED_REPLIES PUBLISH replies is not read
+again until the store has caught up with half of them.  A burst of 100,000
+PUBLISH frames then costs the other connections a few milliseconds, not seconds.
 """
 
 from __future__ import annotations
@@ -32,6 +39,11 @@ from bbmq.store.worker import StoreWorker
 log = logging.getLogger("bbmq.server")
 
 RECOVERY_CHUNK = 20_000
+#: Frames of one connection handed to the core per turn of the event loop.
+FRAMES_PER_TURN = 200
+#: PUBLISH replies a connection may be owed (publishes not yet committed, or answered
+#: out of turn) before the server stops reading it; about half a store transaction.
+MAX_OWED_REPLIES = 400
 
 
 def _is_loopback(host: str) -> bool:
@@ -42,26 +54,29 @@ def _is_loopback(host: str) -> bool:
 
 
 def hand_over(connection: p.ServerConnection, broker: Broker, session_id: int, now_ms: int,
-              answer_handshake: Callable[[], bool]) -> None:
-    """Give the broker every event the connection has, in order.
+              answer_handshake: Callable[[], bool], *, budget: int | None = None) -> bool:
+    """Give the broker the connection's events, in order: all of them, or ``budget``.
 
     After a handshake the connection pauses: what the frames behind it mean
     depends on the answer, so ``answer_handshake`` sends it first (it returns
     False if the broker closed the connection instead, and then nothing more is
-    handed over).
+    handed over).  Returns True if the budget ran out (events may remain).
     """
-    while True:
+    handed = 0
+    while budget is None or handed < budget:
         event = connection.next_event()
         if event is p.NEED_DATA:
-            return
+            return False
         if event is p.PAUSED:
             if not answer_handshake() or connection.state is p.State.AWAITING_ACK:
-                return
+                return False
             continue
+        handed += 1
         assert not isinstance(event, p.Pending)
         if isinstance(event, p.Rejected) and event.verb is None:
             log.info("conn=%d framing error: %s", session_id, event.error.text)
         broker.receive(session_id, event, now_ms)
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +114,10 @@ class Connection(asyncio.Protocol):
         self.last_read = time.monotonic()
         #: Once the handshake is accepted, the idle timeout replaces the handshake timeout.
         self.watching_idle = False
+        #: Reading is paused: frames wait for the next turn, or for the store to catch up.
+        self.reading_paused = False
+        self.continuation: asyncio.Handle | None = None
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -118,13 +137,22 @@ class Connection(asyncio.Protocol):
         self._arm_timeout(server.config.handshake_timeout, self._handshake_expired)
 
     def data_received(self, data: bytes) -> None:
-        server = self.server
         self.last_read = time.monotonic()
-        broker = server.broker
         self.protocol.receive_data(data)
+        if self.continuation is None and self not in self.server.backlogged:
+            self.hand_over()
+
+    def hand_over(self) -> None:
+        """Hand the core one turn's worth of frames; pause reading if more are waiting."""
+        self.continuation = None
+        if self.lost:
+            return
+        server = self.server
+        broker = server.broker
+        more = False
         try:
-            hand_over(self.protocol, broker, self.id, server.clock(),
-                      lambda: server.write_output_of(self.id))
+            more = hand_over(self.protocol, broker, self.id, server.clock(),
+                             lambda: server.write_output_of(self.id), budget=FRAMES_PER_TURN)
         except Exception:  # a bug: this connection's state is suspect, the broker's not
             log.exception("conn=%d peer=%s: failed on a frame; closing the connection",
                           self.id, self.peer)
@@ -136,7 +164,22 @@ class Connection(asyncio.Protocol):
             if self.timeout is not None:
                 self.timeout.cancel()
             self._arm_timeout(server.config.idle_timeout, self._check_idle)
+        behind = broker.replies_owed(self.id) >= MAX_OWED_REPLIES
+        self._pause_reading(more or behind)
+        if behind:
+            server.backlogged.add(self)  # flush() resumes it once the store catches up
+        elif more:
+            self.continuation = asyncio.get_running_loop().call_soon(self.hand_over)
         server.flush()
+
+    def _pause_reading(self, pause: bool) -> None:
+        if pause == self.reading_paused or self.transport is None:
+            return
+        self.reading_paused = pause
+        if pause:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         return False  # half-closed: close our side too
@@ -149,9 +192,13 @@ class Connection(asyncio.Protocol):
         self.server.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if self.timeout is not None:
             self.timeout.cancel()
+        if self.continuation is not None:
+            self.continuation.cancel()
         server = self.server
+        server.backlogged.discard(self)
         server.connections.pop(self.id, None)
         server.broker.disconnect(self.id, server.clock())
         server.flush()
@@ -200,6 +247,8 @@ class BrokerServer:
         self.clock = clock
         self.broker.status_provider = self.status
         self.connections: dict[int, Connection] = {}
+        #: Connections not read until the store commits their publishes (MAX_OWED_REPLIES).
+        self.backlogged: set[Connection] = set()
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -278,6 +327,16 @@ class BrokerServer:
         if publishes or len(changes):
             self.worker.submit(publishes, changes)
         self._arm_timer()
+        if self.backlogged:
+            self._resume_caught_up()
+
+    def _resume_caught_up(self) -> None:
+        """Read again from the backlogged connections the store has half caught up with."""
+        assert self._loop is not None
+        for connection in [c for c in self.backlogged
+                           if self.broker.replies_owed(c.id) < MAX_OWED_REPLIES // 2]:
+            self.backlogged.discard(connection)
+            connection.continuation = self._loop.call_soon(connection.hand_over)
 
     def write_output_of(self, session_id: int) -> bool:
         """Write one connection's frames now (the answer to its handshake); False if it closes."""

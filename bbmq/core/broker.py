@@ -117,6 +117,12 @@ class Broker:
         session = self.sessions.get(session_id)
         return session is not None and bool(session.requests or session.replies)
 
+    def replies_owed(self, session_id: int) -> int:
+        """PUBLISH replies the connection is owed (not yet sent): how far it is ahead of the
+        store, for the transport's flow control."""
+        session = self.sessions.get(session_id)
+        return 0 if session is None else len(session.replies)
+
     # ------------------------------------------------------------------ output
 
     def take_output(self) -> list[tuple[int, list[p.TypedFrame], bool]]:
