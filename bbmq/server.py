@@ -42,8 +42,9 @@ RECOVERY_CHUNK = 20_000
 #: Frames of one connection handed to the core per turn of the event loop.
 FRAMES_PER_TURN = 200
 #: PUBLISH replies a connection may be owed (publishes not yet committed, or answered
-#: out of turn) before the server stops reading it; about half a store transaction.
-MAX_OWED_REPLIES = 400
+#: out of turn) before the server stops reading it: above a windowed producer's usual
+#: 1,000, so it throttles only bursts, and half a store transaction (--max-batch 2000).
+MAX_OWED_REPLIES = 1024
 
 
 def _is_loopback(host: str) -> bool:
