@@ -32,6 +32,7 @@ from typing import Any
 from bbmq import protocol as p
 from bbmq._version import __version__
 from bbmq.core import Broker, PendingPublish
+from bbmq.heap import MemoryReleaser
 from bbmq.protocol import ErrorCode
 from bbmq.store.base import RecoveredMessage, StoredId
 from bbmq.store.worker import StoreWorker
@@ -39,6 +40,8 @@ from bbmq.store.worker import StoreWorker
 log = logging.getLogger("bbmq.server")
 
 RECOVERY_CHUNK = 20_000
+#: Seconds between two looks at whether freed memory should go back to the OS.
+MEMORY_CHECK_S = 1.0
 #: Frames of one connection handed to the core per turn of the event loop.
 FRAMES_PER_TURN = 200
 #: PUBLISH replies a connection may be owed (publishes not yet committed, or answered
@@ -200,6 +203,7 @@ class Connection(asyncio.Protocol):
             self.continuation.cancel()
         server = self.server
         server.backlogged.discard(self)
+        server.memory.connection_closed()
         server.connections.pop(self.id, None)
         server.broker.disconnect(self.id, server.clock())
         server.flush()
@@ -250,6 +254,8 @@ class BrokerServer:
         self.connections: dict[int, Connection] = {}
         #: Connections not read until the store commits their publishes (MAX_OWED_REPLIES).
         self.backlogged: set[Connection] = set()
+        self.memory = MemoryReleaser()
+        self._memory_check: asyncio.TimerHandle | None = None
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -284,6 +290,7 @@ class BrokerServer:
             raise
         host, port = self.address
         log.info("bbmq %s listening on %s:%d", __version__, host, port)
+        self._check_memory()
         if not self.broker.config.authorizer.enabled and not _is_loopback(self.config.host):
             log.warning("listening on %s WITHOUT authentication: anyone who can reach this "
                         "port can publish and consume; set --auth-tokens", self.config.host)
@@ -370,6 +377,12 @@ class BrokerServer:
         self.broker.tick(self.clock())
         self.flush()
 
+    def _check_memory(self) -> None:
+        """Give freed memory back after a large drain or many closes (bbmq/heap.py)."""
+        self.memory.check(self.broker.queued_bytes)
+        assert self._loop is not None
+        self._memory_check = self._loop.call_later(MEMORY_CHECK_S, self._check_memory)
+
     def _stored(self, publishes: list[PendingPublish], ids: list[StoredId]) -> None:
         self.broker.stored(publishes, ids, self.clock())
         self.flush()
@@ -402,6 +415,8 @@ class BrokerServer:
                 connection.transport.abort()
         if self._timer is not None:
             self._timer.cancel()
+        if self._memory_check is not None:
+            self._memory_check.cancel()
         stopped = await asyncio.get_running_loop().run_in_executor(None, worker.stop, grace)
         if not stopped:
             log.error("store thread did not finish within %.0f s: writes not yet committed "

@@ -66,6 +66,11 @@ class Broker:
     def status_provider(self, provider: Callable[[], dict[str, Any]]) -> None:
         self.admin.status_provider = provider
 
+    @property
+    def queued_bytes(self) -> int:
+        """What the messages held in memory cost (see QueueEngine.queued_bytes)."""
+        return self.engine.queued_bytes
+
     # ------------------------------------------------------------------ connections
 
     def connect(self, session_id: int) -> None:
