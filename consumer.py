@@ -7,7 +7,7 @@ Prints each message as it arrives and acknowledges it.  Same as
 
 import sys
 
-from bbmq.cli import main
+from bbmq.cli import script_main
 
 if __name__ == "__main__":
-    sys.exit(main(["consume", *sys.argv[1:]]))
+    sys.exit(script_main("consume", "consumer.py"))

@@ -7,7 +7,7 @@ broker assigned is printed for each.  Same as ``bbmq publish``; see ``--help``.
 
 import sys
 
-from bbmq.cli import main
+from bbmq.cli import script_main
 
 if __name__ == "__main__":
-    sys.exit(main(["publish", *sys.argv[1:]]))
+    sys.exit(script_main("publish", "producer.py"))

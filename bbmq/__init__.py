@@ -8,6 +8,7 @@ The client library is the public API of this package::
 from bbmq._version import __version__
 from bbmq.client import (
     BrokerError,
+    CannotConnect,
     ConnectionLost,
     Consumer,
     InvalidArgument,
@@ -16,5 +17,5 @@ from bbmq.client import (
     PublishError,
 )
 
-__all__ = ["BrokerError", "ConnectionLost", "Consumer", "InvalidArgument", "Message", "Producer",
-           "PublishError", "__version__"]
+__all__ = ["BrokerError", "CannotConnect", "ConnectionLost", "Consumer", "InvalidArgument",
+           "Message", "Producer", "PublishError", "__version__"]

@@ -14,75 +14,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import ssl
 import sys
 import time
 from collections.abc import Iterator, Mapping
-from datetime import UTC, datetime
 from typing import Any, Final
 
-from bbmq import protocol as p
-from bbmq.cli_options import add_client_arguments, client_options, name_type
-from bbmq.client import BrokerError, ConnectionLost, Consumer, Message, Producer, _Client
+from bbmq.cli_options import add_client_arguments, client_options, message_header, name_type
+from bbmq.client import Consumer, Message, Producer
+from bbmq.client.admin import Admin
 from bbmq.defaults import DLQ_SUFFIX
 
 #: Messages fetched, re-published and acked together by ``dlq replay``.
 REPLAY_BATCH: Final = 100
-
-
-class Admin(_Client):
-    """An administrative connection: stats, topics, purge, group delete, peek."""
-
-    def __init__(self, host: str | None = None, port: int | None = None, *,
-                 name: str | None = None, token: str | None = None,
-                 tls: bool | ssl.SSLContext = False,
-                 ca_file: str | None = None, timeout: float = 10.0) -> None:
-        super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
-                         timeout=timeout)
-
-    def _handshake_frame(self) -> p.TypedFrame:
-        return p.ClientAdmin(self._options())
-
-    def command(self, name: str, **params: Any) -> Any:
-        """Run one ADMIN command and return its JSON result; broker errors raise BrokerError."""
-        channel = self.channel
-        channel.send(p.AdminCommand(name, params).encode())
-        while True:
-            reply = channel.read(self.timeout)
-            if isinstance(reply, p.AdminResult):
-                return reply.result
-            if isinstance(reply, p.Error):
-                raise BrokerError(reply.code, reply.text)
-            if reply is None:
-                channel.close()
-                raise ConnectionLost(f"no answer to ADMIN {name} within {self.timeout:g} s")
-
-    def stats(self) -> dict[str, Any]:
-        """Server facts and, per topic and group, queue sizes and running totals."""
-        result: dict[str, Any] = self.command("stats")
-        return result
-
-    def topics(self) -> list[str]:
-        result: list[str] = self.command("topics")
-        return result
-
-    def purge(self, topic: str, group: str | None = None) -> int:
-        """Drop the queued (not in-flight) messages of one group, or of the whole topic;
-        returns how many."""
-        params = {"topic": topic} if group is None else {"topic": topic, "group": group}
-        return int(self.command("purge", **params)["purged"])
-
-    def delete_group(self, topic: str, group: str) -> None:
-        """Remove a group and what it owes; its consumers are disconnected."""
-        self.command("group_delete", topic=topic, group=group)
-
-    def peek(self, topic: str, group: str | None = None, n: int = 10) -> list[dict[str, Any]]:
-        """The next ``n`` messages the group would deliver, without changing anything."""
-        params: dict[str, Any] = {"topic": topic, "n": n}
-        if group is not None:
-            params["group"] = group
-        result: list[dict[str, Any]] = self.command("peek", **params)
-        return result
 
 
 # --------------------------------------------------------------------------- rates and tables
@@ -238,30 +181,44 @@ def _group_delete(args: argparse.Namespace) -> int:
 def _peek(args: argparse.Namespace) -> int:
     with _connect(args) as admin:
         messages = admin.peek(args.topic, args.group, args.count)
-    if args.json:
-        print(json.dumps(messages, indent=2))
-        return 0
-    if not messages:
+    if not messages and not args.json:
         print(f"no messages queued in {args.topic}"
               + (f" for group {args.group}" if args.group else ""), file=sys.stderr)
+    _print_peeked(messages, as_json=args.json)
+    return 0
+
+
+def _print_peeked(messages: list[dict[str, Any]], *, as_json: bool) -> None:
+    """What ``peek`` and ``dlq list`` show: a header line and the body, per message."""
+    if as_json:
+        print(json.dumps(messages, indent=2))
+        return
     for message in messages:
         print(_peek_header(message))
         body = message["body"]
         print(body if message["encoding"] == "utf-8" else f"(base64) {body}")
+
+
+def _dlq_list(args: argparse.Namespace) -> int:
+    """The dead letters of a topic, oldest first: why each died, where it came from."""
+    dlq = args.topic + DLQ_SUFFIX
+    with _connect(args) as admin:
+        if dlq not in admin.topics():
+            print(f"no dead letters: {args.topic} has none (no topic {dlq})", file=sys.stderr)
+            messages = []
+        else:
+            messages = admin.peek(dlq, args.group, args.count)
+            if not messages:
+                print(f"no dead letters queued in {dlq}", file=sys.stderr)
+    _print_peeked(messages, as_json=args.json)
     return 0
 
 
 def _peek_header(message: Mapping[str, Any]) -> str:
-    published = datetime.fromtimestamp(message["published_ms"] / 1000, UTC)
-    parts = [f"id={message['id']}", f"attempts={message['attempts']}",
-             f"published={published.isoformat(timespec='milliseconds')}"]
-    if message.get("sender"):
-        parts.append(f"from={message['sender']}")
-    if message.get("deliver_at_ms") and message["deliver_at_ms"] > message["published_ms"]:
-        due = datetime.fromtimestamp(message["deliver_at_ms"] / 1000, UTC)
-        parts.append(f"due={due.isoformat(timespec='milliseconds')}")
-    parts += [f"{key}={value}" for key, value in message.get("meta", {}).items()]
-    return "# " + " ".join(parts)
+    """The header ``bbmq consume -v`` would print for the message's next delivery."""
+    return message_header(message["id"], message["attempts"] + 1, message.get("meta", {}),
+                          published_ms=message["published_ms"], sender=message.get("sender"),
+                          deliver_at_ms=message.get("deliver_at_ms"))
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
@@ -294,7 +251,8 @@ def _dlq_replay(args: argparse.Namespace) -> int:
                 print(f"replayed {replayed} so far", file=sys.stderr, flush=True)
                 progress_at = time.monotonic() + 1.0
     if replayed:
-        print(f"replayed {replayed} messages from {dlq} to {args.topic}")
+        print(f"replayed {replayed} messages from {dlq} to the groups of {args.topic} that "
+              "gave up on them")
     else:
         print(f"nothing to replay: {dlq} has no queued messages for group {args.group} "
               "('bbmq stats' shows which groups hold them; pick one with --group)")
@@ -378,10 +336,22 @@ def add_admin_commands(commands: argparse._SubParsersAction[argparse.ArgumentPar
     add_client_arguments(peek)
     peek.set_defaults(func=_peek)
 
-    dlq = commands.add_parser("dlq", help="inspect, replay or purge a topic's dead letters")
+    dlq = commands.add_parser("dlq", help="list, replay or purge a topic's dead letters")
     dlq_commands = dlq.add_subparsers(dest="dlq_command", required=True)
-    replay = dlq_commands.add_parser(
-        "replay", help="re-publish the messages of TOPIC.dlq to TOPIC, then ack them")
+    list_help = ("show the dead letters of TOPIC (in TOPIC.dlq) without consuming them: the "
+                 "group that gave up, after how many attempts, and why")
+    dlq_list = dlq_commands.add_parser("list", help=list_help, description=list_help)
+    dlq_list.add_argument("topic", type=topic)
+    dlq_list.add_argument("--group", type=group, default=None,
+                          help="whose queue of TOPIC.dlq (only once 'dlq replay' made groups; "
+                               "default: 'default', else the first)")
+    dlq_list.add_argument("-n", "--count", type=int, default=10, help="how many (default 10)")
+    dlq_list.add_argument("--json", action="store_true", help="print JSON for scripts")
+    add_client_arguments(dlq_list)
+    dlq_list.set_defaults(func=_dlq_list)
+    replay_help = ("give each message of TOPIC.dlq back to the group of TOPIC that gave up on "
+                   "it (re-published to that group only), then ack it in TOPIC.dlq")
+    replay = dlq_commands.add_parser("replay", help=replay_help, description=replay_help)
     replay.add_argument("topic", type=topic)
     replay.add_argument("--group", type=group, default="default",
                         help="the consumer group of TOPIC.dlq to take them from; it must "

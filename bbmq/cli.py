@@ -7,15 +7,19 @@ import asyncio
 import logging
 import logging.handlers
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from types import FrameType
+from typing import Final
 
 from bbmq import config as settings
 from bbmq._version import __version__
 from bbmq.admin import add_admin_commands
 from bbmq.app import serve
-from bbmq.cli_options import add_client_arguments, client_options, name_type
+from bbmq.cli_options import add_client_arguments, client_options, message_header, name_type
 from bbmq.client import (
     BrokerError,
     Consumer,
@@ -24,10 +28,14 @@ from bbmq.client import (
     default_address,
     ping,
 )
+from bbmq.client.retry import Backoff, comes_back
 from bbmq.daemon import add_server_commands, describe_failure, load_config
 from bbmq.pidfile import AlreadyRunning, PidFile
-from bbmq.protocol import ErrorCode
 from bbmq.store import SchemaVersionError, StoreUnavailable
+
+#: The longest pause between ``bbmq consume``'s attempts to reach a broker that went away:
+#: short enough to be back soon after a restart, long enough not to flood the terminal.
+CONSUME_RECONNECT_CEILING_S: Final = 15.0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -92,51 +100,105 @@ def _publish(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Stopped(Exception):
+    """SIGINT or SIGTERM came while ``bbmq consume`` was waiting for a message."""
+
+
+class _GracefulStop:
+    """SIGINT and SIGTERM end ``bbmq consume`` after the message in hand is printed and
+    acked: while one is, the signal is only noted; while waiting, it ends the wait."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.busy = False
+
+    def __enter__(self) -> _GracefulStop:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._on_signal)
+                              for signum in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in getattr(self, "_previous", {}).items():
+            signal.signal(signum, handler)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.requested = True
+        if not self.busy:
+            raise _Stopped
+
+
 def _consume(args: argparse.Namespace) -> int:
-    """Print and ack messages; once connected, come back when the broker restarts."""
+    """Print and ack messages until done, or until SIGINT/SIGTERM (after the message in hand)."""
+    with _GracefulStop() as stopping:
+        try:
+            return _consume_until_stopped(args, stopping)
+        except _Stopped:
+            return 0
+
+
+def _consume_until_stopped(args: argparse.Namespace, stopping: _GracefulStop) -> int:
+    """Once connected, come back when the broker restarts (until --give-up-after seconds
+    pass without it)."""
     received = 0
-    pause = 0.1
+    reconnect = Backoff.reconnect(CONSUME_RECONNECT_CEILING_S)
     connected = False  # not reaching the broker at all is an error to report, not to retry
-    while True:
+    lost_at: float | None = None  # when the broker went away, while it is away
+    while not stopping.requested:
         wanted = args.count - received if args.count else 0
         consumer = Consumer(args.topic, args.group, prefetch=min(args.prefetch, wanted)
                             if wanted else args.prefetch, **client_options(args))
         try:
             consumer.connect()
-            connected = True
-            for _ in _print_messages(consumer, args):
+            connected, lost_at = True, None
+            reconnect.reset()
+            for _ in _print_messages(consumer, args, stopping):
                 received += 1
                 if args.count and received >= args.count:
                     return 0
-            return 0  # --timeout passed without a message
+            return 0  # --timeout passed without a message, or a signal
         except BrokerError as error:
-            if not connected or error.code not in _CONSUMER_COMES_BACK:
+            if not connected or not comes_back(error):
                 raise
+            lost_at = time.monotonic() if lost_at is None else lost_at
+            away = time.monotonic() - lost_at
+            if args.give_up_after and away >= args.give_up_after:
+                print(f"bbmq: {error.text}; giving up after {away:.0f} s without the broker "
+                      "(--give-up-after)", file=sys.stderr)
+                return 1
+            pause = reconnect.next()
+            if args.give_up_after:
+                pause = min(pause, args.give_up_after - away)
             print(f"bbmq: {error.text}; reconnecting in {pause:.1f} s", file=sys.stderr)
         finally:
+            stopping.busy = True  # a signal now is noted: the goodbye is not cut short
             consumer.close()
-        time.sleep(pause)  # back off while the broker restarts
-        pause = min(5.0, pause * 2)
+            stopping.busy = False
+        if not stopping.requested:
+            time.sleep(pause)  # back off while the broker restarts (a signal ends it)
+    return 0
 
 
-_CONSUMER_COMES_BACK = frozenset({"CONNECTION_LOST", ErrorCode.SERVER_CLOSING, ErrorCode.TIMEOUT})
-
-
-def _print_messages(consumer: Consumer, args: argparse.Namespace) -> Iterator[Message]:
-    """Print and ack each message as it comes (after --timeout seconds without one, stop)."""
+def _print_messages(consumer: Consumer, args: argparse.Namespace,
+                    stopping: _GracefulStop) -> Iterator[Message]:
+    """Print and ack each message as it comes (after --timeout seconds without one, or
+    once a stop signal came, stop)."""
     if args.timeout is None:
         messages: Iterable[Message | None] = consumer
     else:
         messages = iter(lambda: consumer.fetch(args.timeout), None)
     for message in messages:
         assert message is not None
+        stopping.busy = True
         if args.verbose:
-            meta = " ".join(f"{k}={v}" for k, v in message.meta.items())
-            print(f"id={message.id} attempt={message.attempt} {meta}", flush=True)
+            print(message_header(message.id, message.attempt, message.meta), flush=True)
         sys.stdout.buffer.write(message.body + b"\n")
         sys.stdout.flush()
         consumer.ack(message)
+        stopping.busy = False
         yield message
+        if stopping.requested:
+            return
 
 
 def _ping(args: argparse.Namespace) -> int:
@@ -149,6 +211,14 @@ def _ping(args: argparse.Namespace) -> int:
     host, port = default_address()
     print(f"PONG from {args.host or host}:{args.port or port} in {rtt * 1000:.2f} ms")
     return 0
+
+
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of the top-level subcommand ``name``."""
+    for action in parser._actions:  # argparse keeps its subparsers nowhere public
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices[name]  # type: ignore[no-any-return]
+    raise KeyError(name)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,12 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     publish = commands.add_parser(
         "publish", help="publish messages (arguments, or stdin lines); prints their ids")
     publish.add_argument("topic", type=name_type("topic"))
-    publish.add_argument("messages", nargs="*", help="messages (default: one per stdin line)")
+    publish.add_argument("messages", nargs="*", default=[],
+                         help="messages (default: one per stdin line)")
     publish.add_argument("--delay", type=float, default=None,
                          help="seconds before the messages may be delivered")
     publish.add_argument("--ttl", type=float, default=None,
                          help="seconds after which undelivered messages are dropped")
-    add_client_arguments(publish)
+    add_client_arguments(publish, name_help="this client's name, shown to consumers "
+                                            "(from=) with each message")
     publish.set_defaults(func=_publish)
 
     consume = commands.add_parser("consume", help="print messages as they arrive, acking each")
@@ -184,8 +256,13 @@ def build_parser() -> argparse.ArgumentParser:
                          help="exit when no message came for this many seconds")
     consume.add_argument("--prefetch", type=int, default=100,
                          help="messages requested ahead (default 100)")
+    consume.add_argument("--give-up-after", type=float, default=0.0, metavar="SECONDS",
+                         help="once connected, exit 1 when the broker stays unreachable this "
+                              "long (default 0: keep reconnecting, backing off up to "
+                              f"{CONSUME_RECONNECT_CEILING_S:g} s)")
     consume.add_argument("-v", "--verbose", action="store_true",
-                         help="print id, attempt and metadata before each body")
+                         help="print '# id=… attempt=… published=… from=…' (the delivery's "
+                              "number, UTC time, sender) before each body, as 'bbmq peek' does")
     add_client_arguments(consume)
     consume.set_defaults(func=_consume)
 
@@ -197,8 +274,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def script_main(command: str, script: str) -> int:
+    """``python producer.py …`` and ``consumer.py …``: ``bbmq COMMAND …`` whose usage and
+    errors name the script the user ran."""
+    return main([command, *sys.argv[1:]], prog={command: script})
+
+
+def main(argv: Sequence[str] | None = None, *, prog: dict[str, str] | None = None) -> int:
+    """The ``bbmq`` command; ``prog`` renames subcommands in usage lines (see script_main)."""
     parser = build_parser()
+    for command, name in (prog or {}).items():
+        _subcommand(parser, command).prog = name
     args, extra = parser.parse_known_args(argv)
     if extra and args.command == "publish" and not any(e.startswith("-") for e in extra):
         args.messages += extra  # 'publish TOPIC --delay 3 a b': argparse leaves a b over

@@ -2,8 +2,9 @@
 
 A setting's value comes from, in order of precedence: a command-line flag,
 a ``BBMQ_<NAME>`` environment variable (an empty one counts as unset), the
-TOML file given by ``--config`` (keys as the setting names, e.g.
-``ack_timeout = 30``), then the default.
+TOML file given by ``--config`` (keys as the setting names, spelled like the
+flags or with underscores: ``ack-timeout = 30`` or ``ack_timeout = 30``), then
+the default.
 The CLI builds its flags from :data:`SETTINGS`, so a new setting is one line
 there and its typed field in :class:`Config`, and nothing else.
 """
@@ -220,11 +221,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for setting in SETTINGS:
         parser.add_argument(setting.flag, dest=setting.name, default=None,
                             metavar=setting.name.upper(),
-                            help=f"{setting.help} (default {setting.default!r}; env {setting.env})")
+                            help=_flag_help(setting))
+
+
+def _flag_help(setting: Setting) -> str:
+    """The help line of a setting's flag: what it does, its default (unless its help says
+    it better, as for paths under the data dir) and its environment variable."""
+    if "(default" in setting.help or setting.default is None:
+        return f"{setting.help} (env {setting.env})"
+    return f"{setting.help} (default {setting.default!r}; env {setting.env})"
 
 
 class ConfigError(Exception):
     """A setting has a value that cannot be used; the message says which and why."""
+
+
+def _setting_keys(table: Mapping[str, Any], config_file: str | Path) -> dict[str, Any]:
+    """A TOML table keyed by setting name: ``ack-timeout`` (as the flag) and ``ack_timeout``
+    (as the setting and its variable) both name ``ack_timeout``; one given twice, or a key
+    that names no setting, is refused."""
+    values: dict[str, Any] = {}
+    spelled: dict[str, str] = {}
+    unknown = []
+    for key, value in table.items():
+        name = key.replace("-", "_")
+        if name not in BY_NAME:
+            unknown.append(key)
+        elif name in values:
+            raise ConfigError(f"{config_file}: {name} is given twice (as {spelled[name]!r} "
+                              f"and {key!r}); keep one")
+        else:
+            values[name], spelled[name] = value, key
+    if unknown:
+        raise ConfigError(f"unknown setting(s) in {config_file}: {', '.join(sorted(unknown))}; "
+                          "the keys are the flags of 'bbmq server run --help' without the "
+                          "dashes in front (ack-timeout, or ack_timeout)")
+    return values
 
 
 def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
@@ -239,10 +271,7 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
                 file_values = tomllib.load(handle)
         except (OSError, tomllib.TOMLDecodeError) as error:
             raise ConfigError(f"cannot read config file {config_file}: {error}") from None
-        unknown = sorted(set(file_values) - set(BY_NAME))
-        if unknown:
-            raise ConfigError(f"unknown setting(s) in {config_file}: {', '.join(unknown)}; "
-                              "see 'bbmq server run --help' for the names")
+        file_values = _setting_keys(file_values, config_file)
     values: dict[str, Any] = {}
     sources: dict[str, str] = {}
     for setting in SETTINGS:

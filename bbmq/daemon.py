@@ -49,6 +49,7 @@ from bbmq.pidfile import AlreadyRunning, PidFile, probe, wait_until_stopped
 from bbmq.server import BrokerServer
 from bbmq.server_status import daemon_status, print_status
 from bbmq.store.base import StoreUnavailable
+from bbmq.store.mysql import explain_open_failure
 
 log = logging.getLogger("bbmq.daemon")
 
@@ -267,8 +268,10 @@ def describe_failure(error: BaseException, config: settings.Config) -> str:
     if isinstance(error, SystemExit):
         return "terminated by a signal while starting"
     if isinstance(error, StoreUnavailable):
-        return (f"store {settings.mask('store', config.store) or 'sqlite'} unreachable: "
-                f"{error}; check --store and that the database is up")
+        explained = (explain_open_failure(error, config.store)
+                     if config.store.startswith("mysql://") else None)
+        # The error's text starts with the store's address (password left out).
+        return explained or f"store unreachable: {error}; check --store and that the database is up"
     if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
         return (f"{config.host}:{config.port} is already in use; stop what listens there or "
                 "choose another --port")

@@ -33,7 +33,7 @@ from bbmq import protocol as p
 from bbmq._version import __version__
 from bbmq.core import Broker, PendingPublish
 from bbmq.heap import MemoryReleaser
-from bbmq.protocol import ErrorCode
+from bbmq.protocol import NEED_DATA, PAUSED, ErrorCode
 from bbmq.store.base import RecoveredMessage, StoredId
 from bbmq.store.worker import StoreWorker
 
@@ -66,21 +66,16 @@ def hand_over(connection: p.ServerConnection, broker: Broker, session_id: int, n
     False if the broker closed the connection instead, and then nothing more is
     handed over).  Returns True if the budget ran out (events may remain).
     """
-    handed = 0
-    while budget is None or handed < budget:
-        event = connection.next_event()
-        if event is p.NEED_DATA:
-            return False
-        if event is p.PAUSED:
+    next_event, receive = connection.next_event, broker.receive
+    left = -1 if budget is None else budget  # -1: no budget (it never reaches 0)
+    while left and (event := next_event()) is not NEED_DATA:
+        if event is PAUSED:
             if not answer_handshake() or connection.state is p.State.AWAITING_ACK:
                 return False
             continue
-        handed += 1
-        assert not isinstance(event, p.Pending)
-        if isinstance(event, p.Rejected) and event.verb is None:
-            log.info("conn=%d framing error: %s", session_id, event.error.text)
-        broker.receive(session_id, event, now_ms)
-    return True
+        receive(session_id, event, now_ms)
+        left -= 1
+    return left == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +111,7 @@ class Connection(asyncio.Protocol):
         self.peer = "?"
         self.timeout: asyncio.TimerHandle | None = None
         self.last_read = time.monotonic()
+        self.framing_error_logged = False
         #: Once the handshake is accepted, the idle timeout replaces the handshake timeout.
         self.watching_idle = False
         #: Reading is paused: frames wait for the next turn, or for the store to catch up.
@@ -163,6 +159,9 @@ class Connection(asyncio.Protocol):
             broker.send_error(self.id, ErrorCode.INTERNAL_ERROR,
                               "the broker failed on this frame (a bug, in its log); "
                               "reconnect, and please report it", close=True)
+        if not self.framing_error_logged and (error := self.protocol.framing_error) is not None:
+            self.framing_error_logged = True
+            log.info("conn=%d peer=%s framing error: %s", self.id, self.peer, error.text)
         if not self.watching_idle and broker.handshaken(self.id):
             self.watching_idle = True
             if self.timeout is not None:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
-from bbmq.admin import Admin, format_duration, stats_table
+from bbmq.admin import format_duration, stats_table
 from bbmq.auth import Authorizer
-from bbmq.client import BrokerError
+from bbmq.client import BrokerError, CannotConnect
+from bbmq.client.admin import Admin
 from bbmq.config import Config
 from bbmq.pidfile import probe
 
@@ -31,7 +32,9 @@ def daemon_status(config: Config, timeout: float) -> tuple[int, dict[str, Any]]:
             facts["stats"] = admin.stats()
     except BrokerError as error:
         facts["answering"] = False
-        facts["error"] = f"{host}:{port}: {error.text}"
+        facts["listening"] = not isinstance(error, CannotConnect)
+        facts["address"] = f"{host}:{port}"
+        facts["error"] = error.text
     else:
         facts["answering"] = True
     return 0, facts
@@ -49,16 +52,23 @@ def _status_tls(config: Config) -> bool | ssl.SSLContext:
 
 def print_status(code: int, facts: dict[str, Any]) -> None:
     if code == 3:
-        print("bbmq is not running")
+        print(f"bbmq is not running (no broker holds {facts['pid_file']}); 'bbmq server start' "
+              "starts one. A broker started with another --data-dir or --pid-file is not "
+              "seen here: give the same options as to start")
         return
     if code == 1:
         print(f"bbmq is dead but pidfile {facts['pid_file']} exists (pid {facts['pid']} is "
               "gone); 'bbmq server start' replaces it")
         return
+    if not facts["answering"] and not facts["listening"]:
+        print(f"bbmq is running, pid {facts['pid']}, but nothing accepts connections at "
+              f"{facts['address']}: it may still be starting (recovering its store; see "
+              f"{facts['log_file']}), or it listens elsewhere (give the same --host, --port or "
+              "--config as to start)")
+        return
     if not facts["answering"]:
-        print(f"bbmq is running, pid {facts['pid']}, but does not answer ({facts['error']}). "
-              "If it was started with another --host/--port/--config, give the same ones here; "
-              f"if it is still recovering its store, see {facts['log_file']}")
+        print(f"bbmq is running, pid {facts['pid']}, but does not answer at {facts['address']}: "
+              f"{facts['error']}; see {facts['log_file']}")
         return
     stats = facts["stats"]
     server = stats.get("server", {})

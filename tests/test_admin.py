@@ -144,7 +144,7 @@ def test_admin_commands_say_what_to_do_when_no_broker_answers() -> None:
     result = run_bbmq("stats", "--port", str(free_port()))
 
     assert result.returncode == 1
-    assert "is the broker running" in result.stderr
+    assert "is a broker running there" in result.stderr
 
 
 def test_dlq_replay_and_purge_end_to_end(tmp_path: Path) -> None:
@@ -168,7 +168,7 @@ def test_dlq_replay_and_purge_end_to_end(tmp_path: Path) -> None:
         replay = bbmq(broker, "dlq", "replay", "jobs")
 
         assert replay.returncode == 0, replay.stderr
-        assert "replayed 1 messages from jobs.dlq to jobs" in replay.stdout
+        assert "from jobs.dlq to the groups of jobs that gave up" in replay.stdout
         again = consumer.fetch(timeout=5)
         assert again is not None and again.body == b"poison" and again.attempt == 1
         assert again.id != poison

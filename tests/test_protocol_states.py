@@ -148,10 +148,10 @@ def test_the_client_follows_the_servers_answers() -> None:
     client = ClientConnection()
     client.send(protocol.ClientSubscriber("t"))
     client.receive_data(protocol.ServerAcknowledgement({"server": "bbmq"}).encode()
-                        + protocol.Message(4, 1, b"hi", {"from": "p"}).encode())
+                        + protocol.Message(4, 1, b"hi", "p").encode())
     assert client.next_event() == protocol.ServerAcknowledgement({"server": "bbmq"})
     assert (client.role, client.state) == (Role.SUBSCRIBER, State.OPEN)
-    assert client.next_event() == protocol.Message(4, 1, b"hi", {"from": "p"})
+    assert client.next_event() == protocol.Message(4, 1, b"hi", "p")
     assert client.next_event() is NEED_DATA
     client.send(protocol.ClientShutdownSignal())
     client.receive_data(protocol.CloseConnectionSignal().encode())

@@ -13,6 +13,7 @@ import pytest
 
 from bbmq import BrokerError, ConnectionLost, Consumer, InvalidArgument, Producer, PublishError
 from bbmq import protocol as p
+from bbmq.client.publishing import PublishWindow
 from bbmq.protocol import ErrorCode
 from bbmq.testing import BrokerController, BrokerProcess, wait_for
 
@@ -282,9 +283,9 @@ def test_acks_that_wait_to_share_a_write_reach_the_broker_unprompted(
         counters = broker.server.broker.snapshot().topic("linger").group("g").counters
         return counters.acked, counters.redelivered
 
-    consumer.channel.send_soon(p.Ack((first.id,)).encode())
+    consumer.channel.send_soon(p.Ack((first.id,)))
     wait_for(lambda: broker.call(group_counters) == (1, 0), "the held ack", timeout=5)
-    consumer.channel.send_soon(p.Ack((second.id,)).encode())
+    consumer.channel.send_soon(p.Ack((second.id,)))
     consumer.nack(second)  # the held ack goes first, so this NACK is of an acked message
     wait_for(lambda: broker.call(group_counters) == (2, 0), "the second held ack", timeout=5)
     error = consumer.channel.read(timeout=5)
@@ -296,11 +297,12 @@ def test_a_refused_publish_leaves_the_producer_in_step(broker: BrokerController)
     """Every reply owed is read before the refusal is raised, so the next publish gets its
     own ack, not a stale one; the refusal says which messages were stored."""
     with Producer("step", port=broker.port) as producer:
-        frames = [p.Publish(b"before", "m1").encode(), b"HEAD PUBLISH delay=-1 1\r\nxTAIL\r\n",
-                  p.Publish(b"after", "m2").encode()]
+        frames = [p.Publish(b"before", "m1"), p.Publish(b"x", delay_ms=-1),
+                  p.Publish(b"after", "m2")]
+        assert frames[1].encode() == b"HEAD PUBLISH delay=-1 1\r\nxTAIL\r\n"
         ids = [0, 0, 0]
         with pytest.raises(PublishError) as refused:
-            producer._pipeline(frames, [0, 1, 2], ids, window=10)
+            producer._pipeline(PublishWindow(frames, [0, 1, 2], ids, window=10))
         assert refused.value.code == ErrorCode.INVALID_PROTOCOL
         assert refused.value.ids[0] and refused.value.ids[1] == 0 and refused.value.ids[2]
         next_id = producer.publish(b"next")
@@ -393,8 +395,9 @@ def test_producer_and_consumer_scripts_as_a_user_would(broker: BrokerController)
     assert consumed.returncode == 0, consumed.stderr
     lines = consumed.stdout.splitlines()
     assert lines[1::2] == lines_in
-    assert [line.split()[0] for line in lines[0::2]] == [f"id={i}" for i in ids]
-    assert lines[0].startswith(f"id={ids[0]} attempt=1 from=cli ts=")
+    assert [line.split()[1] for line in lines[0::2]] == [f"id={i}" for i in ids]
+    assert lines[0].startswith(f"# id={ids[0]} attempt=1 published=")
+    assert lines[0].endswith("+00:00 from=cli")
     again = _script("consumer.py", "orders", "--timeout", "0.3", port=broker.port)
     assert again.returncode == 0 and again.stdout == ""  # all three were acked
 
@@ -430,4 +433,5 @@ def test_scripts_explain_an_unreachable_broker() -> None:
         port = probe.getsockname()[1]
     result = _script("producer.py", "orders", "hello", port=port)
     assert result.returncode != 0
-    assert "is the broker running" in result.stderr
+    assert f"cannot connect to 127.0.0.1:{port}" in result.stderr
+    assert "is a broker running there" in result.stderr

@@ -86,16 +86,8 @@ class QueuedMessage:
         self.refs = 0
 
     def frame(self, attempt: int) -> p.Message:
-        """The MESSAGE frame of one delivery.
-
-        Its keys are made per delivery rather than kept with the message: a queued
-        message is held far longer than a frame, and a dict each would double its size.
-        """
-        ts = str(self.published_ms)
-        keys = {"ts": ts} if self.sender is None else {"from": self.sender, "ts": ts}
-        if self.meta is not None:
-            keys.update(self.meta)
-        return p.Message(self.id, attempt, self.body, keys)
+        """The MESSAGE frame of one delivery."""
+        return p.Message(self.id, attempt, self.body, self.sender, self.published_ms, self.meta)
 
 
 class Lease:

@@ -124,7 +124,8 @@ class Roles:
             where = f" on topic {topic!r}" if topic else ""
             raise ProtocolError(ErrorCode.UNAUTHORIZED,
                                 f"token missing or not allowed to {permission}{where}; "
-                                "send a valid 'token' in the handshake body", fatal=True)
+                                "give a token that allows it (token= in the client library, "
+                                "--token or BBMQ_TOKEN for the bbmq tools)", fatal=True)
 
     def server_info(self) -> dict[str, Any]:
         """What the handshake's SERVER_ACKNOWLEDGEMENT tells a client about this broker."""

@@ -43,6 +43,12 @@ _TABLE_OPTIONS: Final = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_b
 _SQL_MODE: Final = "TRADITIONAL"
 #: ER_DUP_FIELDNAME: ALTER TABLE ... ADD COLUMN of a column that exists.
 _DUP_FIELDNAME: Final = 1060
+#: The errors a new setup meets when it opens the store (see explain_open_failure).
+_BAD_DB: Final = 1049  # ER_BAD_DB_ERROR: no such database
+_ACCESS_DENIED: Final = 1045  # ER_ACCESS_DENIED_ERROR: wrong user or password
+_DB_ACCESS_DENIED: Final = 1044  # ER_DBACCESS_DENIED_ERROR: the user may not use the database
+_CANNOT_CONNECT: Final = 2003  # CR_CONN_HOST_ERROR: nothing listens there
+_UNKNOWN_HOST: Final = 2005  # CR_UNKNOWN_HOST
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +115,28 @@ def _seconds(options: dict[str, str], name: str, url: str) -> float | None:
         raise ValueError(f"{name} in MySQL URL {redact_url(url)!r} must be a number of seconds "
                          f"above 0, got {options[name]!r}")
     return value
+
+
+def explain_open_failure(error: BaseException, url: str) -> str | None:
+    """Why a MySQL store at ``url`` could not be opened, and what to do, in one line; None
+    when ``error`` (or its cause) is none of the failures a new setup runs into."""
+    cause: BaseException | None = error
+    while cause is not None and not isinstance(cause, pymysql.err.MySQLError):
+        cause = cause.__cause__
+    if cause is None or not cause.args or not isinstance(cause.args[0], int):
+        return None
+    code, params = cause.args[0], parse_mysql_url(url)
+    server = f"the MySQL server at {params.host}:{params.port}"
+    if code == _BAD_DB:
+        return (f"database {params.database!r} does not exist on {server}; create it "
+                f"(CREATE DATABASE {params.database}) or name another one in --store")
+    if code in (_ACCESS_DENIED, _DB_ACCESS_DENIED):
+        return (f"{server} refused user {params.user!r} ({cause.args[-1]}); check the user and "
+                "password in --store (or --store-password) and the user's grants")
+    if code in (_CANNOT_CONNECT, _UNKNOWN_HOST):
+        return (f"cannot reach {server} ({cause.args[-1]}); check that it is running and the "
+                "host and port in --store")
+    return None
 
 
 def redact_url(url: str) -> str:

@@ -1,0 +1,106 @@
+"""What every client connection shares: the address, TLS, auth, connect and close.
+
+:class:`Client` is the base of Producer, Consumer and the admin client
+(bbmq/client/admin.py); a subclass names its handshake and may watch for new
+connections (``_connected``) to reset what belonged to the old one.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import time
+from types import TracebackType
+from typing import Any, Self
+
+from bbmq.client.arguments import default_address
+from bbmq.client.channel import Channel
+from bbmq.client.errors import BrokerError, CannotConnect, ConnectionLost
+from bbmq.protocol import Ping, Pong, TypedFrame
+
+
+def ping(host: str | None = None, port: int | None = None, *, timeout: float = 5.0,
+         tls: bool | ssl.SSLContext = False, ca_file: str | None = None) -> float:
+    """Seconds for a PING/PONG round trip (no handshake needed); raises if no answer."""
+    default_host, default_port = default_address()
+    started = time.monotonic()
+    channel = Channel(host or default_host, port or default_port, timeout=timeout, tls=tls,
+                      ca_file=ca_file)
+    try:
+        channel.send(Ping())
+        reply = channel.read(timeout)
+        if not isinstance(reply, Pong):
+            raise ConnectionLost(f"expected PONG, got {reply!r}")
+        return time.monotonic() - started
+    finally:
+        channel.close()
+
+
+def never_reached(client: Client, error: BrokerError) -> bool:
+    """``error`` is ``client``'s first attempt to reach the broker failing: a wrong address
+    or a broker that is not running, to report at once rather than retry."""
+    return isinstance(error, CannotConnect) and not client.was_connected
+
+
+class Client:
+    """One role's connection to the broker, opened on first use and again after a loss."""
+
+    def __init__(self, host: str | None, port: int | None, *, name: str | None,
+                 token: str | None, tls: bool | ssl.SSLContext, ca_file: str | None,
+                 timeout: float) -> None:
+        default_host, default_port = default_address()
+        self.host = host or default_host
+        self.port = port or default_port
+        self.name = name
+        self.token = token if token is not None else os.environ.get("BBMQ_TOKEN")
+        self.tls = tls
+        self.ca_file = ca_file
+        self.timeout = timeout
+        self.server_info: dict[str, Any] = {}
+        self._channel: Channel | None = None
+        #: A handshake has succeeded once: a connection that fails from now on was lost
+        #: (worth retrying), while one that never opened is the caller's to hear of at once.
+        self.was_connected = False
+
+    def _options(self) -> dict[str, Any]:
+        """The handshake's options: this client's name and token, where given."""
+        return {key: value for key, value in (("name", self.name), ("token", self.token))
+                if value is not None}
+
+    def _handshake_frame(self) -> TypedFrame:
+        raise NotImplementedError
+
+    def _connected(self, channel: Channel) -> None:
+        """A new connection is up: whatever state belonged to the old one is void."""
+
+    def connect(self) -> Self:
+        """Open the connection and do the handshake (idempotent)."""
+        if self._channel is None or self._channel.closed:
+            channel = Channel(self.host, self.port, timeout=self.timeout, tls=self.tls,
+                              ca_file=self.ca_file)
+            self.server_info = channel.handshake(self._handshake_frame(), self.timeout)
+            self._channel = channel
+            self.was_connected = True
+            self._connected(channel)
+        return self
+
+    @property
+    def channel(self) -> Channel:
+        """The open connection, opened (again) if there is none."""
+        if self._channel is None or self._channel.closed:
+            self.connect()
+        assert self._channel is not None
+        return self._channel
+
+    def close(self) -> None:
+        """Say goodbye to the broker and close the connection."""
+        if self._channel is not None:
+            self._channel.goodbye()
+            self._channel = None
+
+    def __enter__(self) -> Self:
+        return self.connect()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,109 @@
+"""The blocking Producer: publishing.py's decisions over a Channel.
+
+Publishing is idempotent: every message carries a ``msgid``; when a
+connection drops (or the store is briefly unavailable) before the ack, the
+producer reconnects and sends the unacked messages again, and the broker
+acks a repeat with the original id instead of storing it twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import time
+from collections.abc import Iterable
+
+from bbmq.client.arguments import checked_name
+from bbmq.client.base import Client, never_reached
+from bbmq.client.errors import BrokerError, ConnectionLost, PublishError
+from bbmq.client.publishing import MsgIds, PublishJob, PublishWindow, publish_frames
+from bbmq.client.retry import comes_back
+from bbmq.protocol import ClientPublisher, TypedFrame
+
+log = logging.getLogger("bbmq.client")
+
+
+class Producer(Client):
+    """Publishes to one topic.  ``publish`` waits for the broker's ack; ``publish_many`` pipelines.
+
+    ``retry_for`` (seconds, default 30) is how long a publish keeps trying
+    (reconnecting, resending with the same msgid) through lost connections,
+    STORE_UNAVAILABLE and SERVER_BUSY before it raises.  It is for a broker
+    that worked and went away (a restart): when the very first connection
+    cannot be opened, :class:`CannotConnect` is raised at once, naming the address.
+    """
+
+    def __init__(self, topic: str, host: str | None = None, port: int | None = None, *,
+                 name: str | None = None, token: str | None = None,
+                 tls: bool | ssl.SSLContext = False, ca_file: str | None = None,
+                 timeout: float = 30.0, retry_for: float = 30.0) -> None:
+        super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
+                         timeout=timeout)
+        self.topic = checked_name("topic", topic)
+        self.retry_for = retry_for
+        self._msgids = MsgIds()
+
+    def _handshake_frame(self) -> TypedFrame:
+        return ClientPublisher(self.topic, self._options())
+
+    def publish(self, body: bytes | str, *, delay: float | None = None,
+                ttl: float | None = None, group: str | None = None) -> int:
+        """Publish one message; return its id once the broker has stored it.
+
+        ``delay`` (seconds) defers delivery; ``ttl`` (seconds) drops it if not
+        delivered in time; ``group`` gives it to that consumer group only (the
+        others never see it), as ``bbmq dlq replay`` does.
+        """
+        return self.publish_many([body], delay=delay, ttl=ttl, group=group)[0]
+
+    def publish_many(self, bodies: Iterable[bytes | str], *, window: int = 1000,
+                     delay: float | None = None, ttl: float | None = None,
+                     group: str | None = None) -> list[int]:
+        """Publish in order with up to ``window`` unacked in flight; return the ids in order.
+
+        Messages the broker could not take for now (STORE_UNAVAILABLE,
+        SERVER_BUSY) or whose ack was lost with the connection are sent again,
+        with the same msgid, until ``retry_for`` runs out.
+        """
+        frames = publish_frames(bodies, self._msgids, delay=delay, ttl=ttl, group=group,
+                                max_message_bytes=self.server_info.get("max_message_bytes"))
+        job = PublishJob(frames, window=window, retry_for=self.retry_for, now=time.monotonic())
+        while (publish_pass := job.next_pass()) is not None:
+            try:
+                self._pipeline(publish_pass)
+            except BrokerError as error:
+                if (isinstance(error, PublishError) or not comes_back(error)
+                        or never_reached(self, error)):
+                    raise
+                self._channel = None
+                pause = job.after_loss(error, time.monotonic())
+                log.warning("publish interrupted (%s); reconnecting to resend", error)
+            else:
+                pause = job.after_pass(publish_pass, time.monotonic())
+            if pause:
+                time.sleep(pause)  # back off: the broker or its store is recovering
+        return job.ids
+
+    def _pipeline(self, publish_pass: PublishWindow) -> None:
+        """Run one pass on the connection: send as the window allows, read every reply owed.
+
+        Raises PublishError once the replies are in if the broker refused a
+        message for good.
+        """
+        channel = self.channel
+        while not publish_pass.done:
+            if frames := publish_pass.to_send():
+                channel.send_all(frames)
+            try:
+                replies = channel.read_all(self.timeout)
+            except ConnectionLost:
+                # The refusal may have closed the connection (a frame too large, say).
+                if (failure := publish_pass.failure()) is not None:
+                    raise failure from None
+                raise
+            if not replies:
+                channel.close()
+                raise ConnectionLost(f"no ack from the broker within {self.timeout:g} s")
+            publish_pass.on_replies(replies)
+        if (failure := publish_pass.failure()) is not None:
+            raise failure
