@@ -435,3 +435,19 @@ def test_scripts_explain_an_unreachable_broker() -> None:
     assert result.returncode != 0
     assert f"cannot connect to 127.0.0.1:{port}" in result.stderr
     assert "is a broker running there" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_idle_clock_restarts_when_a_long_poll_ends(tmp_path: Path) -> None:
+    """Issue 16, defect 7 (PROTOCOL.md 4.4): a long poll that ends just after the server's
+    last idle check used to leave the consumer a fraction of the idle timeout (closed 0.1 s
+    after this poll ended); the clock now restarts within a second of the poll's end."""
+    with BrokerController(data_dir=tmp_path, idle_timeout=3) as broker:
+        client = RawClient(broker.port)
+        client.handshake(p.ClientSubscriber("quiet"))
+        client.send(p.Fetch(1, 5_900))
+        assert client.receive(timeout=10) == [p.QueueEmpty(0)]
+        assert client.silent_for(1.0), client.frames  # no TIMEOUT right after the poll
+        client.send(p.Ping())
+        assert client.receive() == [p.Pong()]
+        client.close()
