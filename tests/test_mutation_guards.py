@@ -135,3 +135,49 @@ def test_a_dead_letter_survives_a_store_failure_with_the_ack_of_its_original(
     topics = [message.topic for message in check.recover()]
     check.close()
     assert topics == ["t.dlq"], topics
+
+
+# ---------------------------------------------------------------- survivors of `mutmut run`
+# (bbmq.core, 2026-12-02): mutants no test killed that a real bug could look like.
+
+
+def test_a_message_that_expires_while_delayed_is_expired_once_and_never_delivered() -> None:
+    h = CoreHarness()
+    sub = h.subscriber("t")
+    h.publish(h.publisher("t"), b"late", delay_ms=5_000, ttl_ms=1_000)
+    h.advance(1_000)
+    group = h.broker.snapshot().topic("t").group("default")
+    assert (group.delayed, group.counters.expired) == (0, 1)
+    h.advance(5_000)
+    h.send(sub, p.Fetch(1, 0))
+    assert h.take(sub) == [p.QueueEmpty(0)]
+    assert h.broker.snapshot().topic("t").counters.expired == 1
+
+
+def test_an_ack_after_the_lease_timed_out_is_unknown_and_the_message_comes_back() -> None:
+    h = CoreHarness(ack_timeout_ms=1_000)
+    sub = h.subscriber("t")
+    [mid] = h.publish(h.publisher("t"), b"slow")
+    h.send(sub, p.Fetch(1))
+    h.take(sub)
+    h.advance(1_001)
+    h.send(sub, p.Ack((mid,)))
+    [error] = h.take(sub)
+    assert isinstance(error, p.Error) and error.code == ErrorCode.UNKNOWN_MESSAGE
+    h.send(sub, p.Fetch(1, 0))
+    assert messages(h.take(sub)) == [(mid, 2, b"slow")]
+    counters = h.broker.snapshot().topic("t").group("default").counters
+    assert (counters.redelivered, counters.acked) == (1, 0)
+
+
+def test_a_leased_message_whose_ttl_passes_is_expired_when_its_lease_ends() -> None:
+    h = CoreHarness(ack_timeout_ms=2_000)
+    sub = h.subscriber("t")
+    h.publish(h.publisher("t"), b"brief", ttl_ms=1_000)
+    h.send(sub, p.Fetch(1))
+    h.take(sub)
+    h.advance(2_001)  # the lease times out after the TTL: expired, not redelivered
+    h.send(sub, p.Fetch(1, 0))
+    assert h.take(sub) == [p.QueueEmpty(0)]
+    counters = h.broker.snapshot().topic("t").group("default").counters
+    assert (counters.expired, counters.redelivered) == (1, 0)
