@@ -4,13 +4,17 @@
 # (see docker-compose.yml and the README), `docker build -t bbmq .` builds it alone.
 # Every setting is a BBMQ_* environment variable (see bbmq/config.py).
 
-FROM python:3.11.14-slim-bookworm
+# The base: the official Python image. Anything with Python >= 3.11 and pip on Debian
+# will do (the container tests build on a debootstrapped one: --build-arg BASE_IMAGE=...).
+ARG BASE_IMAGE=python:3.11.14-slim-bookworm
+FROM ${BASE_IMAGE}
+ARG BASE_IMAGE
 
 LABEL org.opencontainers.image.title="bbmq" \
       org.opencontainers.image.description="A small, durable message broker you can read end to end" \
       org.opencontainers.image.version="0.1.0" \
       org.opencontainers.image.licenses="MIT" \
-      org.opencontainers.image.base.name="docker.io/library/python:3.11.14-slim-bookworm"
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -46,7 +50,7 @@ ENV BBMQ_HOST=0.0.0.0 \
 
 USER 10001:10001
 VOLUME ["/data"]
-EXPOSE 15333
+EXPOSE 15333 15334
 
 # Healthy when the broker answers PING. `bbmq ping` reads BBMQ_HOST/BBMQ_PORT, so it
 # follows the listen address (0.0.0.0 reaches the container's own interfaces).

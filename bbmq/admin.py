@@ -1,13 +1,11 @@
 """Administering a running broker as a client: ``bbmq stats|topics|purge|group|peek|dlq``.
 
 The broker answers administrative requests on a ``CLIENT_ADMIN`` connection
-(``ADMIN <command>`` with JSON parameters, answered by ``ADMIN_RESULT`` JSON;
-see docs/PROTOCOL.md), so these commands need nothing but the address and,
-when the broker requires one, a token: they work against a local daemon, a
-container or a remote host alike.  ``dlq replay`` is an ordinary consumer of
-``<topic>.dlq`` and producer of ``<topic>``, so a replayed message is safe at
-every step: its DLQ copy is acked only once the re-publish has been acked (an
-interruption in between can duplicate a message, never lose one).
+(the :class:`~bbmq.client.Admin` client), so these commands need nothing
+but the address and, when the broker requires one, a token: they work against a
+local daemon, a container or a remote host alike.  ``dlq replay`` runs
+:func:`~bbmq.dlq_replay.replay_dead_letters`, which the broker's dashboard
+runs too.
 """
 
 from __future__ import annotations
@@ -16,17 +14,13 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator, Mapping
-from typing import Any, Final
+from collections.abc import Mapping
+from typing import Any
 
 from bbmq.cli_options import add_client_arguments, client_options, message_header, name_type
-from bbmq.client import Consumer, Message, Producer
 from bbmq.client.admin import Admin
 from bbmq.defaults import DLQ_SUFFIX
-
-#: Messages fetched, re-published and acked together by ``dlq replay``.
-REPLAY_BATCH: Final = 100
-
+from bbmq.dlq_replay import replay_dead_letters
 
 # --------------------------------------------------------------------------- rates and tables
 
@@ -222,57 +216,17 @@ def _peek_header(message: Mapping[str, Any]) -> str:
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
-    dlq = args.topic + DLQ_SUFFIX
-    with _connect(args) as admin:
-        if dlq not in admin.topics():
-            print(f"nothing to replay: {args.topic} has no dead letters (no topic {dlq})")
-            return 0
-        groups = sorted(admin.stats()["topics"][dlq]["groups"])
-    if groups and args.group not in groups:  # subscribing would create it: refuse instead
-        print(f"bbmq: {dlq} has no group {args.group!r} (groups: {', '.join(groups)}); "
-              "pick one with --group", file=sys.stderr)
+    def report(replayed: int) -> None:
+        print(f"replayed {replayed} so far", file=sys.stderr, flush=True)
+
+    outcome = replay_dead_letters(args.topic, args.group, count=args.count,
+                                  timeout=args.timeout, progress=report,
+                                  **client_options(args))
+    if outcome.refused:
+        print(f"bbmq: {outcome.summary}", file=sys.stderr)
         return 1
-    replayed = 0
-    progress_at = time.monotonic() + 1.0
-    options = client_options(args)
-    with Consumer(dlq, args.group, **options) as consumer, \
-            Producer(args.topic, **{**options, "name": args.name or "bbmq-dlq-replay"}) \
-            as producer:
-        for batch in _dead_letters(consumer, args.count, args.timeout):
-            # Back to the group that gave up on each, not to every group of the topic.
-            by_group: dict[str | None, list[Message]] = {}
-            for message in batch:
-                by_group.setdefault(message.meta.get("original_group"), []).append(message)
-            for group, messages in by_group.items():
-                producer.publish_many([message.body for message in messages], group=group)
-            consumer.ack_many(batch)  # only now: the re-publish was acked above
-            replayed += len(batch)
-            if time.monotonic() >= progress_at:
-                print(f"replayed {replayed} so far", file=sys.stderr, flush=True)
-                progress_at = time.monotonic() + 1.0
-    if replayed:
-        print(f"replayed {replayed} messages from {dlq} to the groups of {args.topic} that "
-              "gave up on them")
-    else:
-        print(f"nothing to replay: {dlq} has no queued messages for group {args.group} "
-              "('bbmq stats' shows which groups hold them; pick one with --group)")
+    print(outcome.summary)
     return 0
-
-
-def _dead_letters(consumer: Consumer, limit: int, timeout: float) -> Iterator[list[Message]]:
-    """Batches of DLQ messages until ``limit`` (0: no limit) or none came for ``timeout`` s."""
-    taken = 0
-    while not limit or taken < limit:
-        batch: list[Message] = []
-        while len(batch) < REPLAY_BATCH and (not limit or taken + len(batch) < limit):
-            message = consumer.fetch(timeout=timeout if not batch else 0)
-            if message is None:
-                break
-            batch.append(message)
-        if not batch:
-            return
-        taken += len(batch)
-        yield batch
 
 
 def _dlq_purge(args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@ Every other module is handed what it works with; only this one knows how the
 pieces fit.  :func:`build_server` turns the typed :class:`~bbmq.config.Config`
 into the store, the wall clock, the broker core, the store thread and the
 transport, each given to the next.  :func:`serve` runs the result the way a
-process must: signal handlers, garbage-collector tuning, metrics, and a drain
+process must: signal handlers, garbage-collector tuning, the HTTP side (dashboard,
+API, metrics: bbmq/dashboard/), and a drain
 on the way out.  ``bbmq server run``, the daemon and
 :class:`bbmq.testing.BrokerController` all start brokers through here.
 """
@@ -17,14 +18,19 @@ import gc
 import logging
 import logging.handlers
 import signal
+import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 
 from bbmq._version import __version__
 from bbmq.auth import Authorizer
 from bbmq.config import Config
 from bbmq.core import Broker, BrokerConfig
-from bbmq.server import BrokerServer, TransportConfig
+from bbmq.dashboard import DashboardSources, HttpServer, start_http
+from bbmq.dlq_replay import ReplayOutcome, replay_dead_letters
+from bbmq.metrics import MetricsSources
+from bbmq.server import BrokerServer, ConnectionInfo, TransportConfig
 from bbmq.store import open_store
 from bbmq.store.worker import StoreWorker
 
@@ -116,22 +122,54 @@ async def serve(config: Config, ready: asyncio.Future[BrokerServer] | None = Non
     starting.result()  # the start's own error, if it failed
     gc.collect()
     gc.freeze()  # what recovery loaded stays out of the collector's sight
-    metrics: asyncio.Server | None = None
+    http: HttpServer | None = None
     try:
-        if config.metrics_port:
-            from bbmq.metrics import (  # noqa: PLC0415 (prometheus only if asked)
-                MetricsSources,
-                start_metrics,
-            )
-
-            sources = MetricsSources(server.broker.snapshot, lambda: len(server.connections),
-                                     server.worker)
-            metrics = await start_metrics(sources, config.metrics_port, config.host)
+        if config.effective_http_port:
+            http = await start_http(dashboard_sources(server, config), config.host,
+                                    config.effective_http_port, wall_clock_ms)
         if ready is not None:
             ready.set_result(server)
         await stop.wait()
     finally:
-        if metrics is not None:
-            metrics.close()
+        if http is not None:
+            await http.close()
         clean = await server.stop()
     return clean
+
+
+def dashboard_sources(server: BrokerServer, config: Config) -> DashboardSources:
+    """What the HTTP side reads and runs, from the running server.
+
+    DLQ replay is the CLI's own (:func:`bbmq.dlq_replay.replay_dead_letters`),
+    run against this broker's port with the logged-in token; with TLS on, its
+    clients trust exactly this broker's certificate.
+    """
+    host, port = server.address
+    tls: bool | ssl.SSLContext = False
+    if config.tls_cert:
+        tls = ssl.create_default_context(cafile=config.tls_cert)
+        tls.check_hostname = False  # our own certificate, on our own address
+
+    def replay(topic: str, group: str, token: str | None) -> ReplayOutcome:
+        return replay_dead_letters(topic, group, host=host, port=port, token=token, tls=tls,
+                                   name="bbmq-dashboard-replay")
+
+    return DashboardSources(
+        version=__version__, snapshot=server.broker.snapshot, status=server.status,
+        connections=lambda: [connection_row(info) for info in server.describe_connections()],
+        admin_command=server.admin_command, replay=replay,
+        authorizer=server.broker.config.authorizer, read_only=config.dashboard_read_only,
+        metrics=MetricsSources(server.broker.snapshot, lambda: len(server.connections),
+                               server.worker))
+
+
+def connection_row(info: ConnectionInfo) -> dict[str, Any]:
+    """One connection as the dashboard's JSON shows it."""
+    session = info.session
+    return {"id": info.id, "peer": info.peer, "connected_ms": info.connected_ms,
+            "bytes_in": info.bytes_in, "bytes_out": info.bytes_out,
+            "role": "none" if session is None else session.role,
+            "topic": "" if session is None else session.topic,
+            "group": "" if session is None else session.group,
+            "name": None if session is None else session.name,
+            "inflight": 0 if session is None else session.inflight}

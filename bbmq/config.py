@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from bbmq.auth import Authorizer
-from bbmq.defaults import DEFAULT_HOST, DEFAULT_PORT
+from bbmq.defaults import DEFAULT_HOST, DEFAULT_HTTP_PORT, DEFAULT_PORT
 from bbmq.store.mysql import redact_url
 
 MIB: Final = 1024 * 1024
@@ -84,6 +84,17 @@ def _optional_positive_float(text: str) -> float | None:
     return value
 
 
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be a TCP port from 0 to 65535, got {value}")
+    return value
+
+
+def _optional_port(text: str) -> int | None:
+    return _port(text) if text else None
+
+
 def _optional_str(text: str) -> str | None:
     return text or None
 
@@ -135,7 +146,13 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("log_file", None, _optional_str, "log file (default: <data-dir>/bbmq.log when "
             "daemonized, stderr in the foreground)"),
     Setting("pid_file", None, _optional_str, "pidfile (default: <data-dir>/bbmq.pid)"),
-    Setting("metrics_port", 0, int, "serve Prometheus metrics on this HTTP port (0: off)"),
+    Setting("http_port", DEFAULT_HTTP_PORT, _port,
+            "HTTP port of the dashboard, its JSON API (/api/) and Prometheus metrics "
+            "(/metrics), on --host (0: off)"),
+    Setting("metrics_port", None, _optional_port,
+            "the former name of --http-port; used when --http-port is left at its default"),
+    Setting("dashboard_read_only", False, _bool,
+            "the dashboard shows everything but refuses purge, group delete and DLQ replay"),
     Setting("auth_tokens", "", _auth_tokens,
             "TOKEN:PERMISSIONS:PATTERNS,... e.g. s3cret:publish+subscribe:orders.*|billing "
             "(permissions publish, subscribe, admin); empty: no authentication", secret=True),
@@ -173,7 +190,9 @@ class Config:
     log_level: str
     log_file: str | None
     pid_file: str | None
-    metrics_port: int
+    http_port: int
+    metrics_port: int | None
+    dashboard_read_only: bool
     auth_tokens: str
     tls_cert: str | None
     tls_key: str | None
@@ -182,6 +201,14 @@ class Config:
     @property
     def data_path(self) -> Path:
         return Path(self.data_dir).resolve()
+
+    @property
+    def effective_http_port(self) -> int:
+        """The HTTP port to serve on (0: none): ``--http-port``, unless only its former name
+        ``--metrics-port`` was given."""
+        if self.metrics_port is not None and self.sources["http_port"] == "default":
+            return self.metrics_port
+        return self.http_port
 
     @property
     def pid_path(self) -> Path:
@@ -197,8 +224,10 @@ class Config:
         for setting in SETTINGS:
             value = getattr(self, setting.name)
             shown = mask(setting.name, value) if setting.secret else value
-            rows.append((setting.name, "" if shown is None else str(shown),
-                         self.sources[setting.name]))
+            source = self.sources[setting.name]
+            if setting.name == "http_port" and shown != self.effective_http_port:
+                shown, source = self.effective_http_port, "metrics_port (its former name)"
+            rows.append((setting.name, "" if shown is None else str(shown), source))
         return rows
 
 

@@ -259,11 +259,11 @@ async def _serve_and_report(config: settings.Config, report: StartupReport) -> b
 
 def describe_failure(error: BaseException, config: settings.Config) -> str:
     """Why the broker could not start, and what to do about it, in one line."""
-    from bbmq.metrics import MetricsPortError  # noqa: PLC0415 (prometheus_client is slow to import)
+    from bbmq.dashboard import HttpPortError  # noqa: PLC0415 (aiohttp is slow to import)
 
     if isinstance(error, AlreadyRunning):
         return str(error)
-    if isinstance(error, MetricsPortError):
+    if isinstance(error, HttpPortError):
         return str(error.strerror)
     if isinstance(error, SystemExit):
         return "terminated by a signal while starting"

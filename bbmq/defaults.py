@@ -12,5 +12,7 @@ from typing import Final
 #: Where a broker listens, and where clients look for one, unless told otherwise.
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 15333
+#: The dashboard, its JSON API and the Prometheus metrics, on the broker's host.
+DEFAULT_HTTP_PORT: Final = 15334
 #: A topic's dead letters go to the topic of its name plus this suffix.
 DLQ_SUFFIX: Final = ".dlq"

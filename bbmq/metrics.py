@@ -1,4 +1,4 @@
-"""Prometheus metrics, read from the broker core at scrape time and served by the event loop.
+"""Prometheus metrics, read from the broker core at scrape time.
 
 Two choices keep this free for the broker and safe:
 
@@ -8,7 +8,8 @@ Two choices keep this free for the broker and safe:
   metric families when Prometheus asks; the hot path pays nothing.  Only the
   store's commit latency needs a metric object of its own, a Histogram fed by
   the store thread (``Histogram.observe`` is thread-safe).
-* The HTTP endpoint runs on the broker's own asyncio loop instead of
+* The page is served at ``/metrics`` by the broker's HTTP server
+  (bbmq/dashboard/), on the broker's own asyncio loop instead of
   ``prometheus_client.start_http_server``'s thread, so the snapshot is taken on
   the thread that changes the core and never races it.
 
@@ -18,22 +19,17 @@ the server that runs it.
 
 from __future__ import annotations
 
-import asyncio
-import errno
-import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.process_collector import ProcessCollector
 
 from bbmq.core import BrokerSnapshot
 from bbmq.store.worker import StoreWorker
-
-log = logging.getLogger("bbmq.metrics")
 
 #: The core's per-topic counters, exported as ``bbmq_messages_<name>_total``.
 TOPIC_COUNTERS: Final = ("published", "delivered", "acked", "redelivered", "expired",
@@ -42,12 +38,6 @@ TOPIC_COUNTERS: Final = ("published", "delivered", "acked", "redelivered", "expi
 #: on a busy disk, a remote MySQL).
 COMMIT_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                          1.0, 2.5)
-#: A scraper gets this long to send its request line and headers.
-REQUEST_TIMEOUT_S: Final = 10.0
-
-
-class MetricsPortError(OSError):
-    """The metrics port could not be opened; the message names it and says what to do."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,58 +100,22 @@ class BrokerCollector:
                                 value=int(sources.store.available))
 
 
-def build_registry(sources: MetricsSources) -> CollectorRegistry:
+def build_registry(sources: MetricsSources,
+                   also_observe: Callable[[float], None] | None = None) -> CollectorRegistry:
     """A registry of its own per broker (never the global one), with the commit histogram wired
-    to the store thread."""
+    to the store thread (and each commit time handed to ``also_observe`` too)."""
     registry = CollectorRegistry()
     registry.register(BrokerCollector(sources))
     ProcessCollector(registry=registry)
     commit_seconds = Histogram("bbmq_store_commit_seconds",
                                "Seconds each store transaction took to commit",
                                buckets=COMMIT_BUCKETS, registry=registry)
-    sources.store.observe_commit = commit_seconds.observe
+    if also_observe is None:
+        sources.store.observe_commit = commit_seconds.observe
+    else:
+        def observe(seconds: float) -> None:
+            commit_seconds.observe(seconds)
+            also_observe(seconds)
+
+        sources.store.observe_commit = observe
     return registry
-
-
-async def start_metrics(sources: MetricsSources, port: int, host: str) -> asyncio.Server:
-    """Serve ``GET /metrics`` on ``host:port`` from the running event loop."""
-    registry = build_registry(sources)
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _answer(reader, writer, registry)
-
-    try:
-        http = await asyncio.start_server(answer, host, port, reuse_address=True)
-    except OSError as error:
-        raise MetricsPortError(error.errno or errno.EADDRINUSE,
-                      f"cannot serve metrics on {host}:{port}: {error.strerror or error}; "
-                      "choose another --metrics-port (0 turns metrics off)") from None
-    bound_port = http.sockets[0].getsockname()[1]
-    log.info("Prometheus metrics on http://%s:%d/metrics", host, bound_port)
-    return http
-
-
-async def _answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                  registry: CollectorRegistry) -> None:
-    """One HTTP/1.0-style exchange: read the request head, answer, close."""
-    try:
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT_S)
-        method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
-        path = rest.split(" ", 1)[0].split("?", 1)[0]
-        content_type, extra = "text/plain", ""
-        if method not in ("GET", "HEAD"):
-            status, body, extra = "405 Method Not Allowed", b"use GET\n", "Allow: GET, HEAD\r\n"
-        elif path != "/metrics":
-            status, body = "404 Not Found", b"metrics are at /metrics\n"
-        else:
-            status, body, content_type = "200 OK", generate_latest(registry), CONTENT_TYPE_LATEST
-        writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n{extra}"
-                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode())
-        if method != "HEAD":
-            writer.write(body)
-        await writer.drain()
-    except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-            ConnectionError):
-        pass  # a scraper that hung up or sent garbage gets nothing more
-    finally:
-        writer.close()

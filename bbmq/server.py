@@ -31,7 +31,7 @@ from typing import Any
 
 from bbmq import protocol as p
 from bbmq._version import __version__
-from bbmq.core import Broker, PendingPublish
+from bbmq.core import Broker, PendingPublish, SessionSnapshot
 from bbmq.heap import MemoryReleaser
 from bbmq.protocol import NEED_DATA, PAUSED, ErrorCode
 from bbmq.store.base import RecoveredMessage, StoredId
@@ -79,6 +79,19 @@ def hand_over(connection: p.ServerConnection, broker: Broker, session_id: int, n
 
 
 @dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """One open connection as the dashboard lists it: the transport's facts (address, since
+    when, bytes each way) and the core's (role, topic, group, name, unacked)."""
+
+    id: int
+    peer: str
+    connected_ms: int
+    bytes_in: int
+    bytes_out: int
+    session: SessionSnapshot | None
+
+
+@dataclass(frozen=True, slots=True)
 class TransportConfig:
     """What the transport itself needs to know: where to listen, and its per-connection limits.
 
@@ -109,6 +122,10 @@ class Connection(asyncio.Protocol):
         self.protocol = p.ServerConnection(server.config.max_message_size)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        #: Wall-clock milliseconds of the accept, and the bytes read and written since.
+        self.connected_ms = server.clock()
+        self.bytes_in = 0
+        self.bytes_out = 0
         self.timeout: asyncio.TimerHandle | None = None
         self.last_read = time.monotonic()
         self.framing_error_logged = False
@@ -138,6 +155,7 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.last_read = time.monotonic()
+        self.bytes_in += len(data)
         self.protocol.receive_data(data)
         if self.continuation is None and self not in self.server.backlogged:
             self.hand_over()
@@ -357,7 +375,9 @@ class BrokerServer:
         if connection is None or connection.transport is None:
             return
         if frames:
-            connection.transport.write(connection.protocol.send_all(frames))
+            encoded = connection.protocol.send_all(frames)
+            connection.bytes_out += len(encoded)
+            connection.transport.write(encoded)
         if close:
             connection.transport.close()
 
@@ -422,6 +442,21 @@ class BrokerServer:
                       "(acks, deliveries) are lost and those messages will be redelivered", grace)
         log.info("stopped")
         return stopped
+
+    def describe_connections(self) -> list[ConnectionInfo]:
+        """Every open connection, oldest first (the dashboard's connections page)."""
+        return [ConnectionInfo(connection.id, connection.peer, connection.connected_ms,
+                               connection.bytes_in, connection.bytes_out,
+                               self.broker.describe_session(connection.id))
+                for connection in self.connections.values()]
+
+    def admin_command(self, command: str, params: dict[str, Any]) -> Any:
+        """Run an ADMIN command for the dashboard, then flush what it changed (a purge's
+        finished messages to the store, a deleted group's consumers their ERROR)."""
+        try:
+            return self.broker.admin_command(command, params, self.clock())
+        finally:
+            self.flush()
 
     def status(self) -> dict[str, Any]:
         host, port = self.address

@@ -30,20 +30,27 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from bbmq import config as settings
-from bbmq.app import build_server
+from bbmq.app import build_server, dashboard_sources, wall_clock_ms
 from bbmq.client import BrokerError, ping
+from bbmq.dashboard import HttpServer, start_http
 from bbmq.server import BrokerServer
 
 T = TypeVar("T")
 
 
 class BrokerController:
-    """A broker on a background thread; keyword arguments are settings (see bbmq.config)."""
+    """A broker on a background thread; keyword arguments are settings (see bbmq.config).
 
-    def __init__(self, **overrides: Any) -> None:
+    With ``http=True`` its HTTP side (dashboard, API, /metrics) runs too, on a port of its
+    own choosing (:attr:`http_port`); otherwise there is none.
+    """
+
+    def __init__(self, *, http: bool = False, **overrides: Any) -> None:
         overrides.setdefault("port", 0)
         self.config = settings.load({k: str(v) for k, v in overrides.items()}, environ={})
         self.server: BrokerServer | None = None
+        self.serve_http = http
+        self.http: HttpServer | None = None
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="bbmq-test-broker",
                                         daemon=True)
@@ -53,11 +60,20 @@ class BrokerController:
         assert self.server is not None, "start() first"
         return self.server.address[1]
 
+    @property
+    def http_port(self) -> int:
+        assert self.http is not None, "start a BrokerController(http=True) first"
+        return self.http.port
+
     def start(self, timeout: float = 30.0) -> Self:
         self._thread.start()
         server = build_server(self.config)
         asyncio.run_coroutine_threadsafe(server.start(), self._loop).result(timeout)
         self.server = server
+        if self.serve_http:
+            self.http = asyncio.run_coroutine_threadsafe(
+                start_http(dashboard_sources(server, self.config), self.config.host, 0,
+                           wall_clock_ms), self._loop).result(timeout)
         return self
 
     def call(self, fn: Any, *args: Any) -> Any:
@@ -74,6 +90,9 @@ class BrokerController:
         return result.result(10)
 
     def stop(self, timeout: float = 30.0) -> None:
+        if self.http is not None:
+            asyncio.run_coroutine_threadsafe(self.http.close(), self._loop).result(timeout)
+            self.http = None
         if self.server is not None:
             asyncio.run_coroutine_threadsafe(self.server.stop(), self._loop).result(timeout)
             self.server = None
@@ -109,11 +128,15 @@ def free_port() -> int:
 class BrokerProcess:
     """``python -m bbmq server run`` as a child process; keyword arguments are settings.
 
-    The port stays the same across restarts, so clients can reconnect to it.
+    The port stays the same across restarts, so clients can reconnect to it.  The HTTP
+    side (dashboard, /metrics) is off unless ``http_port`` (or ``metrics_port``) is given,
+    so that brokers run side by side do not race for its default port.
     """
 
     def __init__(self, data_dir: str | Path, **overrides: Any) -> None:
         self.data_dir = Path(data_dir)
+        if "metrics_port" not in overrides:
+            overrides.setdefault("http_port", 0)
         self.port = int(overrides.pop("port", 0)) or free_port()
         self.settings = {"data_dir": str(self.data_dir), "port": str(self.port), **overrides}
         self.log_path = self.data_dir.parent / f"{self.data_dir.name}-broker.log"

@@ -53,6 +53,8 @@ def count_instructions(tree: Path, messages: int, workload: str) -> int:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(tree))
     env = {key: value for key, value in env.items() if not key.startswith("BBMQ_")}
+    # The dashboard (on by default) on a port of its own; a tree without it ignores this.
+    env["BBMQ_HTTP_PORT"] = str(free_port())
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "callgrind.out"
         broker = subprocess.Popen(

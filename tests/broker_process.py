@@ -16,8 +16,12 @@ from bbmq.testing import clean_environment
 
 
 def bbmq_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The test's environment without the developer's BBMQ_* settings, plus ``extra``."""
-    return {**clean_environment(), **(extra or {})}
+    """The test's environment without the developer's BBMQ_* settings, plus ``extra``.
+
+    The HTTP side is off (BBMQ_HTTP_PORT=0) unless ``extra`` turns it on: daemons started
+    side by side would otherwise race for its default port.
+    """
+    return {**clean_environment(), "BBMQ_HTTP_PORT": "0", **(extra or {})}
 
 
 def run_bbmq(*args: str, env: Mapping[str, str] | None = None, module: str = "bbmq",

@@ -133,6 +133,20 @@ def test_the_metrics_page_is_handed_what_it_reads() -> None:
     assert not {"bbmq.server", "bbmq.app"} & IMPORTS["bbmq.metrics"]
 
 
+@pytest.mark.parametrize("module", sorted(name for name in MODULES
+                                          if name.startswith("bbmq.dashboard")))
+def test_the_dashboard_reads_the_core_through_its_facade_only(module: str) -> None:
+    """The HTTP side is handed what it reads (DashboardSources): never the server or the
+    app that run it, and of the core only the package's exports (the snapshot types)."""
+    reached = {name for name in IMPORTS[module]
+               if name in ("bbmq.server", "bbmq.app") or name.startswith("bbmq.core.")}
+    assert not reached, f"{module} imports {sorted(reached)}"
+
+
+def test_the_dashboard_modules_are_checked() -> None:
+    assert {"bbmq.dashboard.app", "bbmq.dashboard.api", "bbmq.dashboard.security"} <= set(MODULES)
+
+
 def test_the_defaults_import_nothing_of_bbmq() -> None:
     assert IMPORTS["bbmq.defaults"] == set()
 

@@ -10,7 +10,13 @@ from bbmq.core.broker import Broker
 from bbmq.core.config import BrokerConfig
 from bbmq.core.engine import LEASE_FIFO_MIN
 from bbmq.core.records import PendingPublish, Session
-from bbmq.core.snapshot import BrokerSnapshot, CounterSnapshot, GroupSnapshot, TopicSnapshot
+from bbmq.core.snapshot import (
+    BrokerSnapshot,
+    CounterSnapshot,
+    GroupSnapshot,
+    SessionSnapshot,
+    TopicSnapshot,
+)
 
 __all__ = [
     "LEASE_FIFO_MIN",
@@ -21,5 +27,6 @@ __all__ = [
     "GroupSnapshot",
     "PendingPublish",
     "Session",
+    "SessionSnapshot",
     "TopicSnapshot",
 ]

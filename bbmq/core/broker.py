@@ -32,7 +32,7 @@ from bbmq.core.outbox import Outboxes
 from bbmq.core.records import PendingPublish, Session
 from bbmq.core.recovery import recover
 from bbmq.core.roles import Roles
-from bbmq.core.snapshot import BrokerSnapshot
+from bbmq.core.snapshot import BrokerSnapshot, SessionSnapshot
 from bbmq.protocol import ErrorCode, Role
 from bbmq.store.base import Batch, GroupRecord, RecoveredMessage, StoredId
 
@@ -181,3 +181,13 @@ class Broker:
     def snapshot(self) -> BrokerSnapshot:
         """Counters and queue sizes now, as immutable values (``stats`` and metrics read it)."""
         return self.engine.snapshot()
+
+    def describe_session(self, session_id: int) -> SessionSnapshot | None:
+        """One connection's role, topic, group, name and unacked count (None if unknown)."""
+        session = self.sessions.get(session_id)
+        return None if session is None else SessionSnapshot.of(session)
+
+    def admin_command(self, command: str, params: dict[str, Any], now_ms: int) -> Any:
+        """Run one ADMIN command outside any connection (the dashboard's actions): the same
+        answers, checks and errors (ProtocolError) as an ``ADMIN`` frame gets."""
+        return self.admin.answer(command, params, now_ms)

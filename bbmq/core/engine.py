@@ -47,7 +47,7 @@ from bbmq.core.records import (
 from bbmq.core.snapshot import BrokerSnapshot, take_snapshot
 from bbmq.defaults import DLQ_SUFFIX
 from bbmq.protocol import Role
-from bbmq.store.base import AckRecord, Batch, DeliveryRecord, GroupRecord, NewMessage
+from bbmq.store.base import AckRecord, Batch, DeliveryRecord, GroupRecord, NewMessage, WriteRequest
 
 #: The ack-deadline FIFO is compacted once it holds this many entries, or twice the
 #: live ones after the last compaction.
@@ -292,7 +292,7 @@ class QueueEngine:
                 "original_id": str(message.id), "original_ts": str(message.published_ms),
                 "attempts": str(attempts),
                 "reason": reason.replace(" ", "_")[:200]}
-        self.to_store.append(PendingPublish(None, NewMessage(
+        self.to_store.append(WriteRequest(None, NewMessage(
             group.topic + DLQ_SUFFIX, message.body, message.sender, now_ms, meta=meta)))
         self.hold(group.topic + DLQ_SUFFIX, message.body)
         self.finish(group, message, now_ms)

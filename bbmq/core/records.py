@@ -58,7 +58,9 @@ class Session:
     closed: bool = False
 
 
-#: A PUBLISH on its way to the store; its requester is the publishing session.
+#: A PUBLISH on its way to the store; its requester is the publishing session.  (For
+#: annotations only: calling a subscripted generic costs a microsecond, so the core makes
+#: them with the plain classes, WriteRequest and ReplySlot.)
 PendingPublish = WriteRequest[Session, p.TypedFrame]
 #: A publisher's answer slot: PUBLISH replies go out in PUBLISH order.
 Reply = ReplySlot[p.TypedFrame]

@@ -21,9 +21,9 @@ from bbmq.core.admin_commands import AdminCommands
 from bbmq.core.config import SERVER_NAME, BrokerConfig
 from bbmq.core.engine import MESSAGE_OVERHEAD_BYTES, QueueEngine
 from bbmq.core.outbox import Outboxes
-from bbmq.core.records import FetchRequest, PendingPublish, Reply, Session, Topic
+from bbmq.core.records import FetchRequest, PendingPublish, Session, Topic
 from bbmq.protocol import ErrorCode, ProtocolError, Role
-from bbmq.store.base import NewMessage, StoredId
+from bbmq.store.base import NewMessage, ReplySlot, StoredId, WriteRequest
 
 #: The frames that open a session and decide its role.
 Handshake = p.ClientPublisher | p.ClientSubscriber | p.ClientAdmin
@@ -82,7 +82,7 @@ class Roles:
         """
         answer = p.Error(error.code, error.text)
         if session.role is Role.PUBLISHER and verb in (p.Publish.VERB, None):
-            session.replies.append(Reply(answer))
+            session.replies.append(ReplySlot(answer))
             if error.fatal:
                 session.closing_after_replies = True
             self.outboxes.send_replies(session)
@@ -141,7 +141,7 @@ class Roles:
 
     def _on_shutdown(self, session: Session, now_ms: int) -> None:
         """Goodbye: CLOSE_CONNECTION_SIGNAL goes after the replies still owed, then close."""
-        session.replies.append(Reply(p.CloseConnectionSignal()))
+        session.replies.append(ReplySlot(p.CloseConnectionSignal()))
         session.closing_after_replies = True
         self.engine.release(session, now_ms)
         self.outboxes.send_replies(session)
@@ -166,7 +166,7 @@ class Roles:
             engine.ensure_group(session.topic, frame.group, now_ms)
         engine.hold(session.topic, frame.body)
         expires = now_ms + frame.ttl_ms if frame.ttl_ms is not None else None
-        pending = PendingPublish(session, NewMessage(
+        pending: PendingPublish = WriteRequest(session, NewMessage(
             session.topic, frame.body, session.sender, now_ms, frame.msgid,
             now_ms + frame.delay_ms if frame.delay_ms else 0, expires, group=frame.group))
         session.replies.append(pending)

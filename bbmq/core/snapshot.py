@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from bbmq.core.records import Counters, Group, Topic
+from bbmq.core.records import Counters, Group, Session, Topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +91,27 @@ class BrokerSnapshot:
             if topic.name == name:
                 return topic
         raise KeyError(name)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSnapshot:
+    """What the core knows of one connection: its role once handshaken, where it works, how
+    many messages it holds unacked (the transport adds address, age and bytes)."""
+
+    #: The protocol role's name ("publisher", "subscriber", "admin"; "none" before the
+    #: handshake).
+    role: str
+    topic: str
+    #: The consumer group of a subscriber ("" for other roles).
+    group: str
+    #: The name the client gave in its handshake, if any.
+    name: str | None
+    inflight: int
+
+    @classmethod
+    def of(cls, session: Session) -> SessionSnapshot:
+        return cls(session.role.name.lower(), session.topic, session.group, session.sender,
+                   len(session.leases))
 
 
 def take_snapshot(topics: Mapping[str, Topic], queued_bytes: int) -> BrokerSnapshot:

@@ -124,7 +124,9 @@ class BbmqSystem(System):
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         argv = [sys.executable, "-m", "bbmq", "server", "run", "--port", str(self.port),
                 "--data-dir", str(self.data_dir), "--store", self.store_url(),
-                "--idle-timeout", "0", *self.extra_args]
+                "--idle-timeout", "0",
+                # The dashboard stays on, as it is by default, on a port of its own.
+                "--http-port", str(free_port()), *self.extra_args]
         started = time.monotonic()
         with open(self.data_dir / "broker.log", "ab") as log:
             self.process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log,
