@@ -21,6 +21,8 @@ from typing import Final
 
 log = logging.getLogger("bbmq.server")
 
+#: Seconds between two looks (by the server) at whether a trim is worth it.
+CHECK_INTERVAL_S: Final = 1.0
 #: A drop of this many held bytes since the peak is worth a trim.
 TRIM_AFTER_BYTES: Final = 32 * 1024 * 1024
 #: So are this many closed connections.

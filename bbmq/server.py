@@ -6,12 +6,8 @@ writes each connection's coalesced output in one ``transport.write`` and hands
 the store its work.  Flow control uses asyncio's own write-buffer limits:
 ``pause_writing`` stops deliveries to a slow consumer until its buffer drains.
 
-Reading is bounded the same way, so that one client's burst cannot hold the
-others back: at most FRAMES_PER_TURN of a connection's frames go to the core
-per turn of the event loop (the rest wait for the next turn, with reading
-paused), and a connection owed MAX_OWED_REPLIES PUBLISH replies is not read
-again until the store has caught up with half of them.  A burst of 100,000
-PUBLISH frames then costs the other connections a few milliseconds, not seconds.
+Reading is bounded too (see bbmq/handover.py): one client's burst cannot hold
+the others back.
 """
 
 from __future__ import annotations
@@ -32,22 +28,15 @@ from typing import Any
 from bbmq import protocol as p
 from bbmq._version import __version__
 from bbmq.core import Broker, PendingPublish, SessionSnapshot
-from bbmq.heap import MemoryReleaser
-from bbmq.protocol import NEED_DATA, PAUSED, ErrorCode
+from bbmq.handover import FRAMES_PER_TURN, MAX_OWED_REPLIES, hand_over
+from bbmq.heap import CHECK_INTERVAL_S, MemoryReleaser
+from bbmq.protocol import ErrorCode
 from bbmq.store.base import RecoveredMessage, StoredId
 from bbmq.store.worker import StoreWorker
 
 log = logging.getLogger("bbmq.server")
 
 RECOVERY_CHUNK = 20_000
-#: Seconds between two looks at whether freed memory should go back to the OS.
-MEMORY_CHECK_S = 1.0
-#: Frames of one connection handed to the core per turn of the event loop.
-FRAMES_PER_TURN = 200
-#: PUBLISH replies a connection may be owed (publishes not yet committed, or answered
-#: out of turn) before the server stops reading it: above a windowed producer's usual
-#: 1,000, so it throttles only bursts, and half a store transaction (--max-batch 2000).
-MAX_OWED_REPLIES = 1024
 
 
 def _is_loopback(host: str) -> bool:
@@ -55,27 +44,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def hand_over(connection: p.ServerConnection, broker: Broker, session_id: int, now_ms: int,
-              answer_handshake: Callable[[], bool], *, budget: int | None = None) -> bool:
-    """Give the broker the connection's events, in order: all of them, or ``budget``.
-
-    After a handshake the connection pauses: what the frames behind it mean
-    depends on the answer, so ``answer_handshake`` sends it first (it returns
-    False if the broker closed the connection instead, and then nothing more is
-    handed over).  Returns True if the budget ran out (events may remain).
-    """
-    next_event, receive = connection.next_event, broker.receive
-    left = -1 if budget is None else budget  # -1: no budget (it never reaches 0)
-    while left and (event := next_event()) is not NEED_DATA:
-        if event is PAUSED:
-            if not answer_handshake() or connection.state is p.State.AWAITING_ACK:
-                return False
-            continue
-        receive(session_id, event, now_ms)
-        left -= 1
-    return left == 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -400,7 +368,7 @@ class BrokerServer:
         """Give freed memory back after a large drain or many closes (bbmq/heap.py)."""
         self.memory.check(self.broker.queued_bytes)
         assert self._loop is not None
-        self._memory_check = self._loop.call_later(MEMORY_CHECK_S, self._check_memory)
+        self._memory_check = self._loop.call_later(CHECK_INTERVAL_S, self._check_memory)
 
     def _stored(self, publishes: list[PendingPublish], ids: list[StoredId]) -> None:
         self.broker.stored(publishes, ids, self.clock())
