@@ -218,8 +218,10 @@ class Roles:
             self.engine.start_request(session, now_ms)
 
     def _on_ack(self, session: Session, ids: tuple[int, ...], now_ms: int) -> None:
-        # An id named twice in one ACK is acked once, not refused the second time.
-        if unknown := self.engine.ack(session, tuple(dict.fromkeys(ids)), now_ms):
+        # An id named twice in one ACK is acked once, not refused the second time: an id is
+        # unknown only if every mention of it was (checked on this error path only).
+        unknown = self.engine.ack(session, ids, now_ms)
+        if unknown := [i for i in dict.fromkeys(unknown) if unknown.count(i) == ids.count(i)]:
             raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE, _unknown_ids_text(unknown) +
                                 " (already acked, timed out, or delivered to another consumer)")
 
