@@ -52,6 +52,7 @@ def build_server(config: Config, clock: Callable[[], int] = wall_clock_ms) -> Br
         max_attempts=config.max_attempts,
         dead_letter_expired=config.dead_letter_expired,
         max_queued_bytes=config.max_queued_bytes,
+        max_messages_per_topic=config.max_messages_per_topic,
         max_output_bytes=config.max_output_bytes,
         idle_timeout_ms=int(config.idle_timeout * 1000),
         authorizer=Authorizer.parse(config.auth_tokens),
@@ -59,7 +60,9 @@ def build_server(config: Config, clock: Callable[[], int] = wall_clock_ms) -> Br
     store = open_store(config.store, config.data_path,
                        retention_ms=int(config.retention * 1000),
                        dedup_window_ms=int(config.dedup_window * 1000),
-                       password=config.store_password)
+                       password=config.store_password,
+                       connect_timeout_s=config.store_connect_timeout,
+                       io_timeout_s=config.store_io_timeout)
     worker = StoreWorker(store, clock=clock, max_batch=config.max_batch)
     transport = TransportConfig(
         host=config.host, port=config.port, max_message_size=config.max_message_size,

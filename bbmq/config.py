@@ -61,10 +61,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise ValueError(f"must be >= 0, got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
         raise ValueError(f"must be >= 0, got {value}")
+    return value
+
+
+def _optional_positive_float(text: str) -> float | None:
+    if not text:
+        return None
+    value = float(text)
+    if not value > 0:
+        raise ValueError(f"must be > 0 seconds, got {text!r}")
     return value
 
 
@@ -97,6 +113,12 @@ SETTINGS: Final[tuple[Setting, ...]] = (
     Setting("store_password", None, _optional_str,
             "password for a mysql:// store, as is (no URL encoding); overrides one in --store",
             secret=True),
+    Setting("store_connect_timeout", None, _optional_positive_float,
+            "seconds to connect to a mysql:// store (default: the URL's connect_timeout "
+            "option, else 2)"),
+    Setting("store_io_timeout", None, _optional_positive_float,
+            "seconds a mysql:// store may take to answer one read or write before publishes "
+            "get STORE_UNAVAILABLE (default: the URL's io_timeout option, else 5)"),
     Setting("max_message_size", MIB, _positive_int, "largest message body in bytes"),
     Setting("ack_timeout", 30.0, _non_negative_float,
             "seconds a delivered message may stay unacked before it is redelivered"),
@@ -109,7 +131,10 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "seconds a PUBLISH msgid is remembered for idempotent publish"),
     Setting("max_connections", 10000, _positive_int, "connections beyond this get SERVER_BUSY"),
     Setting("max_queued_bytes", 512 * MIB, _positive_int,
-            "message bytes held in memory before publishers get SERVER_BUSY"),
+            "memory the queued messages may take (bodies plus ~200 B each) before "
+            "publishers get SERVER_BUSY"),
+    Setting("max_messages_per_topic", 0, _non_negative_int,
+            "messages one topic may hold before its publishers get SERVER_BUSY (0: no limit)"),
     Setting("max_output_bytes", 4 * MIB, _positive_int,
             "unsent bytes per connection before deliveries to it pause"),
     Setting("handshake_timeout", 10.0, _non_negative_float,
@@ -147,6 +172,8 @@ class Config:
     data_dir: str
     store: str
     store_password: str | None
+    store_connect_timeout: float | None
+    store_io_timeout: float | None
     max_message_size: int
     ack_timeout: float
     max_attempts: int
@@ -155,6 +182,7 @@ class Config:
     dedup_window: float
     max_connections: int
     max_queued_bytes: int
+    max_messages_per_topic: int
     max_output_bytes: int
     handshake_timeout: float
     idle_timeout: float

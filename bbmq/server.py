@@ -5,6 +5,9 @@ decoder, hands whole frames to :class:`bbmq.core.Broker`, and after every read
 writes each connection's coalesced output in one ``transport.write`` and hands
 the store its work.  Flow control uses asyncio's own write-buffer limits:
 ``pause_writing`` stops deliveries to a slow consumer until its buffer drains.
+
+Reading is bounded too (see bbmq/handover.py): one client's burst cannot hold
+the others back.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ from typing import Any
 from bbmq import protocol as p
 from bbmq._version import __version__
 from bbmq.core import Broker, PendingPublish, SessionSnapshot
-from bbmq.protocol import NEED_DATA, PAUSED, ErrorCode
+from bbmq.handover import FRAMES_PER_TURN, MAX_OWED_REPLIES, hand_over
+from bbmq.heap import CHECK_INTERVAL_S, MemoryReleaser
+from bbmq.protocol import ErrorCode
 from bbmq.store.base import RecoveredMessage, StoredId
 from bbmq.store.worker import StoreWorker
 
@@ -39,24 +44,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-def hand_over(connection: p.ServerConnection, broker: Broker, session_id: int, now_ms: int,
-              answer_handshake: Callable[[], bool]) -> None:
-    """Give the broker every event the connection has, in order.
-
-    After a handshake the connection pauses: what the frames behind it mean
-    depends on the answer, so ``answer_handshake`` sends it first (it returns
-    False if the broker closed the connection instead, and then nothing more is
-    handed over).
-    """
-    next_event, receive = connection.next_event, broker.receive
-    while (event := next_event()) is not NEED_DATA:
-        if event is PAUSED:
-            if not answer_handshake() or connection.state is p.State.AWAITING_ACK:
-                return
-            continue
-        receive(session_id, event, now_ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +99,10 @@ class Connection(asyncio.Protocol):
         self.framing_error_logged = False
         #: Once the handshake is accepted, the idle timeout replaces the handshake timeout.
         self.watching_idle = False
+        #: Reading is paused: frames wait for the next turn, or for the store to catch up.
+        self.reading_paused = False
+        self.continuation: asyncio.Handle | None = None
+        self.lost = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -131,14 +122,23 @@ class Connection(asyncio.Protocol):
         self._arm_timeout(server.config.handshake_timeout, self._handshake_expired)
 
     def data_received(self, data: bytes) -> None:
-        server = self.server
         self.last_read = time.monotonic()
         self.bytes_in += len(data)
-        broker = server.broker
         self.protocol.receive_data(data)
+        if self.continuation is None and self not in self.server.backlogged:
+            self.hand_over()
+
+    def hand_over(self) -> None:
+        """Hand the core one turn's worth of frames; pause reading if more are waiting."""
+        self.continuation = None
+        if self.lost:
+            return
+        server = self.server
+        broker = server.broker
+        more = False
         try:
-            hand_over(self.protocol, broker, self.id, server.clock(),
-                      lambda: server.write_output_of(self.id))
+            more = hand_over(self.protocol, broker, self.id, server.clock(),
+                             lambda: server.write_output_of(self.id), budget=FRAMES_PER_TURN)
         except Exception:  # a bug: this connection's state is suspect, the broker's not
             log.exception("conn=%d peer=%s: failed on a frame; closing the connection",
                           self.id, self.peer)
@@ -153,7 +153,22 @@ class Connection(asyncio.Protocol):
             if self.timeout is not None:
                 self.timeout.cancel()
             self._arm_timeout(server.config.idle_timeout, self._check_idle)
+        behind = broker.replies_owed(self.id) >= MAX_OWED_REPLIES
+        self._pause_reading(more or behind)
+        if behind:
+            server.backlogged.add(self)  # flush() resumes it once the store catches up
+        elif more:
+            self.continuation = asyncio.get_running_loop().call_soon(self.hand_over)
         server.flush()
+
+    def _pause_reading(self, pause: bool) -> None:
+        if pause == self.reading_paused or self.transport is None:
+            return
+        self.reading_paused = pause
+        if pause:
+            self.transport.pause_reading()
+        else:
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool:
         return False  # half-closed: close our side too
@@ -166,9 +181,14 @@ class Connection(asyncio.Protocol):
         self.server.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
         if self.timeout is not None:
             self.timeout.cancel()
+        if self.continuation is not None:
+            self.continuation.cancel()
         server = self.server
+        server.backlogged.discard(self)
+        server.memory.connection_closed()
         server.connections.pop(self.id, None)
         server.broker.disconnect(self.id, server.clock())
         server.flush()
@@ -184,7 +204,11 @@ class Connection(asyncio.Protocol):
     def _check_idle(self) -> None:
         limit = self.server.config.idle_timeout
         if self.server.broker.awaiting_answers(self.id):
-            self.last_read = time.monotonic()  # waiting on a FETCH or on acks is not idle
+            # Waiting on a FETCH or on acks is not idle; look again within a second, so the
+            # idle clock restarts when the wait ends (docs/PROTOCOL.md 4.4), not before.
+            self.last_read = time.monotonic()
+            self._arm_timeout(min(limit, 1.0), self._check_idle)
+            return
         idle_for = time.monotonic() - self.last_read
         if idle_for < limit:
             self._arm_timeout(limit - idle_for, self._check_idle)
@@ -213,6 +237,10 @@ class BrokerServer:
         self.clock = clock
         self.broker.status_provider = self.status
         self.connections: dict[int, Connection] = {}
+        #: Connections not read until the store commits their publishes (MAX_OWED_REPLIES).
+        self.backlogged: set[Connection] = set()
+        self.memory = MemoryReleaser()
+        self._memory_check: asyncio.TimerHandle | None = None
         self._ids = itertools.count(1)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -247,6 +275,7 @@ class BrokerServer:
             raise
         host, port = self.address
         log.info("bbmq %s listening on %s:%d", __version__, host, port)
+        self._check_memory()
         if not self.broker.config.authorizer.enabled and not _is_loopback(self.config.host):
             log.warning("listening on %s WITHOUT authentication: anyone who can reach this "
                         "port can publish and consume; set --auth-tokens", self.config.host)
@@ -291,6 +320,16 @@ class BrokerServer:
         if publishes or len(changes):
             self.worker.submit(publishes, changes)
         self._arm_timer()
+        if self.backlogged:
+            self._resume_caught_up()
+
+    def _resume_caught_up(self) -> None:
+        """Read again from the backlogged connections the store has half caught up with."""
+        assert self._loop is not None
+        for connection in [c for c in self.backlogged
+                           if self.broker.replies_owed(c.id) < MAX_OWED_REPLIES // 2]:
+            self.backlogged.discard(connection)
+            connection.continuation = self._loop.call_soon(connection.hand_over)
 
     def write_output_of(self, session_id: int) -> bool:
         """Write one connection's frames now (the answer to its handshake); False if it closes."""
@@ -325,6 +364,12 @@ class BrokerServer:
         self.broker.tick(self.clock())
         self.flush()
 
+    def _check_memory(self) -> None:
+        """Give freed memory back after a large drain or many closes (bbmq/heap.py)."""
+        self.memory.check(self.broker.queued_bytes)
+        assert self._loop is not None
+        self._memory_check = self._loop.call_later(CHECK_INTERVAL_S, self._check_memory)
+
     def _stored(self, publishes: list[PendingPublish], ids: list[StoredId]) -> None:
         self.broker.stored(publishes, ids, self.clock())
         self.flush()
@@ -357,6 +402,8 @@ class BrokerServer:
                 connection.transport.abort()
         if self._timer is not None:
             self._timer.cancel()
+        if self._memory_check is not None:
+            self._memory_check.cancel()
         stopped = await asyncio.get_running_loop().run_in_executor(None, worker.stop, grace)
         if not stopped:
             log.error("store thread did not finish within %.0f s: writes not yet committed "

@@ -7,7 +7,7 @@ from collections import defaultdict
 
 from bbmq import protocol as p
 from bbmq.core import Broker, BrokerConfig
-from bbmq.server import hand_over
+from bbmq.handover import hand_over
 from bbmq.store.base import Batch, StoredId
 
 START_MS = 1_700_000_000_000

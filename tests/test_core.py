@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 from bbmq import protocol as p
 from bbmq.core import LEASE_FIFO_MIN
+from bbmq.core.engine import MESSAGE_OVERHEAD_BYTES
 from bbmq.protocol import ErrorCode
 from bbmq.store.base import Batch, GroupRecord, RecoveredMessage
 
@@ -40,7 +41,7 @@ def test_store_failure_answers_every_publish_in_order() -> None:
 
 
 def test_a_refused_publish_waits_behind_earlier_acks() -> None:
-    h = CoreHarness(max_queued_bytes=10)
+    h = CoreHarness(max_queued_bytes=2 * MESSAGE_OVERHEAD_BYTES + 10)
     pub = h.publisher("orders")
     h.send(pub, p.Publish(b"12345678"))
     h.commit()
@@ -599,3 +600,72 @@ def test_a_framing_error_on_other_connections_closes_at_once() -> None:
     replies = h.take(sub)
     assert replies[0] == p.Pong() and errors(replies[1:]) == [ErrorCode.INVALID_PROTOCOL]
     assert sub in h.closed
+
+
+def test_an_id_named_twice_in_one_ack_is_acked_once_and_unknown_ids_are_machine_readable() -> None:
+    """Issue 16, defect 7: ``ACK 10023 10023`` used to answer UNKNOWN_MESSAGE for the message
+    it had just acked; UNKNOWN_MESSAGE names the ids as ``ids=a,b`` at the start of its text."""
+    h = CoreHarness()
+    sub = h.subscriber("t")
+    [mid] = h.publish(h.publisher("t"), b"x")
+    h.send(sub, p.Fetch(1))
+    h.take(sub)
+    h.send(sub, p.Ack((mid, mid)))
+    assert h.take(sub) == []
+    h.send(sub, p.Ack((mid, 77)), p.Nack(78))
+    unknown = h.take(sub)
+    assert errors(unknown) == [ErrorCode.UNKNOWN_MESSAGE] * 2
+    assert [e.text.split(" ")[0] for e in unknown] == [f"ids={mid},77", "ids=78"]  # type: ignore[attr-defined]
+
+
+def test_expired_messages_leave_the_queue_and_the_store_without_a_consumer() -> None:
+    """Issue 16, defect 6: a timer expires them in the background, counted in stats."""
+    h = CoreHarness()
+    h.subscriber("t", "g")
+    pub = h.publisher("t")
+    [short] = h.publish(pub, b"short", ttl_ms=1_000)
+    h.publish(pub, b"long", ttl_ms=5_000)
+    h.publish(pub, b"forever")
+    h.publish(pub, b"delayed", ttl_ms=3_000, delay_ms=2_000)
+    group = h.broker.snapshot().topic("t").group("g")
+    assert (group.ready, group.delayed) == (3, 1)
+    h.advance(1_000)
+    h.commit()
+    group = h.broker.snapshot().topic("t").group("g")
+    assert (group.ready, group.counters.expired) == (2, 1)
+    assert short in h.stored.done  # the store forgets it too
+    h.advance(4_000)
+    snapshot = h.broker.snapshot()
+    group = snapshot.topic("t").group("g")
+    assert (group.ready, group.delayed, group.counters.expired) == (1, 0, 3)
+    assert snapshot.topic("t").counters.expired == 3
+    assert h.broker.next_deadline() is None  # nothing left to expire: no timer
+
+
+def test_the_memory_limit_counts_what_a_message_costs_not_only_its_body() -> None:
+    """Issue 16, defect 3: 1-byte bodies under a limit that holds 100 such messages."""
+    h = CoreHarness(max_queued_bytes=100 * (MESSAGE_OVERHEAD_BYTES + 1))
+    h.subscriber("t")
+    pub = h.publisher("t")
+    h.send(pub, *(p.Publish(b"x") for _ in range(150)))
+    h.commit()
+    replies = h.take(pub)
+    assert sum(isinstance(r, p.ProducerAckMessage) for r in replies) == 100
+    assert errors(replies) == [ErrorCode.SERVER_BUSY] * 50
+
+
+def test_max_messages_per_topic_refuses_that_topic_only_until_it_drains() -> None:
+    h = CoreHarness(max_messages_per_topic=3)
+    sub = h.subscriber("busy")
+    busy, calm = h.publisher("busy"), h.publisher("calm")
+    h.send(busy, *(p.Publish(b"m%d" % i) for i in range(4)))
+    h.commit()
+    replies = h.take(busy)
+    assert errors(replies) == [ErrorCode.SERVER_BUSY] and "3 messages" in replies[-1].text  # type: ignore[attr-defined]
+    assert len(h.publish(calm, b"a", b"b", b"c")) == 3  # another topic is not held back
+    h.send(sub, p.Fetch(3))
+    h.send(sub, p.Ack(tuple(m[0] for m in messages(h.take(sub)))))
+    assert len(h.publish(busy, b"room again")) == 1
+    h.send(sub, p.Fetch(1))
+    h.send(sub, p.Ack(tuple(m[0] for m in messages(h.take(sub)))))
+    assert h.broker.snapshot().queued_bytes == 3 * MESSAGE_OVERHEAD_BYTES + 3  # calm's, unconsumed

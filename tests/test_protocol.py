@@ -333,6 +333,24 @@ def test_missing_tail_is_fatal() -> None:
         decoder.feed(b"?")
 
 
+def test_a_body_not_followed_by_tail_is_refused_at_the_first_wrong_byte() -> None:
+    """Defect 8: the byte after the body that cannot start TAIL is enough; no waiting for six."""
+    decoder = FrameDecoder()
+    with pytest.raises(ProtocolError) as caught:
+        decoder.feed(b"HEAD PUBLISH 3\r\nabcd")
+    assert caught.value.fatal and "TAIL" in caught.value.text
+    decoder = FrameDecoder()
+    assert decoder.feed(b"HEAD PUBLISH 3\r\nabcTA") == []  # a prefix of TAIL: wait
+    with pytest.raises(ProtocolError):
+        decoder.feed(b"X")
+
+
+@pytest.mark.parametrize("line", [b"HEAD PING 0\n", b"HEAD PUBLISH 3\nabc", b"\n"])
+def test_a_header_line_ending_in_a_bare_lf_is_refused_at_once(line: bytes) -> None:
+    """Defect 8: no CRLF can end a line before its LF, so the header is known wrong already."""
+    assert "bare LF" in fatal(line)
+
+
 @pytest.mark.parametrize("line", [
     b"HEAD publish 0",  # lowercase verb
     b"HEAD Publish 0",

@@ -156,6 +156,19 @@ def test_framing_errors_send_an_error_then_close(raw: RawClient, garbage: bytes)
     assert raw.closed_by_server()
 
 
+@pytest.mark.parametrize("incomplete", [
+    b"HEAD PING 0\n",                             # a header line ending in a bare LF
+    b"HEAD PUBLISH 3\r\nabcd",                     # a body not followed by TAIL
+])
+def test_incomplete_frames_known_to_be_wrong_are_refused_without_waiting(
+        raw: RawClient, incomplete: bytes) -> None:
+    """Defect 8: refused at once (well inside the 10 s handshake timeout), not timed out."""
+    raw.send(incomplete)
+    [error] = raw.receive(timeout=3)
+    assert isinstance(error, p.Error) and error.code == ErrorCode.INVALID_PROTOCOL, error
+    assert raw.closed_by_server(timeout=3)
+
+
 def test_publishes_before_bad_bytes_are_confirmed_before_the_error(raw: RawClient) -> None:
     """One write of 20 PUBLISHes, a PING and a malformed frame: PONG, then all 20 acks (each
     message was stored), then the ERROR, then the close; never an ERROR in an ack's place."""
@@ -426,3 +439,19 @@ def test_scripts_explain_an_unreachable_broker() -> None:
     assert result.returncode != 0
     assert f"cannot connect to 127.0.0.1:{port}" in result.stderr
     assert "is a broker running there" in result.stderr
+
+
+@pytest.mark.slow
+def test_the_idle_clock_restarts_when_a_long_poll_ends(tmp_path: Path) -> None:
+    """Issue 16, defect 7 (PROTOCOL.md 4.4): a long poll that ends just after the server's
+    last idle check used to leave the consumer a fraction of the idle timeout (closed 0.1 s
+    after this poll ended); the clock now restarts within a second of the poll's end."""
+    with BrokerController(data_dir=tmp_path, idle_timeout=3) as broker:
+        client = RawClient(broker.port)
+        client.handshake(p.ClientSubscriber("quiet"))
+        client.send(p.Fetch(1, 5_900))
+        assert client.receive(timeout=10) == [p.QueueEmpty(0)]
+        assert client.silent_for(1.0), client.frames  # no TIMEOUT right after the poll
+        client.send(p.Ping())
+        assert client.receive() == [p.Pong()]
+        client.close()

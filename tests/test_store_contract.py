@@ -718,3 +718,18 @@ def test_every_backend_behaves_like_the_memory_model(
         assert list(store.recover()) == list(model.recover())
         assert store.count_pending() == model.count_pending()
     assert store.groups() == model.groups()
+
+
+def test_mysql_timeouts_come_from_arguments_else_url_options_else_short_defaults() -> None:
+    """Issue 16, defect 2: no longer the hard-coded 30 s read timeout, far above the defaults
+    a client can outlive."""
+    url = "mysql://u@h/db?io_timeout=7.5&connect_timeout=1"
+    assert (MySQLStore(url).connect_timeout_s, MySQLStore(url).io_timeout_s) == (1.0, 7.5)
+    store = MySQLStore(url, connect_timeout_s=3, io_timeout_s=4)
+    assert (store.connect_timeout_s, store.io_timeout_s) == (3, 4)
+    plain = MySQLStore("mysql://u@h/db")
+    assert plain.connect_timeout_s <= 2 and plain.io_timeout_s <= 5
+    with pytest.raises(ValueError, match="io_timeout"):
+        MySQLStore("mysql://u@h/db?io_timeout=0")
+    with pytest.raises(ValueError, match="connect_timeout"):
+        MySQLStore("mysql://u@h/db?connect_timeout=soon")

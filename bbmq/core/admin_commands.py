@@ -126,7 +126,7 @@ class AdminCommands:
             for message in topic.backlog:
                 purged.add(message.id)
                 engine.batch.done.append(message.id)
-                engine.queued_bytes -= len(message.body)
+                engine.let_go(message.topic, message.body)
             topic.backlog.clear()
         return len(purged)
 

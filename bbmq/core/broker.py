@@ -66,6 +66,11 @@ class Broker:
     def status_provider(self, provider: Callable[[], dict[str, Any]]) -> None:
         self.admin.status_provider = provider
 
+    @property
+    def queued_bytes(self) -> int:
+        """What the messages held in memory cost (see QueueEngine.queued_bytes)."""
+        return self.engine.queued_bytes
+
     # ------------------------------------------------------------------ connections
 
     def connect(self, session_id: int) -> None:
@@ -116,6 +121,12 @@ class Broker:
         answered): such a connection is not idle, however long it stays silent."""
         session = self.sessions.get(session_id)
         return session is not None and bool(session.requests or session.replies)
+
+    def replies_owed(self, session_id: int) -> int:
+        """PUBLISH replies the connection is owed (not yet sent): how far it is ahead of the
+        store, for the transport's flow control."""
+        session = self.sessions.get(session_id)
+        return 0 if session is None else len(session.replies)
 
     # ------------------------------------------------------------------ output
 

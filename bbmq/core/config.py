@@ -29,8 +29,11 @@ class BrokerConfig:
     max_attempts: int = 5
     #: Expired (TTL) messages go to the DLQ instead of being dropped.
     dead_letter_expired: bool = False
-    #: Bytes of message bodies held in memory before publishers get SERVER_BUSY.
+    #: What the messages held in memory may cost (bodies plus a measured per-message
+    #: overhead, bbmq.core.engine.MESSAGE_OVERHEAD_BYTES) before publishers get SERVER_BUSY.
     max_queued_bytes: int = 512 * 1024 * 1024
+    #: Messages one topic may hold in memory before its publishers get SERVER_BUSY; 0: no limit.
+    max_messages_per_topic: int = 0
     #: Announced in the handshake: silence after which the server closes a connection.
     idle_timeout_ms: int = 0
     #: Bytes of deliveries queued for one connection between two flushes.

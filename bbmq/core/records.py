@@ -137,6 +137,10 @@ class Group:
     waiting: deque[Session] = field(default_factory=deque)
     consumers: set[Session] = field(default_factory=set)
     counters: Counters = field(default_factory=Counters)
+    #: When the sweep for expired (TTL) queued messages is due, if one is scheduled.
+    expiry_due_ms: int | None = None
+    #: When it last ran: sweeps are at least EXPIRY_SWEEP_MS apart.
+    swept_ms: int = 0
 
     @property
     def ready(self) -> int:

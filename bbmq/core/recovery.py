@@ -31,7 +31,7 @@ def recover(engine: QueueEngine, records: Iterable[RecoveredMessage],
                                 expires_at_ms=rec.expires_at_ms, meta=rec.meta)
         topic = engine.topic(rec.topic)
         topic.last_id = max(topic.last_id, rec.id)
-        engine.queued_bytes += len(rec.body)
+        engine.hold(rec.topic, rec.body)
         loaded += 1
         if not rec.pending:
             topic.backlog.append(message)

@@ -19,7 +19,7 @@ from bbmq import protocol as p
 from bbmq.auth import Permission
 from bbmq.core.admin_commands import AdminCommands
 from bbmq.core.config import SERVER_NAME, BrokerConfig
-from bbmq.core.engine import QueueEngine
+from bbmq.core.engine import MESSAGE_OVERHEAD_BYTES, QueueEngine
 from bbmq.core.outbox import Outboxes
 from bbmq.core.records import FetchRequest, PendingPublish, Session, Topic
 from bbmq.protocol import ErrorCode, ProtocolError, Role
@@ -153,12 +153,18 @@ class Roles:
             raise ProtocolError(ErrorCode.SERVER_CLOSING,
                                 "server is shutting down; publish again after it restarts")
         engine = self.engine
-        if engine.queued_bytes + len(frame.body) > self.config.max_queued_bytes:
+        if engine.queued_bytes + len(frame.body) + MESSAGE_OVERHEAD_BYTES > \
+                self.config.max_queued_bytes:
             raise ProtocolError(ErrorCode.SERVER_BUSY,
                                 "broker memory limit reached; retry after consumers catch up")
+        limit = self.config.max_messages_per_topic
+        if limit and engine.held.get(session.topic, 0) >= limit:
+            raise ProtocolError(ErrorCode.SERVER_BUSY,
+                                f"topic holds {limit} messages, its limit; retry after "
+                                "consumers catch up")
         if frame.group is not None:  # created now, so it is stored with (or before) the message
             engine.ensure_group(session.topic, frame.group, now_ms)
-        engine.queued_bytes += len(frame.body)
+        engine.hold(session.topic, frame.body)
         expires = now_ms + frame.ttl_ms if frame.ttl_ms is not None else None
         pending: PendingPublish = WriteRequest(session, NewMessage(
             session.topic, frame.body, session.sender, now_ms, frame.msgid,
@@ -176,7 +182,7 @@ class Roles:
                 pending.answer = p.ProducerAckMessage(stored_id.id)
                 publishers[session.id] = session
             if stored_id.duplicate:
-                engine.queued_bytes -= len(pending.message.body)
+                engine.let_go(pending.message.topic, pending.message.body)
             else:
                 touched.add(engine.accept(pending.message, stored_id.id, now_ms))
         self._send_replies_to(publishers)
@@ -192,7 +198,7 @@ class Roles:
         )
         publishers: dict[int, Session] = {}
         for pending in publishes:
-            self.engine.queued_bytes -= len(pending.message.body)
+            self.engine.let_go(pending.message.topic, pending.message.body)
             if (session := pending.requester) is not None:
                 pending.answer = error
                 publishers[session.id] = session
@@ -212,16 +218,23 @@ class Roles:
             self.engine.start_request(session, now_ms)
 
     def _on_ack(self, session: Session, ids: tuple[int, ...], now_ms: int) -> None:
-        if unknown := self.engine.ack(session, ids, now_ms):
-            raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE,
-                                f"not in flight on this connection: {' '.join(map(str, unknown))}"
+        # An id named twice in one ACK is acked once, not refused the second time: an id is
+        # unknown only if every mention of it was (checked on this error path only).
+        unknown = self.engine.ack(session, ids, now_ms)
+        if unknown := [i for i in dict.fromkeys(unknown) if unknown.count(i) == ids.count(i)]:
+            raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE, _unknown_ids_text(unknown) +
                                 " (already acked, timed out, or delivered to another consumer)")
 
     def _on_nack(self, session: Session, frame: p.Nack, now_ms: int) -> None:
         lease = session.leases.get(frame.id)
         if lease is None:
-            raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE,
-                                f"not in flight on this connection: {frame.id}")
+            raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE, _unknown_ids_text([frame.id]))
         group = self.engine.group_of(session)
         self.engine.take_back(group, lease, now_ms, frame.reason or "nacked", frame.delay_ms)
         self.engine.dispatch(group, now_ms)
+
+
+def _unknown_ids_text(ids: list[int]) -> str:
+    """UNKNOWN_MESSAGE's text: ``ids=<id>,<id>...`` first, the one part of an error text meant
+    to be parsed (docs/PROTOCOL.md 9), then words for people."""
+    return f"ids={','.join(map(str, ids))} not in flight on this connection"

@@ -74,6 +74,14 @@ def encode(verb: str, args: tuple[str, ...] | list[str] = (), body: bytes = b"")
     return b"".join((_HEAD, head.encode("ascii"), _CRLF, body, _TAIL))
 
 
+def _missing_tail(verb: str, size: int) -> ProtocolError:
+    return ProtocolError(
+        ErrorCode.INVALID_PROTOCOL,
+        f"{verb}: expected 'TAIL\\r\\n' after the {size}-byte body; check the SIZE field",
+        fatal=True,
+    )
+
+
 class FrameDecoder:
     """Incremental decoder: feed it whatever the socket gave, get whole frames.
 
@@ -146,6 +154,14 @@ class FrameDecoder:
                     else:
                         end = buffer.find(_CRLF, pos, pos + line_limit)
                         if end < 0:
+                            if buffer.find(b"\n", pos, pos + line_limit) >= 0:
+                                # No CRLF can come before this LF: the line is already wrong.
+                                raise ProtocolError(
+                                    ErrorCode.INVALID_PROTOCOL,
+                                    "header line ends in a bare LF; lines end in CRLF "
+                                    "('\\r\\n')",
+                                    fatal=True,
+                                )
                             if len(buffer) - pos > self.max_header_bytes + 1:
                                 raise ProtocolError(
                                     ErrorCode.FRAME_TOO_LARGE,
@@ -159,14 +175,11 @@ class FrameDecoder:
                 verb, args, size = self._pending
                 stop = pos + size
                 if len(buffer) < stop + len(_TAIL):
+                    if len(buffer) > stop and not _TAIL.startswith(bytes(buffer[stop:])):
+                        raise _missing_tail(verb, size)  # known wrong before TAIL's last byte
                     break
                 if not buffer.startswith(_TAIL, stop):
-                    raise ProtocolError(
-                        ErrorCode.INVALID_PROTOCOL,
-                        f"{verb}: expected 'TAIL\\r\\n' after the {size}-byte body; "
-                        "check the SIZE field",
-                        fatal=True,
-                    )
+                    raise _missing_tail(verb, size)
                 frames.append(Frame(verb, args, bytes(buffer[pos:stop])))  # bytes(bytes) is free
                 pos = stop + len(_TAIL)
                 self._pending = None

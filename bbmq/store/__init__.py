@@ -62,12 +62,15 @@ def open_store(
     retention_ms: int = 0,
     dedup_window_ms: int = DEFAULT_DEDUP_WINDOW_MS,
     password: str | None = None,
+    connect_timeout_s: float | None = None,
+    io_timeout_s: float | None = None,
 ) -> Store:
     """The store ``url`` names, not yet opened.
 
     A relative ``sqlite://`` path is taken from ``data_dir``, not from the
     working directory, which a daemon changes to ``/``.  ``password``, when
-    given, is a mysql:// store's password as is, in place of one in the URL.
+    given, is a mysql:// store's password as is, in place of one in the URL; the
+    timeouts, when given, a mysql:// store's in place of the URL's options.
     """
     if url in ("", "sqlite"):
         return SQLiteStore(
@@ -83,7 +86,8 @@ def open_store(
     if separator and scheme == "mysql":
         try:
             return MySQLStore(url, retention_ms=retention_ms, dedup_window_ms=dedup_window_ms,
-                              password=password)
+                              password=password, connect_timeout_s=connect_timeout_s,
+                              io_timeout_s=io_timeout_s)
         except ValueError as error:
             raise ValueError(f"{error}; accepted stores: {_FORMS}") from None
     if url == "memory://":

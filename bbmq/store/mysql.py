@@ -28,6 +28,10 @@ from bbmq.store.sql import (
 
 MYSQL_DEFAULT_PORT: Final = 3306
 DEFAULT_TABLE_PREFIX: Final = "bbmq_"
+#: Seconds to open a connection, and to wait on one socket read or write.  Well below a
+#: client's own 30 s: a silent database must become STORE_UNAVAILABLE, not a hang.
+DEFAULT_CONNECT_TIMEOUT_S: Final = 2.0
+DEFAULT_IO_TIMEOUT_S: Final = 5.0
 #: SQL types of the column kinds in bbmq.store.schema.TABLES.  Names are at most 200
 #: characters; 204 leaves room for the ".dlq" of a dead-letter topic.
 _TYPES: Final = {
@@ -56,8 +60,11 @@ class MySQLParams:
     user: str
     password: str
     database: str
-    #: From the ``table_prefix`` query option; other options are ignored.
+    #: From the ``table_prefix`` query option.
     table_prefix: str | None = None
+    #: From the ``connect_timeout`` and ``io_timeout`` query options (seconds).
+    connect_timeout_s: float | None = None
+    io_timeout_s: float | None = None
 
     @property
     def description(self) -> str:
@@ -67,9 +74,11 @@ class MySQLParams:
 
 
 def parse_mysql_url(url: str) -> MySQLParams:
-    """Split ``mysql://user[:password]@host[:port]/database[?table_prefix=p]``.
+    """Split ``mysql://user[:password]@host[:port]/database[?option=value&...]``.
 
     User and password are URL-decoded, so a password may contain ``@`` as ``%40``.
+    Options: ``table_prefix``, ``connect_timeout`` and ``io_timeout`` (seconds); others
+    are ignored.
     """
     parts = urlsplit(url)
     try:
@@ -82,15 +91,30 @@ def parse_mysql_url(url: str) -> MySQLParams:
         raise ValueError(
             f"MySQL URL {redact_url(url)!r} must look like mysql://user[:password]@host[:port]/database"
         )
-    prefixes = parse_qs(parts.query).get("table_prefix")
+    options = {name: values[-1] for name, values in parse_qs(parts.query).items()}
     return MySQLParams(
         host=parts.hostname,
         port=port,
         user=unquote(parts.username),
         password=unquote(parts.password or ""),
         database=database,
-        table_prefix=prefixes[-1] if prefixes else None,
+        table_prefix=options.get("table_prefix"),
+        connect_timeout_s=_seconds(options, "connect_timeout", url),
+        io_timeout_s=_seconds(options, "io_timeout", url),
     )
+
+
+def _seconds(options: dict[str, str], name: str, url: str) -> float | None:
+    if name not in options:
+        return None
+    try:
+        value = float(options[name])
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ValueError(f"{name} in MySQL URL {redact_url(url)!r} must be a number of seconds "
+                         f"above 0, got {options[name]!r}")
+    return value
 
 
 def explain_open_failure(error: BaseException, url: str) -> str | None:
@@ -128,7 +152,8 @@ class MySQLStore(SQLStore):
     """A store in the database named by ``url`` (see :func:`parse_mysql_url`).
 
     ``table_prefix`` (default: the URL's ``table_prefix`` option, else ``bbmq_``)
-    lets several independent brokers or test runs share one database.
+    lets several independent brokers or test runs share one database.  The
+    timeouts, when not given, come from the URL's options, else the defaults.
     """
 
     PLACEHOLDER = "%s"
@@ -140,15 +165,16 @@ class MySQLStore(SQLStore):
         retention_ms: int = 0,
         dedup_window_ms: int = DEFAULT_DEDUP_WINDOW_MS,
         table_prefix: str | None = None,
-        connect_timeout_s: float = 5.0,
-        io_timeout_s: float = 30.0,
+        connect_timeout_s: float | None = None,
+        io_timeout_s: float | None = None,
         password: str | None = None,
     ) -> None:
         self.params = parse_mysql_url(url)
         if password is not None:
             self.params = replace(self.params, password=password)
-        self.connect_timeout_s = connect_timeout_s
-        self.io_timeout_s = io_timeout_s
+        self.connect_timeout_s = (connect_timeout_s or self.params.connect_timeout_s
+                                  or DEFAULT_CONNECT_TIMEOUT_S)
+        self.io_timeout_s = io_timeout_s or self.params.io_timeout_s or DEFAULT_IO_TIMEOUT_S
         super().__init__(
             self.params.description,
             retention_ms=retention_ms,

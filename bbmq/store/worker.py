@@ -9,7 +9,12 @@ number of producers instead of being one commit per message.
 When the database is unreachable, publishes from clients fail at once with
 STORE_UNAVAILABLE (nothing is acked that was not stored), while the broker's
 own changes (acks, deliveries, dead letters) are kept and retried, with
-backoff, until the store is back.
+backoff, until the store is back.  A database that stops answering without
+closing the connection is found out by a watchdog: once one transaction has
+taken longer than ``fail_fast_after_s``, the store counts as unavailable and the
+publishes queued behind it fail at once instead of waiting out the store's
+I/O timeout; while it is unavailable, the retries that probe it carry only the
+broker's own changes, so no client publish waits on a probe.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ StoredCallback = Callable[[list[AnyWriteRequest], list[StoredId]], None]
 FailedCallback = Callable[[list[AnyWriteRequest], str], None]
 #: Hands a callable to the event loop's thread (``loop.call_soon_threadsafe``).
 Scheduler = Callable[..., object]
+#: A transaction running longer than this makes the store unavailable to new publishes.
+DEFAULT_FAIL_FAST_AFTER_S = 2.0
 
 
 class StoreWorker:
@@ -43,7 +50,8 @@ class StoreWorker:
     """
 
     def __init__(self, store: Store, *, clock: Callable[[], int], max_batch: int = 2000,
-                 prune_interval_s: float = 60.0) -> None:
+                 prune_interval_s: float = 60.0,
+                 fail_fast_after_s: float = DEFAULT_FAIL_FAST_AFTER_S) -> None:
         self.store = store
         self._clock = clock
         # Where results go: known once the event loop runs, so given to start().
@@ -58,7 +66,13 @@ class StoreWorker:
         self._calls: list[tuple[Callable[[], object], concurrent.futures.Future[object]]] = []
         self._stopping = False
         self._busy = False
+        #: When the transaction now running began (monotonic), None between transactions.
+        self._writing_since: float | None = None
+        self._fail_fast_after_s = fail_fast_after_s
         self._thread = threading.Thread(target=self._run, name="bbmq-store", daemon=True)
+        self._closed = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, name="bbmq-store-watchdog",
+                                          daemon=True)
         self.available = True
         #: Seconds each successful commit took, for metrics (set by the server).
         self.observe_commit: Callable[[float], None] = lambda seconds: None
@@ -75,6 +89,7 @@ class StoreWorker:
         """
         self._schedule, self._on_stored, self._on_failed = schedule, on_stored, on_failed
         self._thread.start()
+        self._watchdog.start()
         return self.call(self.store.open)
 
     def call(self, fn: Callable[[], T]) -> concurrent.futures.Future[T]:
@@ -121,16 +136,16 @@ class StoreWorker:
         while True:
             with self._cond:
                 while not (self._publishes or len(self._changes) or self._calls or self._stopping):
-                    self._cond.wait(timeout=max(0.05, next_prune - time.monotonic()))
-                    if time.monotonic() >= next_prune:
+                    # While the store is down, wake to probe it even if nothing is queued.
+                    wake_at = next_prune if self.available else min(next_prune, retry_at)
+                    self._cond.wait(timeout=max(0.05, wake_at - time.monotonic()))
+                    if time.monotonic() >= wake_at:
                         break
                 calls, self._calls = self._calls, []
+                if not self.available:
+                    # Down: fail client publishes now rather than hold them for a probe.
+                    self._fail_client_publishes()
                 if not self.available and time.monotonic() < retry_at:
-                    # Still down: fail client publishes now rather than hold them.
-                    failed = [p for p in self._publishes if p.requester is not None]
-                    self._publishes = [p for p in self._publishes if p.requester is None]
-                    if failed:
-                        self._schedule(self._on_failed, failed, "store unavailable")
                     if self._stopping:
                         break
                     if not calls:
@@ -138,12 +153,14 @@ class StoreWorker:
                         continue
                     publishes: list[AnyWriteRequest] = []
                     changes = Batch()
+                    probe = False
                 else:
                     publishes, changes = self._take()
+                    probe = not self.available  # an empty transaction, if nothing else
                 self._busy = True
             for fn, future in calls:
                 self._run_call(fn, future)
-            if publishes or len(changes):
+            if publishes or len(changes) or probe:
                 if self._write(publishes, changes):
                     backoff = 0.0
                 else:
@@ -160,6 +177,28 @@ class StoreWorker:
                     log.error("giving up on the store at shutdown; unwritten acks are redelivered")
                     break
         self._close()
+
+    def _fail_client_publishes(self) -> None:
+        """Answer every queued client publish STORE_UNAVAILABLE (called holding the lock)."""
+        failed = [p for p in self._publishes if p.requester is not None]
+        if failed:
+            self._publishes = [p for p in self._publishes if p.requester is None]
+            self._schedule(self._on_failed, failed, "store unavailable")
+
+    def _watch(self) -> None:
+        """The watchdog thread: a transaction that hangs makes the store unavailable."""
+        period = self._fail_fast_after_s / 4
+        # Its own event to wait on: a notify of the shared condition must wake the store thread.
+        while not self._closed.wait(timeout=period):
+            with self._cond:
+                since = self._writing_since
+                if since is not None and time.monotonic() - since > self._fail_fast_after_s:
+                    if self.available:
+                        log.error("store %s has not answered for %.1f s; publishes get "
+                                  "STORE_UNAVAILABLE until it does", self.store.description,
+                                  time.monotonic() - since)
+                    self.available = False
+                    self._fail_client_publishes()
 
     def _take(self) -> tuple[list[AnyWriteRequest], Batch]:
         """The next transaction's work: a bounded slice of publishes, and the changes.
@@ -178,10 +217,11 @@ class StoreWorker:
     def _write(self, publishes: list[AnyWriteRequest], changes: Batch) -> bool:
         batch = Batch(messages=[p.message for p in publishes])
         batch.extend(changes)
-        started = time.monotonic()
+        started = self._writing_since = time.monotonic()
         try:
             ids = self.store.write(batch, self._clock())
         except Exception as error:  # the thread must outlive any one batch
+            self._writing_since = None
             if isinstance(error, StoreUnavailable):
                 if self.available:
                     log.error("store %s unavailable: %s; retrying with backoff",
@@ -200,6 +240,7 @@ class StoreWorker:
                 changes.extend(self._changes)
                 self._changes = changes
             return False
+        self._writing_since = None
         self.observe_commit(time.monotonic() - started)
         if not self.available:
             log.warning("store %s is back", self.store.description)
@@ -230,6 +271,7 @@ class StoreWorker:
             future.set_exception(error)
 
     def _close(self) -> None:
+        self._closed.set()
         try:
             self.store.close()
         except Exception:
