@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.defaults import DEFAULT_HOST, DEFAULT_PORT
 
 
@@ -17,8 +17,8 @@ def name_type(kind: str) -> Callable[[str], str]:
     """An argparse type that checks a topic or group name before anything is sent."""
     def check(text: str) -> str:
         try:
-            return p.check_name(kind, text)
-        except p.ProtocolError as error:
+            return protocol.check_name(kind, text)
+        except protocol.ProtocolError as error:
             raise argparse.ArgumentTypeError(error.text) from None
     return check
 

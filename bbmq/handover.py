@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.core import Broker
 from bbmq.protocol import NEED_DATA, PAUSED
 
@@ -25,7 +25,7 @@ FRAMES_PER_TURN = 200
 MAX_OWED_REPLIES = 1024
 
 
-def hand_over(connection: p.ServerConnection, broker: Broker, session_id: int, now_ms: int,
+def hand_over(connection: protocol.ServerConnection, broker: Broker, session_id: int, now_ms: int,
               answer_handshake: Callable[[], bool], *, budget: int | None = None) -> bool:
     """Give the broker the connection's events, in order: all of them, or ``budget``.
 
@@ -38,7 +38,7 @@ def hand_over(connection: p.ServerConnection, broker: Broker, session_id: int, n
     left = -1 if budget is None else budget  # -1: no budget (it never reaches 0)
     while left and (event := next_event()) is not NEED_DATA:
         if event is PAUSED:
-            if not answer_handshake() or connection.state is p.State.AWAITING_ACK:
+            if not answer_handshake() or connection.state is protocol.State.AWAITING_ACK:
                 return False
             continue
         receive(session_id, event, now_ms)

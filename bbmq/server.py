@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq._version import __version__
 from bbmq.core import Broker, PendingPublish, SessionSnapshot
 from bbmq.handover import FRAMES_PER_TURN, MAX_OWED_REPLIES, hand_over
@@ -87,7 +87,7 @@ class Connection(asyncio.Protocol):
         self.server = server
         self.id = session_id
         #: The protocol's state for this connection: it checks every frame against the table.
-        self.protocol = p.ServerConnection(server.config.max_message_size)
+        self.protocol = protocol.ServerConnection(server.config.max_message_size)
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
         #: Wall-clock milliseconds of the accept, and the bytes read and written since.
@@ -337,7 +337,7 @@ class BrokerServer:
         self._write(session_id, frames, close)
         return not close
 
-    def _write(self, session_id: int, frames: list[p.TypedFrame], close: bool) -> None:
+    def _write(self, session_id: int, frames: list[protocol.TypedFrame], close: bool) -> None:
         """Encode ``frames`` through the connection's protocol state, write them, maybe close."""
         connection = self.connections.get(session_id)
         if connection is None or connection.transport is None:

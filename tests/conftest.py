@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.testing import BrokerController
 
 from .client_flavours import Asyncio, Blocking, Flavour
@@ -20,13 +20,13 @@ class RawClient:
 
     def __init__(self, port: int) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.decoder = p.FrameDecoder(max_body_bytes=1 << 30)
-        self.frames: list[p.TypedFrame] = []
+        self.decoder = protocol.FrameDecoder(max_body_bytes=1 << 30)
+        self.frames: list[protocol.TypedFrame] = []
 
-    def send(self, *frames: p.TypedFrame | bytes) -> None:
+    def send(self, *frames: protocol.TypedFrame | bytes) -> None:
         self.sock.sendall(b"".join(f if isinstance(f, bytes) else f.encode() for f in frames))
 
-    def receive(self, count: int = 1, timeout: float = 10.0) -> list[p.TypedFrame]:
+    def receive(self, count: int = 1, timeout: float = 10.0) -> list[protocol.TypedFrame]:
         """Exactly ``count`` frames, waiting up to ``timeout`` seconds for them."""
         deadline = time.monotonic() + timeout
         while len(self.frames) < count:
@@ -37,7 +37,9 @@ class RawClient:
             data = self.sock.recv(65536)
             if not data:
                 raise AssertionError(f"connection closed after {self.frames!r}")
-            self.frames += [p.parse(f, p.SERVER_FRAMES) for f in self.decoder.feed(data)]
+            self.frames += [
+                protocol.parse(f, protocol.SERVER_FRAMES) for f in self.decoder.feed(data)
+            ]
         taken, self.frames = self.frames[:count], self.frames[count:]
         return taken
 
@@ -48,7 +50,7 @@ class RawClient:
             data = self.sock.recv(65536)
         except TimeoutError:
             return True
-        self.frames += [p.parse(f, p.SERVER_FRAMES) for f in self.decoder.feed(data)]
+        self.frames += [protocol.parse(f, protocol.SERVER_FRAMES) for f in self.decoder.feed(data)]
         return not data and not self.frames
 
     def closed_by_server(self, timeout: float = 10.0) -> bool:
@@ -64,13 +66,15 @@ class RawClient:
                 return True
             if not data:
                 return True
-            self.frames += [p.parse(f, p.SERVER_FRAMES) for f in self.decoder.feed(data)]
+            self.frames += [
+                protocol.parse(f, protocol.SERVER_FRAMES) for f in self.decoder.feed(data)
+            ]
         return False
 
-    def handshake(self, frame: p.TypedFrame) -> dict[str, object]:
+    def handshake(self, frame: protocol.TypedFrame) -> dict[str, object]:
         self.send(frame)
         [ack] = self.receive()
-        assert isinstance(ack, p.ServerAcknowledgement), ack
+        assert isinstance(ack, protocol.ServerAcknowledgement), ack
         return ack.info
 
     def close(self) -> None:
@@ -89,7 +93,6 @@ def raw(broker: BrokerController) -> Iterator[RawClient]:
     client = RawClient(broker.port)
     yield client
     client.close()
-
 
 
 @pytest.fixture(params=["blocking", "asyncio"])

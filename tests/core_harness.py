@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections import defaultdict
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.core import Broker, BrokerConfig
 from bbmq.handover import hand_over
 from bbmq.store.base import Batch, StoredId
@@ -21,9 +21,9 @@ class CoreHarness:
         self.now = START_MS
         self._session_ids = itertools.count(1)
         self._message_ids = itertools.count(1)
-        self._connections: dict[int, p.ServerConnection] = {}
-        self._decoders: dict[int, p.FrameDecoder] = {}
-        self.inbox: dict[int, list[p.TypedFrame]] = defaultdict(list)
+        self._connections: dict[int, protocol.ServerConnection] = {}
+        self._decoders: dict[int, protocol.FrameDecoder] = {}
+        self.inbox: dict[int, list[protocol.TypedFrame]] = defaultdict(list)
         self.closed: set[int] = set()
         self.stored = Batch()
         self.msgids: dict[tuple[str, str], int] = {}
@@ -31,24 +31,24 @@ class CoreHarness:
     def connect(self) -> int:
         session = next(self._session_ids)
         self.broker.connect(session)
-        self._connections[session] = p.ServerConnection()
-        self._decoders[session] = p.FrameDecoder(max_body_bytes=1 << 30)
+        self._connections[session] = protocol.ServerConnection()
+        self._decoders[session] = protocol.FrameDecoder(max_body_bytes=1 << 30)
         return session
 
     def publisher(self, topic: str, name: str | None = None) -> int:
         session = self.connect()
         options = {"name": name} if name else {}
-        self.send(session, p.ClientPublisher(topic, options))
-        assert isinstance(self.take(session)[0], p.ServerAcknowledgement)
+        self.send(session, protocol.ClientPublisher(topic, options))
+        assert isinstance(self.take(session)[0], protocol.ServerAcknowledgement)
         return session
 
     def subscriber(self, topic: str, group: str = "default") -> int:
         session = self.connect()
-        self.send(session, p.ClientSubscriber(topic, group))
-        assert isinstance(self.take(session)[0], p.ServerAcknowledgement)
+        self.send(session, protocol.ClientSubscriber(topic, group))
+        assert isinstance(self.take(session)[0], protocol.ServerAcknowledgement)
         return session
 
-    def send(self, session: int, *frames: p.TypedFrame) -> None:
+    def send(self, session: int, *frames: protocol.TypedFrame) -> None:
         self.feed(session, b"".join(frame.encode() for frame in frames))
 
     def feed(self, session: int, data: bytes) -> None:
@@ -102,28 +102,28 @@ class CoreHarness:
         self.broker.disconnect(session, self.now)
         self._collect()
 
-    def take(self, session: int) -> list[p.TypedFrame]:
+    def take(self, session: int) -> list[protocol.TypedFrame]:
         frames = self.inbox.pop(session, [])
         return frames
 
     def publish(self, session: int, *bodies: bytes, **options: object) -> list[int]:
-        self.send(session, *(p.Publish(body, **options) for body in bodies))  # type: ignore[arg-type]
+        self.send(session, *(protocol.Publish(body, **options) for body in bodies))  # type: ignore[arg-type]
         self.commit()
-        return [f.id for f in self.take(session) if isinstance(f, p.ProducerAckMessage)]
+        return [f.id for f in self.take(session) if isinstance(f, protocol.ProducerAckMessage)]
 
     def _collect(self) -> None:
         for session, frames, close in self.broker.take_output():
             self._deliver(session, frames, close)
 
-    def _deliver(self, session: int, frames: list[p.TypedFrame], close: bool) -> None:
+    def _deliver(self, session: int, frames: list[protocol.TypedFrame], close: bool) -> None:
         """Frames to the client, through the wire format and the protocol's state."""
         data = self._connections[session].send_all(frames)
         for frame in self._decoders[session].feed(data):
-            self.inbox[session].append(p.parse(frame, p.SERVER_FRAMES))
+            self.inbox[session].append(protocol.parse(frame, protocol.SERVER_FRAMES))
         if close:
             self.closed.add(session)
 
 
-def messages(frames: list[p.TypedFrame]) -> list[tuple[int, int, bytes]]:
+def messages(frames: list[protocol.TypedFrame]) -> list[tuple[int, int, bytes]]:
     """(id, attempt, body) of the MESSAGE frames."""
-    return [(f.id, f.attempt, f.body) for f in frames if isinstance(f, p.Message)]
+    return [(f.id, f.attempt, f.body) for f in frames if isinstance(f, protocol.Message)]

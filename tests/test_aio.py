@@ -14,8 +14,7 @@ from typing import Any, Final
 
 import pytest
 
-from bbmq import aio
-from bbmq import protocol as p
+from bbmq import aio, protocol
 from bbmq.aio.channel import AsyncChannel
 from bbmq.testing import BrokerController, BrokerProcess, wait_for
 
@@ -292,7 +291,7 @@ def test_the_channel_hands_out_the_frames_before_a_broken_one_then_fails() -> No
     costs the connection, not the frames that came before the break, nor a hang."""
     async def scenario() -> None:
         async def answer(_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            writer.write(p.Pong().encode() + p.Pong().encode() + b"NOT A FRAME\r\n")
+            writer.write(protocol.Pong().encode() + protocol.Pong().encode() + b"NOT A FRAME\r\n")
             await writer.drain()
 
         server = await asyncio.start_server(answer, "127.0.0.1", 0)
@@ -300,8 +299,8 @@ def test_the_channel_hands_out_the_frames_before_a_broken_one_then_fails() -> No
             port = server.sockets[0].getsockname()[1]
             channel = await AsyncChannel.open("127.0.0.1", port, timeout=5, tls=False,
                                               ca_file=None)
-            assert await channel.read(5) == p.Pong()
-            assert await channel.read(5) == p.Pong()
+            assert await channel.read(5) == protocol.Pong()
+            assert await channel.read(5) == protocol.Pong()
             with pytest.raises(aio.ConnectionLost, match="invalid frame"):
                 await channel.read(5)
             assert channel.closed

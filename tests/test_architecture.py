@@ -94,7 +94,7 @@ TOO_LONG: Final[dict[str, str]] = {}
 def test_the_import_graph_is_read() -> None:
     """The checks below look at something: the graph holds imports we know are there."""
     assert "bbmq.store.base" in IMPORTS["bbmq.store.worker"]
-    assert "bbmq.protocol" in IMPORTS["bbmq.core.broker"]  # from bbmq import protocol as p
+    assert "bbmq.protocol" in IMPORTS["bbmq.core.broker"]  # from bbmq import protocol
     assert "bbmq.core" in IMPORTS["bbmq.metrics"]  # from bbmq.core import BrokerSnapshot
     assert "bbmq.metrics" in IMPORTS["bbmq.app"]  # inside a function
 

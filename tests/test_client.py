@@ -15,7 +15,7 @@ from typing import Any, Final
 
 import pytest
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.client import BrokerError, ConnectionLost, Consumer, Message, PublishError
 from bbmq.client.channel import Channel
 from bbmq.client.consuming import FetchQueue, ack_frames
@@ -32,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 # --------------------------------------------------------------------------- sans-IO layer
 
 
-def _frames(count: int) -> list[p.Publish]:
+def _frames(count: int) -> list[protocol.Publish]:
     return publish_frames([b"m%d" % i for i in range(count)], MsgIds(), delay=None, ttl=None,
                           group=None, max_message_bytes=None)
 
@@ -43,13 +43,13 @@ def test_publish_window_pairs_replies_in_order_and_tops_up_at_half() -> None:
     window = PublishWindow(frames, list(range(10)), ids, window=4)
     assert window.to_send() == frames[:4]
     assert window.to_send() == []  # nothing answered yet: the window is full
-    window.on_replies([p.ProducerAckMessage(101)])
+    window.on_replies([protocol.ProducerAckMessage(101)])
     assert window.to_send() == []  # 3 unanswered: more than half the window
-    window.on_replies([p.Pong()])  # not a PUBLISH reply: pairs with nothing
-    window.on_replies([p.Error(ErrorCode.STORE_UNAVAILABLE, "later")])
+    window.on_replies([protocol.Pong()])  # not a PUBLISH reply: pairs with nothing
+    window.on_replies([protocol.Error(ErrorCode.STORE_UNAVAILABLE, "later")])
     assert window.to_send() == frames[4:6]
     for reply_id in range(103, 111):
-        window.on_replies([p.ProducerAckMessage(reply_id)])
+        window.on_replies([protocol.ProducerAckMessage(reply_id)])
         window.to_send()
     assert window.done and window.failure() is None
     assert ids == [101, 0, *range(103, 111)]
@@ -61,9 +61,9 @@ def test_a_final_refusal_stops_sending_and_waits_for_the_replies_owed() -> None:
     ids = [0] * 6
     window = PublishWindow(frames, list(range(6)), ids, window=2)
     assert len(window.to_send()) == 2
-    window.on_replies([p.Error(ErrorCode.INVALID_PROTOCOL, "bad")])
+    window.on_replies([protocol.Error(ErrorCode.INVALID_PROTOCOL, "bad")])
     assert window.to_send() == [] and not window.done  # the second reply is still owed
-    window.on_replies([p.ProducerAckMessage(7)])
+    window.on_replies([protocol.ProducerAckMessage(7)])
     assert window.done
     failure = window.failure()
     assert isinstance(failure, PublishError) and failure.ids == [0, 7, 0, 0, 0, 0]
@@ -74,9 +74,9 @@ def test_a_publish_job_resends_only_the_unacked_until_retry_for_runs_out() -> No
     first = job.next_pass()
     assert first is not None
     first.to_send()
-    first.on_replies([p.ProducerAckMessage(1)])
-    first.on_replies([p.Error(ErrorCode.SERVER_BUSY, "full")])
-    first.on_replies([p.ProducerAckMessage(3)])
+    first.on_replies([protocol.ProducerAckMessage(1)])
+    first.on_replies([protocol.Error(ErrorCode.SERVER_BUSY, "full")])
+    first.on_replies([protocol.ProducerAckMessage(3)])
     assert job.after_pass(first, now=0.1) == 0.05
     second = job.next_pass()
     assert second is not None and second.to_send() == [job._frames[1]]
@@ -84,7 +84,7 @@ def test_a_publish_job_resends_only_the_unacked_until_retry_for_runs_out() -> No
     third = job.next_pass()
     assert third is not None
     third.to_send()
-    third.on_replies([p.Error(ErrorCode.STORE_UNAVAILABLE, "down")])
+    third.on_replies([protocol.Error(ErrorCode.STORE_UNAVAILABLE, "down")])
     with pytest.raises(BrokerError) as refused:
         job.after_pass(third, now=1.0)
     assert refused.value.code == ErrorCode.STORE_UNAVAILABLE
@@ -95,24 +95,25 @@ def test_a_publish_job_resends_only_the_unacked_until_retry_for_runs_out() -> No
 
 def test_the_fetch_queue_counts_against_the_oldest_open_fetch() -> None:
     fetches = FetchQueue()
-    assert fetches.top_up(4) == p.Fetch(4)
+    assert fetches.top_up(4) == protocol.Fetch(4)
     assert fetches.top_up(4) is None
-    delivered = p.Message(5, 1, b"x", "me")
+    delivered = protocol.Message(5, 1, b"x", "me")
     assert fetches.received(delivered) == Message(5, b"x", 1, {"from": "me"})
     assert fetches.top_up(4) is None  # 3 on their way: more than half of 4
     fetches.received(delivered)
-    assert fetches.top_up(4) == p.Fetch(2)
-    assert fetches.fetch(3, 200) == p.Fetch(3, 200)
+    assert fetches.top_up(4) == protocol.Fetch(2)
+    assert fetches.fetch(3, 200) == protocol.Fetch(3, 200)
     assert fetches.owed == 7
     fetches.received(delivered)
     fetches.received(delivered)  # the first FETCH is filled
-    assert fetches.received(p.QueueEmpty(0)) is None  # closes the second (owed 2), not the third
+    # QUEUE_EMPTY closes the second FETCH (owed 2), not the third
+    assert fetches.received(protocol.QueueEmpty(0)) is None
     assert fetches.owed == 3
-    assert fetches.received(p.Error(ErrorCode.UNKNOWN_MESSAGE, "not in flight")) is None
+    assert fetches.received(protocol.Error(ErrorCode.UNKNOWN_MESSAGE, "not in flight")) is None
     with pytest.raises(BrokerError):
-        fetches.received(p.Error(ErrorCode.UNAUTHORIZED, "no"))
+        fetches.received(protocol.Error(ErrorCode.UNAUTHORIZED, "no"))
     with pytest.raises(ConnectionLost):
-        fetches.received(p.Pong())
+        fetches.received(protocol.Pong())
 
 
 @pytest.mark.parametrize("width", [1, 6, 19])
@@ -120,13 +121,13 @@ def test_ack_frames_stay_under_the_header_limit(width: int) -> None:
     ids = [10 ** (width - 1) + i for i in range(1000)]
     frames = ack_frames(ids)
     data = b"".join(frame.encode() for frame in frames)
-    decoded = p.FrameDecoder().feed(data)  # the broker's limit: a longer line is refused
+    decoded = protocol.FrameDecoder().feed(data)  # the broker's limit: a longer line is refused
     assert [int(arg) for frame in decoded for arg in frame.args] == ids
     headers = [frame.encode().split(b"\r\n")[0] for frame in frames]
-    assert all(len(header) <= p.MAX_HEADER_BYTES for header in headers)
+    assert all(len(header) <= protocol.MAX_HEADER_BYTES for header in headers)
     # Packed up to the limit: no frame but the last had room for one more id.
     for header, following in zip(headers, frames[1:], strict=False):
-        assert len(header) + 1 + len(str(following.ids[0])) > p.MAX_HEADER_BYTES
+        assert len(header) + 1 + len(str(following.ids[0])) > protocol.MAX_HEADER_BYTES
 
 
 def test_one_retry_policy_for_the_library_and_the_cli() -> None:
@@ -144,8 +145,16 @@ def test_one_retry_policy_for_the_library_and_the_cli() -> None:
 #: The client modules that decide without doing I/O, so an asyncio client can share them.
 SANS_IO: Final = ("arguments", "consuming", "errors", "message", "publishing", "retry")
 #: What would tie them to one way of doing I/O (or to the clock).
-IO_MODULES: Final = {"asyncio", "select", "socket", "ssl", "threading", "time",
-                     "bbmq.client.base", "bbmq.client.channel"}
+IO_MODULES: Final = {
+    "asyncio",
+    "select",
+    "socket",
+    "ssl",
+    "threading",
+    "time",
+    "bbmq.client.base",
+    "bbmq.client.channel",
+}
 
 
 @pytest.mark.parametrize("module", SANS_IO)
@@ -165,13 +174,12 @@ def test_the_channel_hands_out_the_frames_before_a_broken_one_then_fails() -> No
     """A broker that breaks the stream (here: garbage after a PONG) costs the connection,
     but not the frames that came before the break, nor a hang."""
     with socket.create_server(("127.0.0.1", 0)) as server:
-        channel = Channel("127.0.0.1", server.getsockname()[1], timeout=5, tls=False,
-                          ca_file=None)
+        channel = Channel("127.0.0.1", server.getsockname()[1], timeout=5, tls=False, ca_file=None)
         peer, _ = server.accept()
         with peer:
-            peer.sendall(p.Pong().encode() + p.Pong().encode() + b"NOT A FRAME\r\n")
-            assert channel.read(5) == p.Pong()
-            assert channel.read(5) == p.Pong()
+            peer.sendall(protocol.Pong().encode() + protocol.Pong().encode() + b"NOT A FRAME\r\n")
+            assert channel.read(5) == protocol.Pong()
+            assert channel.read(5) == protocol.Pong()
             with pytest.raises(ConnectionLost, match="invalid frame"):
                 channel.read(5)
             assert channel.closed
@@ -194,7 +202,8 @@ def _stream_until_first(consumer: Any) -> Message:
 
 
 def test_fetch_after_leaving_a_stream_early_hands_out_what_it_had_asked_for(
-        broker: BrokerController, clients: Flavour) -> None:
+    broker: BrokerController, clients: Flavour
+) -> None:
     ids = _publish(clients, broker, "leave", 12)
     with clients.Consumer("leave", port=broker.port, prefetch=8) as consumer:
         first = _stream_until_first(consumer)
@@ -208,7 +217,8 @@ def test_fetch_after_leaving_a_stream_early_hands_out_what_it_had_asked_for(
 
 
 def test_fetch_takes_what_the_stream_left_early_is_still_owed(
-        broker: BrokerController, clients: Flavour) -> None:
+    broker: BrokerController, clients: Flavour
+) -> None:
     """Messages published after the ``break`` go to the stream's FETCH, still open on the
     broker: fetch() waits for those rather than asking again, and misses none."""
     first_id = _publish(clients, broker, "owed", 1)[0]
@@ -218,14 +228,19 @@ def test_fetch_takes_what_the_stream_left_early_is_still_owed(
         got = [consumer.fetch(timeout=5) for _ in later]
         assert [m.id for m in got if m] == later
         assert consumer.fetch(timeout=0.2) is None
-        session_requests = broker.call(lambda: [  # only the stream's FETCH was ever open
-            len(s.requests) for s in broker.server.broker.sessions.values()  # type: ignore[union-attr]
-            if s.topic == "owed"])
+        session_requests = broker.call(
+            lambda: [  # only the stream's FETCH was ever open
+                len(s.requests)
+                for s in broker.server.broker.sessions.values()  # type: ignore[union-attr]
+                if s.topic == "owed"
+            ]
+        )
         assert session_requests == [1]
 
 
 def test_iterating_again_after_leaving_a_stream_early_goes_on_where_it_left(
-        broker: BrokerController, clients: Flavour) -> None:
+    broker: BrokerController, clients: Flavour
+) -> None:
     ids = _publish(clients, broker, "again", 30)
     with clients.Consumer("again", port=broker.port, prefetch=10) as consumer:
         got = [_stream_until_first(consumer)]
@@ -242,7 +257,8 @@ def test_iterating_again_after_leaving_a_stream_early_goes_on_where_it_left(
 
 
 def test_a_stream_left_early_then_closed_is_redelivered_by_the_broker(
-        broker: BrokerController, clients: Flavour) -> None:
+    broker: BrokerController, clients: Flavour
+) -> None:
     ids = _publish(clients, broker, "closed", 6)
     consumer = clients.Consumer("closed", port=broker.port, prefetch=4).connect()
     first = _stream_until_first(consumer)
@@ -258,7 +274,8 @@ def test_a_stream_left_early_then_closed_is_redelivered_by_the_broker(
 
 
 def test_run_after_leaving_a_stream_early_processes_what_it_had_asked_for(
-        broker: BrokerController) -> None:
+    broker: BrokerController,
+) -> None:
     ids = _publish(Blocking(), broker, "handoff", 20)
     consumer = Consumer("handoff", port=broker.port, prefetch=5).connect()
     first = _stream_until_first(consumer)
@@ -271,8 +288,9 @@ def test_run_after_leaving_a_stream_early_processes_what_it_had_asked_for(
         if len(done) == len(ids) - 1:
             stop.set()
 
-    runner = threading.Thread(target=consumer.run, args=(handler,),
-                              kwargs={"workers": 2, "stop": stop})
+    runner = threading.Thread(
+        target=consumer.run, args=(handler,), kwargs={"workers": 2, "stop": stop}
+    )
     runner.start()
     runner.join(30)
     assert not runner.is_alive()
@@ -280,8 +298,9 @@ def test_run_after_leaving_a_stream_early_processes_what_it_had_asked_for(
     consumer.close()
 
 
-def test_a_producer_waits_out_a_full_broker(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                            clients: Flavour) -> None:
+def test_a_producer_waits_out_a_full_broker(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, clients: Flavour
+) -> None:
     """SERVER_BUSY at the handshake is in the shared policy's COME_BACK: a publish retries
     it within retry_for, as Consumer.run does."""
     with BrokerController(data_dir=tmp_path, max_connections=1) as broker:
@@ -301,8 +320,11 @@ def test_a_producer_waits_out_a_full_broker(tmp_path: Path, caplog: pytest.LogCa
         publisher = threading.Thread(target=publish)
         with caplog.at_level(logging.WARNING, logger="bbmq.client"):
             publisher.start()
-            wait_for(lambda: "too many connections" in caplog.text,
-                     "the publish to meet SERVER_BUSY", timeout=10)
+            wait_for(
+                lambda: "too many connections" in caplog.text,
+                "the publish to meet SERVER_BUSY",
+                timeout=10,
+            )
             assert publisher.is_alive() and not outcome
             hog.close()
             publisher.join(30)
@@ -319,12 +341,23 @@ def test_the_package_ships_py_typed(tmp_path: Path) -> None:
     shutil.copy(REPO / "README.md", source)
     shutil.copytree(REPO / "bbmq", source / "bbmq", ignore=shutil.ignore_patterns("__pycache__"))
     # build_py lays out exactly the files that a wheel (or pip install) installs.
-    subprocess.run([sys.executable, "-c", "from setuptools import setup; setup()", "-q",
-                    "build_py", "--build-lib", str(tmp_path / "installed")], cwd=source,
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from setuptools import setup; setup()",
+            "-q",
+            "build_py",
+            "--build-lib",
+            str(tmp_path / "installed"),
+        ],
+        cwd=source,
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     for name in ("client", "aio"):  # the blocking client and the asyncio one
         package = tmp_path / "installed" / "bbmq" / name
         assert (package / "py.typed").is_file()
         assert (package / "__init__.py").is_file()
     assert not (tmp_path / "installed" / "bbmq" / "client.py").exists()
-

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bbmq import Consumer, Producer
-from bbmq import protocol as p
+from bbmq import Consumer, Producer, protocol
 from bbmq.testing import BrokerProcess, wait_for
 
 from .conftest import RawClient
@@ -24,10 +23,10 @@ pytestmark = pytest.mark.slow  # every test runs the broker as a process
 def admin(port: int, command: str, **params: object) -> object:
     client = RawClient(port)
     try:
-        client.handshake(p.ClientAdmin())
-        client.send(p.AdminCommand(command, dict(params)))
+        client.handshake(protocol.ClientAdmin())
+        client.send(protocol.AdminCommand(command, dict(params)))
         [result] = client.receive()
-        assert isinstance(result, p.AdminResult), result
+        assert isinstance(result, protocol.AdminResult), result
         return result.result
     finally:
         client.close()

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bbmq import BrokerError, Consumer, Producer
-from bbmq import protocol as p
+from bbmq import BrokerError, Consumer, Producer, protocol
 from bbmq.protocol import ErrorCode
 from bbmq.testing import BrokerProcess, wait_for
 
@@ -56,13 +55,13 @@ class PipelinedPublisher(threading.Thread):
         self.bodies = [b"m-%06d" % i for i in range(count)]
 
     def run(self) -> None:
-        self.client.handshake(p.ClientPublisher(self.topic))
+        self.client.handshake(protocol.ClientPublisher(self.topic))
         sender = threading.Thread(target=self._send_all, daemon=True)
         sender.start()
         try:
             for body in self.bodies:  # one reply per PUBLISH, in order
                 [reply] = self.client.receive(timeout=30)
-                assert isinstance(reply, p.ProducerAckMessage), reply
+                assert isinstance(reply, protocol.ProducerAckMessage), reply
                 self.acked[body] = reply.id
         except (AssertionError, OSError):
             return  # the broker died: what was acked so far is what counts
@@ -70,7 +69,7 @@ class PipelinedPublisher(threading.Thread):
     def _send_all(self) -> None:
         try:
             for start in range(0, self.count, 100):
-                self.client.send(*(p.Publish(b) for b in self.bodies[start : start + 100]))
+                self.client.send(*(protocol.Publish(b) for b in self.bodies[start : start + 100]))
         except OSError:
             return
 
@@ -184,10 +183,10 @@ def test_store_outage_never_acks_what_was_not_stored(tmp_path: Path) -> None:
             stored_before = before.publish_many([b"before-%d" % i for i in range(50)])
             database.stop()
             raw = RawClient(broker.port)
-            raw.handshake(p.ClientPublisher("outage"))
-            raw.send(p.Publish(b"during"))
+            raw.handshake(protocol.ClientPublisher("outage"))
+            raw.send(protocol.Publish(b"during"))
             [reply] = raw.receive(timeout=30)
-            assert isinstance(reply, p.Error) and reply.code == ErrorCode.STORE_UNAVAILABLE
+            assert isinstance(reply, protocol.Error) and reply.code == ErrorCode.STORE_UNAVAILABLE
             with pytest.raises(BrokerError) as info:
                 Producer("outage", port=broker.port, retry_for=0.5).publish(b"during-client")
             assert info.value.code == ErrorCode.STORE_UNAVAILABLE

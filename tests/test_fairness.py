@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.testing import BrokerProcess
 
 from .conftest import RawClient
@@ -29,32 +29,35 @@ BURST = 100_000
 def test_a_burst_of_100k_frames_does_not_hold_back_another_publisher(tmp_path: Path) -> None:
     with BrokerProcess(tmp_path / "data", store="memory://") as broker:
         honest = RawClient(broker.port)
-        honest.handshake(p.ClientPublisher("honest"))
+        honest.handshake(protocol.ClientPublisher("honest"))
         burst = RawClient(broker.port)
-        burst.handshake(p.ClientPublisher("burst"))
+        burst.handshake(protocol.ClientPublisher("burst"))
         acked = [0]
 
         def read_burst_acks() -> None:
-            decoder = p.FrameDecoder()
+            decoder = protocol.FrameDecoder()
             burst.sock.settimeout(60)
             while acked[0] < BURST:
                 data = burst.sock.recv(1 << 20)
                 if not data:
                     return
-                acked[0] += sum(f.verb == p.ProducerAckMessage.VERB for f in decoder.feed(data))
+                acked[0] += sum(
+                    f.verb == protocol.ProducerAckMessage.VERB for f in decoder.feed(data)
+                )
 
         reader = threading.Thread(target=read_burst_acks)
         reader.start()
-        writer = threading.Thread(target=burst.sock.sendall,
-                                  args=(p.Publish(b"y" * 10).encode() * BURST,))
+        writer = threading.Thread(
+            target=burst.sock.sendall, args=(protocol.Publish(b"y" * 10).encode() * BURST,)
+        )
         writer.start()
         waits = []
         while acked[0] < BURST and reader.is_alive():
             started = time.perf_counter()
-            honest.send(p.Publish(b"x"))
+            honest.send(protocol.Publish(b"x"))
             [reply] = honest.receive(timeout=30)
             waits.append(time.perf_counter() - started)
-            assert isinstance(reply, p.ProducerAckMessage), reply
+            assert isinstance(reply, protocol.ProducerAckMessage), reply
         writer.join()
         reader.join()
         assert acked[0] == BURST, "every frame of the burst is acked"

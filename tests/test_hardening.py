@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from bbmq import Consumer, Producer
-from bbmq import protocol as p
+from bbmq import Consumer, Producer, protocol
 from bbmq.core import Broker, PendingPublish, Session
 from bbmq.protocol import ErrorCode
 from bbmq.store.base import Batch, NewMessage, StoredId, WriteRequest
@@ -35,10 +34,10 @@ def rss_bytes(pid: int) -> int:
 def admin(port: int, command: str, **params: object) -> object:
     client = RawClient(port)
     try:
-        client.handshake(p.ClientAdmin())
-        client.send(p.AdminCommand(command, dict(params)))
+        client.handshake(protocol.ClientAdmin())
+        client.send(protocol.AdminCommand(command, dict(params)))
         [result] = client.receive()
-        assert isinstance(result, p.AdminResult), result
+        assert isinstance(result, protocol.AdminResult), result
         return result.result
     finally:
         client.close()
@@ -47,23 +46,32 @@ def admin(port: int, command: str, **params: object) -> object:
 def hostile_payloads(rng: random.Random) -> Iterator[tuple[str, bytes, bool]]:
     """(kind, bytes to send, half-close afterwards) for one hostile connection each."""
     fixed = [
-        ("truncated frame", p.Publish(b"x" * 50).encode()[:30], False),
+        ("truncated frame", protocol.Publish(b"x" * 50).encode()[:30], False),
         ("header without CRLF", b"HEAD PUBLISH 10", True),
         ("100 MB size field", b"HEAD PUBLISH 100000000\r\n", False),
         ("megabyte header line", b"HEAD " + b"A" * 2_000_000, False),
-        ("unknown verb", p.encode("DESTROY_EVERYTHING"), False),
-        ("publish before handshake", p.Publish(b"sneaky").encode(), False),
+        ("unknown verb", protocol.encode("DESTROY_EVERYTHING"), False),
+        ("publish before handshake", protocol.Publish(b"sneaky").encode(), False),
         ("http request", b"GET /metrics HTTP/1.1\r\nHost: localhost\r\n\r\n", False),
-        ("half-closed handshake", p.ClientSubscriber("honest", "workers").encode(), True),
+        ("half-closed handshake", protocol.ClientSubscriber("honest", "workers").encode(), True),
         ("wrong tail", b"HEAD PING 0\r\nTALE\r\n", False),
         ("negative size", b"HEAD PUBLISH -5\r\n", False),
         ("nul in header", b"HEAD PUB\x00LISH 0\r\nTAIL\r\n", False),
-        ("bad json handshake", p.encode("CLIENT_PUBLISHER", ("honest",), b"{nope"), False),
-        ("deep json", p.encode("CLIENT_PUBLISHER", ("honest",), b"[" * 100_000), False),
+        ("bad json handshake", protocol.encode("CLIENT_PUBLISHER", ("honest",), b"{nope"), False),
+        ("deep json", protocol.encode("CLIENT_PUBLISHER", ("honest",), b"[" * 100_000), False),
     ]
     yield from fixed
-    frames = [f.encode() for f in (p.ClientPublisher("hostile"), p.Publish(b"x"), p.Fetch(3, 5),
-                                   p.Ack((1, 2)), p.Nack(1), p.Ping())]
+    frames = [
+        f.encode()
+        for f in (
+            protocol.ClientPublisher("hostile"),
+            protocol.Publish(b"x"),
+            protocol.Fetch(3, 5),
+            protocol.Ack((1, 2)),
+            protocol.Nack(1),
+            protocol.Ping(),
+        )
+    ]
     while True:
         choice = rng.random()
         if choice < 0.4:
@@ -91,8 +99,9 @@ def poke(port: int, payload: bytes, half_close: bool) -> None:
             pass  # the broker closing on us is one of the right answers
 
 
-def run_honest_pair(port: int, count: int, received: list[int],
-                    failures: list[BaseException]) -> list[threading.Thread]:
+def run_honest_pair(
+    port: int, count: int, received: list[int], failures: list[BaseException]
+) -> list[threading.Thread]:
     def produce() -> None:
         try:
             with Producer("honest", port=port) as producer:
@@ -112,8 +121,10 @@ def run_honest_pair(port: int, count: int, received: list[int],
         except BaseException as error:
             failures.append(error)
 
-    threads = [threading.Thread(target=produce, daemon=True),
-               threading.Thread(target=consume, daemon=True)]
+    threads = [
+        threading.Thread(target=produce, daemon=True),
+        threading.Thread(target=consume, daemon=True),
+    ]
     for thread in threads:
         thread.start()
     return threads
@@ -137,10 +148,10 @@ def test_hostile_connections_while_an_honest_pair_runs(tmp_path: Path) -> None:
                 break
         # Someone else's ids: a second member of the group acks what it was never given.
         thief = RawClient(broker.port)
-        thief.handshake(p.ClientSubscriber("honest", "workers"))
-        thief.send(p.Ack(tuple(range(1, 200))))
+        thief.handshake(protocol.ClientSubscriber("honest", "workers"))
+        thief.send(protocol.Ack(tuple(range(1, 200))))
         [error] = thief.receive()
-        assert isinstance(error, p.Error) and error.code == ErrorCode.UNKNOWN_MESSAGE
+        assert isinstance(error, protocol.Error) and error.code == ErrorCode.UNKNOWN_MESSAGE
         thief.close()
         # A flood past the connection limit is refused at once, not left hanging.
         flood = [socket.create_connection(("127.0.0.1", broker.port)) for _ in range(80)]
@@ -165,7 +176,7 @@ def test_hostile_connections_while_an_honest_pair_runs(tmp_path: Path) -> None:
         assert rss_bytes(broker.pid) < 300 * 1024 * 1024
         topics = admin(broker.port, "topics")
         assert isinstance(topics, list) and "honest" in topics
-        assert all(p.check_name("topic", name) for name in topics)
+        assert all(protocol.check_name("topic", name) for name in topics)
         print(f"hostile inputs tried: {sum(tried.values())} {tried}")
 
 
@@ -173,7 +184,9 @@ def test_slow_consumer_gets_fewer_messages_not_unbounded_buffers(tmp_path: Path)
     with BrokerController(data_dir=tmp_path, max_output_bytes=64 * 1024) as broker:
         slow = socket.create_connection(("127.0.0.1", broker.port))
         slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
-        slow.sendall(p.ClientSubscriber("bulk", "slow").encode() + p.Fetch(100_000).encode())
+        slow.sendall(
+            protocol.ClientSubscriber("bulk", "slow").encode() + protocol.Fetch(100_000).encode()
+        )
         fast = Consumer("bulk", "fast", port=broker.port).connect()
         body = b"z" * 10_000
         with Producer("bulk", port=broker.port) as producer:
@@ -193,11 +206,11 @@ def test_slow_consumer_gets_fewer_messages_not_unbounded_buffers(tmp_path: Path)
 def test_memory_bound_refuses_publishers_until_consumers_catch_up(tmp_path: Path) -> None:
     with BrokerController(data_dir=tmp_path, max_queued_bytes=100_000) as broker:
         raw = RawClient(broker.port)
-        raw.handshake(p.ClientPublisher("full"))
-        raw.send(*(p.Publish(b"m" * 10_000) for _ in range(12)))
+        raw.handshake(protocol.ClientPublisher("full"))
+        raw.send(*(protocol.Publish(b"m" * 10_000) for _ in range(12)))
         replies = raw.receive(12)
-        acked = [r for r in replies if isinstance(r, p.ProducerAckMessage)]
-        refused = [r for r in replies if isinstance(r, p.Error)]
+        acked = [r for r in replies if isinstance(r, protocol.ProducerAckMessage)]
+        refused = [r for r in replies if isinstance(r, protocol.Error)]
         assert 8 <= len(acked) <= 10 and refused
         assert all(r.code == ErrorCode.SERVER_BUSY for r in refused)
         with Consumer("full", port=broker.port) as consumer:
@@ -205,30 +218,30 @@ def test_memory_bound_refuses_publishers_until_consumers_catch_up(tmp_path: Path
                 message = consumer.fetch(timeout=5)
                 assert message is not None
                 consumer.ack(message)
-        raw.send(p.Publish(b"room again"))
+        raw.send(protocol.Publish(b"room again"))
         [reply] = raw.receive()
-        assert isinstance(reply, p.ProducerAckMessage)
+        assert isinstance(reply, protocol.ProducerAckMessage)
         raw.close()
 
 
 def test_idle_timeout_and_ping_keepalive(tmp_path: Path) -> None:
     with BrokerController(data_dir=tmp_path, idle_timeout=0.3) as broker:
         idle = RawClient(broker.port)
-        idle.handshake(p.ClientSubscriber("quiet"))
+        idle.handshake(protocol.ClientSubscriber("quiet"))
         alive = RawClient(broker.port)
-        alive.handshake(p.ClientSubscriber("quiet"))
+        alive.handshake(protocol.ClientSubscriber("quiet"))
         for _ in range(8):  # 0.8 s of pings every 0.1 s: well past the idle timeout
-            alive.send(p.Ping())
-            assert alive.receive() == [p.Pong()]
+            alive.send(protocol.Ping())
+            assert alive.receive() == [protocol.Pong()]
             time.sleep(0.1)  # the client's pace, not a synchronization
         [error] = idle.receive(timeout=5)
-        assert isinstance(error, p.Error) and error.code == ErrorCode.TIMEOUT
+        assert isinstance(error, protocol.Error) and error.code == ErrorCode.TIMEOUT
         assert idle.closed_by_server()
         idle.close()
         alive.close()
 
 
-SQLISH = ["x';DROP_TABLE_bbmq_messages;--", "\"OR_1=1--", "a`b", "%s", "\\x00", "é", "a b"]
+SQLISH = ["x';DROP_TABLE_bbmq_messages;--", '"OR_1=1--', "a`b", "%s", "\\x00", "é", "a b"]
 
 
 @pytest.fixture(params=["sqlite", pytest.param("mysql", marks=pytest.mark.mysql)])
@@ -240,26 +253,29 @@ def store_url(request: pytest.FixtureRequest) -> Iterator[str]:
             yield url
 
 
-def test_sql_looking_and_binary_input_through_every_entry_point(tmp_path: Path,
-                                                              store_url: str) -> None:
+def test_sql_looking_and_binary_input_through_every_entry_point(
+    tmp_path: Path, store_url: str
+) -> None:
     with BrokerController(data_dir=tmp_path, store=store_url) as broker:
         for name in SQLISH:
-            for head in (b"CLIENT_PUBLISHER " + name.encode(),
-                         b"CLIENT_SUBSCRIBER ok " + name.encode()):
+            for head in (
+                b"CLIENT_PUBLISHER " + name.encode(),
+                b"CLIENT_SUBSCRIBER ok " + name.encode(),
+            ):
                 raw = RawClient(broker.port)
                 raw.send(b"HEAD " + head + b" 0\r\nTAIL\r\n")
                 [reply] = raw.receive()
-                assert isinstance(reply, p.Error), (name, reply)
+                assert isinstance(reply, protocol.Error), (name, reply)
                 assert reply.code in (ErrorCode.BAD_NAME, ErrorCode.INVALID_PROTOCOL)
                 raw.close()
         raw = RawClient(broker.port)  # a topic named like a table is just a name
-        raw.handshake(p.ClientPublisher("bbmq_messages", {"name": SQLISH[0]}))
+        raw.handshake(protocol.ClientPublisher("bbmq_messages", {"name": SQLISH[0]}))
         bodies = [s.encode() for s in SQLISH] + [b"\x00\xff'\"TAIL\r\n"]
         for index, body in enumerate(bodies):
-            raw.send(p.Publish(body, msgid=f"';DELETE_FROM_x;--{index}"))
+            raw.send(protocol.Publish(body, msgid=f"';DELETE_FROM_x;--{index}"))
         replies = raw.receive(len(bodies))
-        assert all(isinstance(r, p.ProducerAckMessage) for r in replies)
-        raw.send(p.Publish(b"again", msgid="';DELETE_FROM_x;--0"))  # a repeat: same id back
+        assert all(isinstance(r, protocol.ProducerAckMessage) for r in replies)
+        raw.send(protocol.Publish(b"again", msgid="';DELETE_FROM_x;--0"))  # a repeat: same id back
         [repeat] = raw.receive()
         assert repeat == replies[0]
         raw.close()
@@ -271,63 +287,81 @@ def test_sql_looking_and_binary_input_through_every_entry_point(tmp_path: Path,
             assert [m.body for m in got if m] == bodies
 
 
-def admin_error(port: int, command: str, **params: object) -> p.Error:
+def admin_error(port: int, command: str, **params: object) -> protocol.Error:
     client = RawClient(port)
     try:
-        client.handshake(p.ClientAdmin())
-        client.send(p.AdminCommand(command, dict(params)))
+        client.handshake(protocol.ClientAdmin())
+        client.send(protocol.AdminCommand(command, dict(params)))
         [result] = client.receive()
-        assert isinstance(result, p.Error), result
+        assert isinstance(result, protocol.Error), result
         return result
     finally:
         client.close()
 
 
 def test_extreme_numbers_and_wrong_types_get_errors_and_the_store_keeps_working(
-        tmp_path: Path, store_url: str) -> None:
+    tmp_path: Path, store_url: str
+) -> None:
     """Values at the edge of every numeric field: refused with an ERROR, never a dead
     store thread (a delay past 64 bits once stalled every publisher of a SQLite broker)."""
-    huge = str(p.MAX_DURATION_MS + 1)
+    huge = str(protocol.MAX_DURATION_MS + 1)
     with BrokerController(data_dir=tmp_path, store=store_url) as broker:
         publisher = RawClient(broker.port)
-        publisher.handshake(p.ClientPublisher("edges"))
-        refused = [f"delay={huge}", f"ttl={huge}", "delay=9223372036854775807",
-                   "ttl=99999999999999999999999"]
+        publisher.handshake(protocol.ClientPublisher("edges"))
+        refused = [
+            f"delay={huge}",
+            f"ttl={huge}",
+            "delay=9223372036854775807",
+            "ttl=99999999999999999999999",
+        ]
         for option in refused:
             publisher.send(b"HEAD PUBLISH %s 1\r\nxTAIL\r\n" % option.encode())
         replies = publisher.receive(len(refused))
         assert [r.code for r in replies] == [ErrorCode.INVALID_PROTOCOL] * len(refused)  # type: ignore[attr-defined]
-        publisher.send(p.Publish(b"far", delay_ms=p.MAX_DURATION_MS), p.Publish(b"now"))
+        publisher.send(
+            protocol.Publish(b"far", delay_ms=protocol.MAX_DURATION_MS), protocol.Publish(b"now")
+        )
         far, now = publisher.receive(2)
-        assert isinstance(far, p.ProducerAckMessage) and isinstance(now, p.ProducerAckMessage)
+        assert isinstance(far, protocol.ProducerAckMessage) and isinstance(
+            now, protocol.ProducerAckMessage
+        )
         for garbage in (b"HEAD PING x 0\r\nTAIL\r\n", b"HEAD PING a=b 0\r\nTAIL\r\n"):
             publisher.send(garbage)
             [error] = publisher.receive()
-            assert isinstance(error, p.Error) and error.code == ErrorCode.INVALID_PROTOCOL
+            assert isinstance(error, protocol.Error) and error.code == ErrorCode.INVALID_PROTOCOL
         publisher.close()
 
         subscriber = RawClient(broker.port)
-        subscriber.handshake(p.ClientSubscriber("edges", "g"))
-        subscriber.send(b"HEAD FETCH 1 %s 0\r\nTAIL\r\n" % huge.encode(),
-                        b"HEAD NACK 1 delay=%s 0\r\nTAIL\r\n" % huge.encode(), p.Fetch(1))
+        subscriber.handshake(protocol.ClientSubscriber("edges", "g"))
+        subscriber.send(
+            b"HEAD FETCH 1 %s 0\r\nTAIL\r\n" % huge.encode(),
+            b"HEAD NACK 1 delay=%s 0\r\nTAIL\r\n" % huge.encode(),
+            protocol.Fetch(1),
+        )
         first, second, message = subscriber.receive(3)
         assert first.code == second.code == ErrorCode.INVALID_PROTOCOL  # type: ignore[attr-defined]
-        assert isinstance(message, p.Message) and message.body == b"now"
+        assert isinstance(message, protocol.Message) and message.body == b"now"
         subscriber.close()
 
-        for params in ({"topic": "edges", "n": 10**20}, {"topic": "edges", "n": True},
-                       {"topic": "edges", "n": -1}):
+        for params in (
+            {"topic": "edges", "n": 10**20},
+            {"topic": "edges", "n": True},
+            {"topic": "edges", "n": -1},
+        ):
             assert admin_error(broker.port, "peek", **params).code == ErrorCode.INVALID_PROTOCOL
-        for command, params in (("purge", {"topic": "edges", "group": ""}),
-                                ("peek", {"topic": 5}), ("purge", {"topic": ["edges"]})):
+        for command, params in (
+            ("purge", {"topic": "edges", "group": ""}),
+            ("peek", {"topic": 5}),
+            ("purge", {"topic": ["edges"]}),
+        ):
             assert admin_error(broker.port, command, **params).code == ErrorCode.BAD_NAME
         queued = admin(broker.port, "peek", topic="edges", group="g", n=5)
         assert sorted(m["body"] for m in queued) == ["far", "now"]  # type: ignore[attr-defined,index]
         for name in (5, True, ["a"]):
             raw = RawClient(broker.port)
-            raw.send(p.ClientPublisher("edges", {"name": name}))
+            raw.send(protocol.ClientPublisher("edges", {"name": name}))
             [error] = raw.receive()
-            assert isinstance(error, p.Error) and error.code == ErrorCode.BAD_NAME, name
+            assert isinstance(error, protocol.Error) and error.code == ErrorCode.BAD_NAME, name
             raw.close()
 
 

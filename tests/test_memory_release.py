@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.client import Producer
 from bbmq.heap import TRIM_AFTER_BYTES, TRIM_AFTER_CLOSES, MemoryReleaser
 from bbmq.testing import BrokerProcess, wait_for
@@ -41,18 +41,18 @@ def test_rss_falls_after_a_large_backlog_is_drained(tmp_path: Path) -> None:
     count, size = 40_000, 2_000  # 80 MB of bodies
     with BrokerProcess(tmp_path / "data") as broker:
         consumer = RawClient(broker.port)
-        consumer.handshake(p.ClientSubscriber("big"))
+        consumer.handshake(protocol.ClientSubscriber("big"))
         with Producer("big", port=broker.port) as producer:
             producer.publish_many(b"z" * size for _ in range(count))
         peak = rss_mb(broker.pid)
         drained = 0
         while drained < count:
-            consumer.send(p.Fetch(100))
+            consumer.send(protocol.Fetch(100))
             ids = [m.id for m in consumer.receive(100)]  # type: ignore[attr-defined]
-            consumer.send(p.Ack(tuple(ids)))
+            consumer.send(protocol.Ack(tuple(ids)))
             drained += len(ids)
-        consumer.send(p.Ping())
-        assert consumer.receive() == [p.Pong()]
+        consumer.send(protocol.Ping())
+        assert consumer.receive() == [protocol.Pong()]
         # Before: RSS stayed at its peak (253 of 274 MB after a 200 MB drain).
         wait_for(lambda: rss_mb(broker.pid) < peak - 40, f"RSS to fall from its {peak} MB peak",
                  15)

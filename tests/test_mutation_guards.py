@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.protocol import ErrorCode
 from bbmq.store import (
     AckRecord,
@@ -44,27 +44,31 @@ def test_admin_commands_are_refused_on_every_connection_but_an_admin_one(role: s
     h.publish(pub, b"a", b"b")
     session = {"none": h.connect, "publisher": lambda: h.publisher("orders"),
                "subscriber": lambda: h.subscriber("orders", "other")}[role]()
-    h.send(session, p.AdminCommand("purge", {"topic": "orders"}))
+    h.send(session, protocol.AdminCommand("purge", {"topic": "orders"}))
     [refused] = h.take(session)
-    assert isinstance(refused, p.Error) and refused.code == ErrorCode.NOT_ALLOWED, refused
+    assert isinstance(refused, protocol.Error) and refused.code == ErrorCode.NOT_ALLOWED, refused
     admin = h.connect()
-    h.send(admin, p.ClientAdmin(), p.AdminCommand("peek", {"topic": "orders", "group": "billing"}))
+    h.send(
+        admin,
+        protocol.ClientAdmin(),
+        protocol.AdminCommand("peek", {"topic": "orders", "group": "billing"}),
+    )
     [_, peeked] = h.take(admin)
-    assert isinstance(peeked, p.AdminResult) and len(peeked.result) == 2, peeked
+    assert isinstance(peeked, protocol.AdminResult) and len(peeked.result) == 2, peeked
 
 
 def test_an_ack_retires_the_lease_it_names_and_no_other() -> None:
     h = CoreHarness(ack_timeout_ms=1_000)
     sub = h.subscriber("t")
     first, second = h.publish(h.publisher("t"), b"first", b"second")
-    h.send(sub, p.Fetch(2))
+    h.send(sub, protocol.Fetch(2))
     assert [m[0] for m in messages(h.take(sub))] == [first, second]
-    h.send(sub, p.Ack((second,)))
+    h.send(sub, protocol.Ack((second,)))
     assert h.take(sub) == []
     h.commit()
     assert [ack.message_id for ack in h.stored.acks] == [second]
     h.advance(1_001)  # the first, never acked, comes back; the second does not
-    h.send(sub, p.Fetch(2, 0))
+    h.send(sub, protocol.Fetch(2, 0))
     assert messages(h.take(sub)) == [(first, 2, b"first")]
 
 
@@ -101,7 +105,8 @@ def test_a_commit_that_fails_is_never_reported_as_stored() -> None:
 
 @pytest.mark.slow  # waits out SQLite's 5 s busy timeout
 def test_a_dead_letter_survives_a_store_failure_with_the_ack_of_its_original(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     """The dead letter and the ack that retires its original are retried together, or a store
     outage while dead-lettering loses the message."""
     path = tmp_path / "store.db"
@@ -116,15 +121,19 @@ def test_a_dead_letter_survives_a_store_failure_with_the_ack_of_its_original(
             stored.extend(i.id for i in ids)
 
     worker.start(lambda fn, *args: fn(*args), on_stored, lambda *args: None).result(10)
-    worker.submit([WriteRequest(object(), NewMessage("t", b"original", None, 1_000))],
-                  Batch(groups=[GroupRecord("t", "g", 0, 1_000)]))
+    worker.submit(
+        [WriteRequest(object(), NewMessage("t", b"original", None, 1_000))],
+        Batch(groups=[GroupRecord("t", "g", 0, 1_000)]),
+    )
     wait_for(lambda: len(stored) == 1, "the original to be stored")
     [original] = stored
     blocker = sqlite3.connect(path, isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # holds the write lock: the store is busy, for real
     dead_letter = NewMessage("t.dlq", b"original", None, 3_000, meta={"reason": "test"})
-    worker.submit([WriteRequest(None, dead_letter)],
-                  Batch(acks=[AckRecord(original, "g", 3_000)], done=[original]))
+    worker.submit(
+        [WriteRequest(None, dead_letter)],
+        Batch(acks=[AckRecord(original, "g", 3_000)], done=[original]),
+    )
     wait_for(lambda: not worker.available, "the write to fail on the locked database", 20)
     blocker.execute("ROLLBACK")
     blocker.close()
@@ -149,8 +158,8 @@ def test_a_message_that_expires_while_delayed_is_expired_once_and_never_delivere
     group = h.broker.snapshot().topic("t").group("default")
     assert (group.delayed, group.counters.expired) == (0, 1)
     h.advance(5_000)
-    h.send(sub, p.Fetch(1, 0))
-    assert h.take(sub) == [p.QueueEmpty(0)]
+    h.send(sub, protocol.Fetch(1, 0))
+    assert h.take(sub) == [protocol.QueueEmpty(0)]
     assert h.broker.snapshot().topic("t").counters.expired == 1
 
 
@@ -158,13 +167,13 @@ def test_an_ack_after_the_lease_timed_out_is_unknown_and_the_message_comes_back(
     h = CoreHarness(ack_timeout_ms=1_000)
     sub = h.subscriber("t")
     [mid] = h.publish(h.publisher("t"), b"slow")
-    h.send(sub, p.Fetch(1))
+    h.send(sub, protocol.Fetch(1))
     h.take(sub)
     h.advance(1_001)
-    h.send(sub, p.Ack((mid,)))
+    h.send(sub, protocol.Ack((mid,)))
     [error] = h.take(sub)
-    assert isinstance(error, p.Error) and error.code == ErrorCode.UNKNOWN_MESSAGE
-    h.send(sub, p.Fetch(1, 0))
+    assert isinstance(error, protocol.Error) and error.code == ErrorCode.UNKNOWN_MESSAGE
+    h.send(sub, protocol.Fetch(1, 0))
     assert messages(h.take(sub)) == [(mid, 2, b"slow")]
     counters = h.broker.snapshot().topic("t").group("default").counters
     assert (counters.redelivered, counters.acked) == (1, 0)
@@ -174,10 +183,10 @@ def test_a_leased_message_whose_ttl_passes_is_expired_when_its_lease_ends() -> N
     h = CoreHarness(ack_timeout_ms=2_000)
     sub = h.subscriber("t")
     h.publish(h.publisher("t"), b"brief", ttl_ms=1_000)
-    h.send(sub, p.Fetch(1))
+    h.send(sub, protocol.Fetch(1))
     h.take(sub)
     h.advance(2_001)  # the lease times out after the TTL: expired, not redelivered
-    h.send(sub, p.Fetch(1, 0))
-    assert h.take(sub) == [p.QueueEmpty(0)]
+    h.send(sub, protocol.Fetch(1, 0))
+    assert h.take(sub) == [protocol.QueueEmpty(0)]
     counters = h.broker.snapshot().topic("t").group("default").counters
     assert (counters.expired, counters.redelivered) == (1, 0)

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import trustme
 
-from bbmq import BrokerError
-from bbmq import protocol as p
+from bbmq import BrokerError, protocol
 from bbmq.auth import Authorizer, Permission
 from bbmq.config import ConfigError, load
 from bbmq.protocol import ErrorCode
@@ -49,9 +48,9 @@ def test_wrong_or_missing_token_is_unauthorized_and_closed(
     with BrokerController(data_dir=tmp_path, auth_tokens=TOKENS) as broker:
         for options in ({}, {"token": "nope"}, {"token": "sub-key"}):
             raw = RawClient(broker.port)
-            raw.send(p.ClientPublisher("orders.eu", options))
+            raw.send(protocol.ClientPublisher("orders.eu", options))
             [error] = raw.receive()
-            assert isinstance(error, p.Error) and error.code == ErrorCode.UNAUTHORIZED
+            assert isinstance(error, protocol.Error) and error.code == ErrorCode.UNAUTHORIZED
             assert raw.closed_by_server()
             raw.close()
         with clients.Producer("orders.eu", port=broker.port, token="pub-key") as producer:
@@ -64,9 +63,9 @@ def test_wrong_or_missing_token_is_unauthorized_and_closed(
             assert message is not None and message.id == mid
             consumer.ack(message)
         admin = RawClient(broker.port)
-        admin.handshake(p.ClientAdmin({"token": "ops-key"}))
-        admin.send(p.AdminCommand("topics"))
-        assert admin.receive() == [p.AdminResult(["orders.eu"])]
+        admin.handshake(protocol.ClientAdmin({"token": "ops-key"}))
+        admin.send(protocol.AdminCommand("topics"))
+        assert admin.receive() == [protocol.AdminResult(["orders.eu"])]
         admin.close()
         # The defaults come from the environment, as for the command line.
         monkeypatch.setenv("BBMQ_PORT", str(broker.port))
@@ -106,7 +105,7 @@ def test_tls_end_to_end(tmp_path: Path, authority: trustme.CA, clients: Flavour)
         with pytest.raises(BrokerError):
             clients.Producer("secure", "127.0.0.1", broker.port, tls=untrusted).connect()
         plain = RawClient(broker.port)  # a client speaking plain text to a TLS port
-        plain.send(p.Ping())
+        plain.send(protocol.Ping())
         assert plain.closed_by_server()
         plain.close()
         # The command line too, flags or environment (the image's healthcheck is 'bbmq ping').

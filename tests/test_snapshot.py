@@ -7,7 +7,7 @@ from typing import Any
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.core import BrokerSnapshot
 from bbmq.metrics import TOPIC_COUNTERS, MetricsSources, build_registry
 from bbmq.store.memory import MemoryStore
@@ -24,11 +24,11 @@ def busy_broker() -> CoreHarness:
     first, second, third, _ = h.publish(pub, b"1", b"2", b"3", b"4")
     h.publish(pub, b"stale", ttl_ms=10)
     h.advance(10)
-    h.send(a1, p.Fetch(3))
-    h.send(a1, p.Ack((first,)), p.Nack(second, delay_ms=60_000), p.Nack(third))
-    h.send(a1, p.Fetch(1))
-    h.send(a1, p.Nack(third))  # its second attempt: dead-lettered
-    h.send(b, p.Fetch(10, 0))  # takes 1-4; "stale" has expired
+    h.send(a1, protocol.Fetch(3))
+    h.send(a1, protocol.Ack((first,)), protocol.Nack(second, delay_ms=60_000), protocol.Nack(third))
+    h.send(a1, protocol.Fetch(1))
+    h.send(a1, protocol.Nack(third))  # its second attempt: dead-lettered
+    h.send(b, protocol.Fetch(10, 0))  # takes 1-4; "stale" has expired
     h.commit()  # the dead letter waits in t.dlq's backlog: it has no group
     for session in (a1, a2, b):
         h.take(session)
@@ -37,9 +37,9 @@ def busy_broker() -> CoreHarness:
 
 def stats(h: CoreHarness) -> dict[str, Any]:
     admin = h.connect()
-    h.send(admin, p.ClientAdmin(), p.AdminCommand("stats"))
+    h.send(admin, protocol.ClientAdmin(), protocol.AdminCommand("stats"))
     [_, answer] = h.take(admin)
-    assert isinstance(answer, p.AdminResult)
+    assert isinstance(answer, protocol.AdminResult)
     result: dict[str, Any] = answer.result
     return result
 

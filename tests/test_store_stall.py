@@ -14,7 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.protocol import ErrorCode
 from bbmq.store.mysql import parse_mysql_url
 from bbmq.testing import BrokerController, wait_for
@@ -39,15 +39,15 @@ def proxied_url() -> Iterator[tuple[str, BlackHoleProxy]]:
 
 
 def publish_reply(client: RawClient, body: bytes,
-                  timeout: float = 30) -> tuple[p.TypedFrame, float]:
+                  timeout: float = 30) -> tuple[protocol.TypedFrame, float]:
     started = time.monotonic()
-    client.send(p.Publish(body))
+    client.send(protocol.Publish(body))
     [reply] = client.receive(timeout=timeout)
     return reply, time.monotonic() - started
 
 
-def is_unavailable(reply: p.TypedFrame) -> bool:
-    return isinstance(reply, p.Error) and reply.code == ErrorCode.STORE_UNAVAILABLE
+def is_unavailable(reply: protocol.TypedFrame) -> bool:
+    return isinstance(reply, protocol.Error) and reply.code == ErrorCode.STORE_UNAVAILABLE
 
 
 def test_a_silent_database_fails_publishes_fast_and_service_resumes(
@@ -57,14 +57,14 @@ def test_a_silent_database_fails_publishes_fast_and_service_resumes(
         assert broker.server is not None
         worker = broker.server.worker
         first, second = RawClient(broker.port), RawClient(broker.port)
-        first.handshake(p.ClientPublisher("stall"))
-        second.handshake(p.ClientPublisher("stall"))
+        first.handshake(protocol.ClientPublisher("stall"))
+        second.handshake(protocol.ClientPublisher("stall"))
         reply, _ = publish_reply(first, b"before")
-        assert isinstance(reply, p.ProducerAckMessage), reply
+        assert isinstance(reply, protocol.ProducerAckMessage), reply
 
         proxy.black_hole()
         started = time.monotonic()
-        first.send(p.Publish(b"in flight"))
+        first.send(protocol.Publish(b"in flight"))
         wait_for(lambda: not worker.idle() and worker.backlog == 0,
                  "the store thread to be writing the first publish")
         # Queued behind a write that hangs: refused by the watchdog, not after the I/O timeout.
@@ -87,7 +87,7 @@ def test_a_silent_database_fails_publishes_fast_and_service_resumes(
 
         def accepted() -> bool:
             reply, _ = publish_reply(second, b"after")
-            return isinstance(reply, p.ProducerAckMessage)
+            return isinstance(reply, protocol.ProducerAckMessage)
 
         wait_for(accepted, "publishes to be stored again once the database answers", 30)
         first.close()

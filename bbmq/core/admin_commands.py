@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from typing import Any, Final
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.core.engine import QueueEngine
 from bbmq.core.outbox import Outboxes
 from bbmq.core.records import Group, QueuedMessage, Topic
@@ -87,7 +87,7 @@ class AdminCommands:
         return value
 
     def _param_topic(self, params: dict[str, Any]) -> Topic:
-        name = p.check_name("topic", self._param_text(params, "topic"))
+        name = protocol.check_name("topic", self._param_text(params, "topic"))
         topic = self.engine.topics.get(name)
         if topic is None:
             raise ProtocolError(ErrorCode.INVALID_PROTOCOL,
@@ -96,7 +96,7 @@ class AdminCommands:
 
     @classmethod
     def _param_group(cls, topic: Topic, params: dict[str, Any]) -> Group:
-        name = p.check_name("group", cls._param_text(params, "group"))
+        name = protocol.check_name("group", cls._param_text(params, "group"))
         group = topic.groups.get(name)
         if group is None:
             known = ", ".join(sorted(topic.groups)) or "none yet"
@@ -136,7 +136,7 @@ class AdminCommands:
         topic = engine.topics[topic_name]
         group = topic.groups[group_name]
         for session in list(group.consumers):
-            self.outboxes.send(session, p.Error(
+            self.outboxes.send(session, protocol.Error(
                 ErrorCode.NOT_ALLOWED, f"group {group_name!r} was deleted by an administrator"))
             self.outboxes.close(session)
             session.closed = True

@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.core.admin_commands import AdminCommands
 from bbmq.core.config import BrokerConfig
 from bbmq.core.engine import QueueEngine
@@ -76,7 +76,9 @@ class Broker:
     def connect(self, session_id: int) -> None:
         self.sessions[session_id] = Session(session_id)
 
-    def receive(self, session_id: int, event: p.TypedFrame | p.Rejected, now_ms: int) -> None:
+    def receive(
+        self, session_id: int, event: protocol.TypedFrame | protocol.Rejected, now_ms: int
+    ) -> None:
         """Handle one event of a connection: a frame its state allows, or one refused.
 
         The transport's :class:`~bbmq.protocol.ServerConnection` has already checked
@@ -90,7 +92,7 @@ class Broker:
     def send_error(self, session_id: int, code: ErrorCode, text: str, *, close: bool) -> None:
         """Queue an ERROR frame; with ``close``, the connection ends after it."""
         session = self.sessions[session_id]
-        self.outboxes.send(session, p.Error(code, text))
+        self.outboxes.send(session, protocol.Error(code, text))
         if close:
             self.outboxes.close(session)
 
@@ -130,11 +132,11 @@ class Broker:
 
     # ------------------------------------------------------------------ output
 
-    def take_output(self) -> list[tuple[int, list[p.TypedFrame], bool]]:
+    def take_output(self) -> list[tuple[int, list[protocol.TypedFrame], bool]]:
         """The frames to send per connection, and whether to close it after them."""
         return self.outboxes.take()
 
-    def take_output_of(self, session_id: int) -> tuple[list[p.TypedFrame], bool]:
+    def take_output_of(self, session_id: int) -> tuple[list[protocol.TypedFrame], bool]:
         """One connection's frames to send now, and whether to close it after them (the
         answer to its handshake, which the frames behind it wait for)."""
         return self.outboxes.take_one(self.sessions[session_id])
@@ -163,8 +165,9 @@ class Broker:
         """These publishes were not stored: each publisher gets STORE_UNAVAILABLE in its place."""
         self.roles.store_failed(publishes, reason)
 
-    def recover(self, records: Iterable[RecoveredMessage], groups: Iterable[GroupRecord],
-                now_ms: int) -> int:
+    def recover(
+        self, records: Iterable[RecoveredMessage], groups: Iterable[GroupRecord], now_ms: int
+    ) -> int:
         """Rebuild the queues from the store at start; returns how many messages were loaded."""
         return recover(self.engine, records, groups, now_ms)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.auth import Authorizer
 
 #: The ``server`` the handshake announces.
@@ -23,7 +23,7 @@ class BrokerConfig:
     """The knobs of delivery; the transport-level limits live in the server."""
 
     version: str = "0"
-    max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES
+    max_message_bytes: int = protocol.DEFAULT_MAX_MESSAGE_BYTES
     ack_timeout_ms: int = 30_000
     #: Deliveries before a message is dead-lettered to ``<topic>.dlq``; 0 = never.
     max_attempts: int = 5

@@ -33,7 +33,7 @@ from collections import deque
 from enum import Enum, auto
 from typing import Any, Final
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.core.config import BrokerConfig
 from bbmq.core.outbox import FRAME_OVERHEAD_BYTES, Outboxes
 from bbmq.core.records import (
@@ -323,7 +323,7 @@ class QueueEngine:
         """End the head FETCH (QUEUE_EMPTY if it got fewer than asked) and start the next."""
         request = session.requests.popleft()
         if request.delivered < request.wanted:
-            self.outboxes.send(session, p.QueueEmpty(request.delivered))
+            self.outboxes.send(session, protocol.QueueEmpty(request.delivered))
         group = self.group_of(session)
         if session in group.waiting:
             group.waiting.remove(session)

@@ -1,7 +1,7 @@
 """What each connection is sent: typed frames per session, until the transport takes them.
 
 The core never makes bytes.  Every part of it that answers a connection puts a
-protocol frame (``p.Message``, ``p.Error``, ``p.ProducerAckMessage`` ...) in
+protocol frame (``protocol.Message``, ``protocol.Error``, ``protocol.ProducerAckMessage`` ...) in
 that session's outbox through :class:`Outboxes`; the transport takes the
 frames of every connection that has any (:meth:`Outboxes.take`) and encodes
 them, one write per connection per flush.  Keeping this in one place lets the
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.core.records import Session
 
 #: Bytes counted per frame on top of its message body (see the module docstring).
@@ -36,7 +36,7 @@ class Outboxes:
         #: Subscribers whose outbox filled up: they get more once it is flushed.
         self._throttled: set[Session] = set()
 
-    def send(self, session: Session, frame: p.TypedFrame,
+    def send(self, session: Session, frame: protocol.TypedFrame,
              size: int = FRAME_OVERHEAD_BYTES) -> None:
         """Queue ``frame`` for ``session``; ``size`` is its estimated encoded length."""
         session.outbox.append(frame)
@@ -66,7 +66,7 @@ class Outboxes:
             return False
         return True
 
-    def take(self) -> list[tuple[int, list[p.TypedFrame], bool]]:
+    def take(self) -> list[tuple[int, list[protocol.TypedFrame], bool]]:
         """The frames to send per session, and whether to close it after them."""
         out = []
         for session in self._dirty.values():
@@ -76,7 +76,7 @@ class Outboxes:
         self._dirty.clear()
         return out
 
-    def take_one(self, session: Session) -> tuple[list[p.TypedFrame], bool]:
+    def take_one(self, session: Session) -> tuple[list[protocol.TypedFrame], bool]:
         """The frames to send to one session now, and whether to close it after them."""
         frames, session.outbox, session.outbox_bytes = session.outbox, [], 0
         self._dirty.pop(session.id, None)

@@ -16,7 +16,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.protocol import Role
 from bbmq.store.base import ReplySlot, WriteRequest
 
@@ -44,7 +44,7 @@ class Session:
     leases: dict[int, Lease] = field(default_factory=dict)
     replies: deque[Reply] = field(default_factory=deque)
     #: Frames to send, encoded by the transport when it flushes.
-    outbox: list[p.TypedFrame] = field(default_factory=list)
+    outbox: list[protocol.TypedFrame] = field(default_factory=list)
     #: Estimated encoded bytes in ``outbox`` (see bbmq.core.outbox): deliveries pause past
     #: BrokerConfig.max_output_bytes until flushed.
     outbox_bytes: int = 0
@@ -61,9 +61,9 @@ class Session:
 #: A PUBLISH on its way to the store; its requester is the publishing session.  (For
 #: annotations only: calling a subscripted generic costs a microsecond, so the core makes
 #: them with the plain classes, WriteRequest and ReplySlot.)
-PendingPublish = WriteRequest[Session, p.TypedFrame]
+PendingPublish = WriteRequest[Session, protocol.TypedFrame]
 #: A publisher's answer slot: PUBLISH replies go out in PUBLISH order.
-Reply = ReplySlot[p.TypedFrame]
+Reply = ReplySlot[protocol.TypedFrame]
 
 
 class QueuedMessage:
@@ -87,9 +87,11 @@ class QueuedMessage:
         #: How many groups still owe this message an ack.
         self.refs = 0
 
-    def frame(self, attempt: int) -> p.Message:
+    def frame(self, attempt: int) -> protocol.Message:
         """The MESSAGE frame of one delivery."""
-        return p.Message(self.id, attempt, self.body, self.sender, self.published_ms, self.meta)
+        return protocol.Message(
+            self.id, attempt, self.body, self.sender, self.published_ms, self.meta
+        )
 
 
 class Lease:
@@ -97,8 +99,9 @@ class Lease:
 
     __slots__ = ("attempts", "deadline_ms", "message", "session")
 
-    def __init__(self, message: QueuedMessage, attempts: int, session: Session,
-                 deadline_ms: int) -> None:
+    def __init__(
+        self, message: QueuedMessage, attempts: int, session: Session, deadline_ms: int
+    ) -> None:
         self.message = message
         self.attempts = attempts
         self.session = session

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.auth import Permission
 from bbmq.core.admin_commands import AdminCommands
 from bbmq.core.config import SERVER_NAME, BrokerConfig
@@ -26,7 +26,7 @@ from bbmq.protocol import ErrorCode, ProtocolError, Role
 from bbmq.store.base import NewMessage, ReplySlot, StoredId, WriteRequest
 
 #: The frames that open a session and decide its role.
-Handshake = p.ClientPublisher | p.ClientSubscriber | p.ClientAdmin
+Handshake = protocol.ClientPublisher | protocol.ClientSubscriber | protocol.ClientAdmin
 
 
 class Roles:
@@ -42,35 +42,43 @@ class Roles:
         #: False once the server is shutting down: new publishes get SERVER_CLOSING.
         self.accepting = True
 
-    def receive(self, session: Session, event: p.TypedFrame | p.Rejected, now_ms: int) -> None:
+    def receive(
+        self, session: Session, event: protocol.TypedFrame | protocol.Rejected, now_ms: int
+    ) -> None:
         """Handle one frame the session's role allows, or answer one the protocol refused."""
         try:
             match event:
-                case p.Publish():
+                case protocol.Publish():
                     self._on_publish(session, event, now_ms)
-                case p.Ack():
+                case protocol.Ack():
                     self._on_ack(session, event.ids, now_ms)
-                case p.Fetch():
+                case protocol.Fetch():
                     self._on_fetch(session, event, now_ms)
-                case p.Nack():
+                case protocol.Nack():
                     self._on_nack(session, event, now_ms)
-                case p.Ping():
-                    self.outboxes.send(session, p.Pong())
-                case p.ClientShutdownSignal():
+                case protocol.Ping():
+                    self.outboxes.send(session, protocol.Pong())
+                case protocol.ClientShutdownSignal():
                     self._on_shutdown(session, now_ms)
-                case p.ClientPublisher() | p.ClientSubscriber() | p.ClientAdmin():
+                case (
+                    protocol.ClientPublisher()
+                    | protocol.ClientSubscriber()
+                    | protocol.ClientAdmin()
+                ):
                     self._on_handshake(session, event, now_ms)
-                case p.AdminCommand():
+                case protocol.AdminCommand():
                     result = self.admin.answer(event.command, event.params, now_ms)
-                    self.outboxes.send(session, p.AdminResult(result))
-                case p.Rejected():
+                    self.outboxes.send(session, protocol.AdminResult(result))
+                case protocol.Rejected():
                     self._refuse(session, event.verb, event.error)
                 case _:
-                    raise ProtocolError(ErrorCode.NOT_ALLOWED,
-                                        f"{event.VERB} is not handled on this connection")
+                    raise ProtocolError(
+                        ErrorCode.NOT_ALLOWED, f"{event.VERB} is not handled on this connection"
+                    )
         except ProtocolError as error:
-            self._refuse(session, event.VERB if isinstance(event, p.TypedFrame) else event.verb,
-                         error)
+            self._refuse(
+                session, event.VERB if isinstance(event, protocol.TypedFrame) else event.verb, error
+            )
 
     def _refuse(self, session: Session, verb: str | None, error: ProtocolError) -> None:
         """Answer a refused frame with ERROR.
@@ -80,8 +88,8 @@ class Roles:
         framing error (its frame may have been a PUBLISH), and the connection
         closes once every reply before it has gone out.
         """
-        answer = p.Error(error.code, error.text)
-        if session.role is Role.PUBLISHER and verb in (p.Publish.VERB, None):
+        answer = protocol.Error(error.code, error.text)
+        if session.role is Role.PUBLISHER and verb in (protocol.Publish.VERB, None):
             session.replies.append(ReplySlot(answer))
             if error.fatal:
                 session.closing_after_replies = True
@@ -98,34 +106,40 @@ class Roles:
         name = frame.options.get("name")
         if name is not None and not isinstance(name, str):
             raise ProtocolError(ErrorCode.BAD_NAME, "handshake 'name' must be a JSON string")
-        session.sender = p.check_sender(name) if name is not None else None
+        session.sender = protocol.check_sender(name) if name is not None else None
         match frame:
-            case p.ClientPublisher():
+            case protocol.ClientPublisher():
                 session.role, session.topic = Role.PUBLISHER, frame.topic
                 self.engine.topic(frame.topic).publishers += 1
-            case p.ClientSubscriber():
+            case protocol.ClientSubscriber():
                 session.role, session.topic, session.group = (
-                    Role.SUBSCRIBER, frame.topic, frame.group)
+                    Role.SUBSCRIBER,
+                    frame.topic,
+                    frame.group,
+                )
                 self.engine.ensure_group(frame.topic, frame.group, now_ms).consumers.add(session)
-            case p.ClientAdmin():
+            case protocol.ClientAdmin():
                 session.role = Role.ADMIN
-        self.outboxes.send(session, p.ServerAcknowledgement(self.server_info()))
+        self.outboxes.send(session, protocol.ServerAcknowledgement(self.server_info()))
 
     def _authorize(self, frame: Handshake) -> None:
         topic: str | None
         match frame:
-            case p.ClientPublisher():
+            case protocol.ClientPublisher():
                 permission, topic = Permission.PUBLISH, frame.topic
-            case p.ClientSubscriber():
+            case protocol.ClientSubscriber():
                 permission, topic = Permission.SUBSCRIBE, frame.topic
-            case p.ClientAdmin():
+            case protocol.ClientAdmin():
                 permission, topic = Permission.ADMIN, None
         if not self.config.authorizer.allows(frame.options.get("token"), permission, topic):
             where = f" on topic {topic!r}" if topic else ""
-            raise ProtocolError(ErrorCode.UNAUTHORIZED,
-                                f"token missing or not allowed to {permission}{where}; "
-                                "give a token that allows it (token= in the client library, "
-                                "--token or BBMQ_TOKEN for the bbmq tools)", fatal=True)
+            raise ProtocolError(
+                ErrorCode.UNAUTHORIZED,
+                f"token missing or not allowed to {permission}{where}; "
+                "give a token that allows it (token= in the client library, "
+                "--token or BBMQ_TOKEN for the bbmq tools)",
+                fatal=True,
+            )
 
     def server_info(self) -> dict[str, Any]:
         """What the handshake's SERVER_ACKNOWLEDGEMENT tells a client about this broker."""
@@ -141,34 +155,49 @@ class Roles:
 
     def _on_shutdown(self, session: Session, now_ms: int) -> None:
         """Goodbye: CLOSE_CONNECTION_SIGNAL goes after the replies still owed, then close."""
-        session.replies.append(ReplySlot(p.CloseConnectionSignal()))
+        session.replies.append(ReplySlot(protocol.CloseConnectionSignal()))
         session.closing_after_replies = True
         self.engine.release(session, now_ms)
         self.outboxes.send_replies(session)
 
     # ------------------------------------------------------------------ publisher
 
-    def _on_publish(self, session: Session, frame: p.Publish, now_ms: int) -> None:
+    def _on_publish(self, session: Session, frame: protocol.Publish, now_ms: int) -> None:
         if not self.accepting:
-            raise ProtocolError(ErrorCode.SERVER_CLOSING,
-                                "server is shutting down; publish again after it restarts")
+            raise ProtocolError(
+                ErrorCode.SERVER_CLOSING, "server is shutting down; publish again after it restarts"
+            )
         engine = self.engine
-        if engine.queued_bytes + len(frame.body) + MESSAGE_OVERHEAD_BYTES > \
-                self.config.max_queued_bytes:
-            raise ProtocolError(ErrorCode.SERVER_BUSY,
-                                "broker memory limit reached; retry after consumers catch up")
+        if (
+            engine.queued_bytes + len(frame.body) + MESSAGE_OVERHEAD_BYTES
+            > self.config.max_queued_bytes
+        ):
+            raise ProtocolError(
+                ErrorCode.SERVER_BUSY, "broker memory limit reached; retry after consumers catch up"
+            )
         limit = self.config.max_messages_per_topic
         if limit and engine.held.get(session.topic, 0) >= limit:
-            raise ProtocolError(ErrorCode.SERVER_BUSY,
-                                f"topic holds {limit} messages, its limit; retry after "
-                                "consumers catch up")
+            raise ProtocolError(
+                ErrorCode.SERVER_BUSY,
+                f"topic holds {limit} messages, its limit; retry after consumers catch up",
+            )
         if frame.group is not None:  # created now, so it is stored with (or before) the message
             engine.ensure_group(session.topic, frame.group, now_ms)
         engine.hold(session.topic, frame.body)
         expires = now_ms + frame.ttl_ms if frame.ttl_ms is not None else None
-        pending: PendingPublish = WriteRequest(session, NewMessage(
-            session.topic, frame.body, session.sender, now_ms, frame.msgid,
-            now_ms + frame.delay_ms if frame.delay_ms else 0, expires, group=frame.group))
+        pending: PendingPublish = WriteRequest(
+            session,
+            NewMessage(
+                session.topic,
+                frame.body,
+                session.sender,
+                now_ms,
+                frame.msgid,
+                now_ms + frame.delay_ms if frame.delay_ms else 0,
+                expires,
+                group=frame.group,
+            ),
+        )
         session.replies.append(pending)
         engine.to_store.append(pending)
 
@@ -179,7 +208,7 @@ class Roles:
         publishers: dict[int, Session] = {}
         for pending, stored_id in zip(publishes, ids, strict=True):
             if (session := pending.requester) is not None:
-                pending.answer = p.ProducerAckMessage(stored_id.id)
+                pending.answer = protocol.ProducerAckMessage(stored_id.id)
                 publishers[session.id] = session
             if stored_id.duplicate:
                 engine.let_go(pending.message.topic, pending.message.body)
@@ -192,7 +221,7 @@ class Roles:
 
     def store_failed(self, publishes: list[PendingPublish], reason: str) -> None:
         """These publishes were not stored: each publisher gets STORE_UNAVAILABLE in its place."""
-        error = p.Error(
+        error = protocol.Error(
             ErrorCode.STORE_UNAVAILABLE,
             f"message not stored ({reason}); it was not acknowledged, publish it again",
         )
@@ -211,7 +240,7 @@ class Roles:
 
     # ------------------------------------------------------------------ subscriber
 
-    def _on_fetch(self, session: Session, frame: p.Fetch, now_ms: int) -> None:
+    def _on_fetch(self, session: Session, frame: protocol.Fetch, now_ms: int) -> None:
         deadline = None if frame.wait_ms is None else now_ms + frame.wait_ms
         session.requests.append(FetchRequest(frame.count, deadline))
         if len(session.requests) == 1:
@@ -222,10 +251,13 @@ class Roles:
         # unknown only if every mention of it was (checked on this error path only).
         unknown = self.engine.ack(session, ids, now_ms)
         if unknown := [i for i in dict.fromkeys(unknown) if unknown.count(i) == ids.count(i)]:
-            raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE, _unknown_ids_text(unknown) +
-                                " (already acked, timed out, or delivered to another consumer)")
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_MESSAGE,
+                _unknown_ids_text(unknown)
+                + " (already acked, timed out, or delivered to another consumer)",
+            )
 
-    def _on_nack(self, session: Session, frame: p.Nack, now_ms: int) -> None:
+    def _on_nack(self, session: Session, frame: protocol.Nack, now_ms: int) -> None:
         lease = session.leases.get(frame.id)
         if lease is None:
             raise ProtocolError(ErrorCode.UNKNOWN_MESSAGE, _unknown_ids_text([frame.id]))

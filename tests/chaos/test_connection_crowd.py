@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from bbmq import protocol as p
+from bbmq import protocol
 from bbmq.client import Admin, Consumer, Producer
 from bbmq.testing import BrokerProcess
 
@@ -61,7 +61,7 @@ def connect(port: int, *frames: bytes) -> socket.socket:
     return sock
 
 
-def handshaken(port: int, frame: p.TypedFrame) -> socket.socket:
+def handshaken(port: int, frame: protocol.TypedFrame) -> socket.socket:
     """A connection whose handshake the broker has answered."""
     sock = connect(port, frame.encode())
     assert sock.recv(4096), "the broker closed a connection instead of answering its handshake"
@@ -96,7 +96,7 @@ def broker_connections(port: int) -> int:
 @contextmanager
 def trickling(sockets: list[socket.socket]) -> Iterator[None]:
     """Every socket gets one more byte of a PUBLISH every ~20 ms, until the block ends."""
-    frame = p.Publish(b"x" * 200).encode()
+    frame = protocol.Publish(b"x" * 200).encode()
     stop = threading.Event()
 
     def run() -> None:
@@ -134,22 +134,29 @@ def test_crowd_of_idle_slow_and_half_open_connections_keeps_an_honest_pair_fast(
         stack.callback(close_all, crowd)
         started = time.monotonic()
         for n in range(IDLE):
-            handshake = (p.ClientPublisher(f"crowd.idle{n % 10}") if n % 2 else
-                         p.ClientSubscriber(f"crowd.idle{n % 10}", "g"))
+            handshake = (protocol.ClientPublisher(f"crowd.idle{n % 10}") if n % 2 else
+                         protocol.ClientSubscriber(f"crowd.idle{n % 10}", "g"))
             crowd.append(handshaken(broker.port, handshake))
         connect_s = time.monotonic() - started
         with Producer("crowd.flood", port=broker.port) as flood:
             flood.publish_many([b"f" * 65536] * 400)
         for _ in range(STALLED_READERS):
-            crowd.append(connect(broker.port, p.ClientSubscriber("crowd.flood", "g").encode(),
-                                 p.Fetch(1000).encode()))
+            crowd.append(
+                connect(
+                    broker.port,
+                    protocol.ClientSubscriber("crowd.flood", "g").encode(),
+                    protocol.Fetch(1000).encode(),
+                )
+            )
         for n in range(HALF_OPEN):
             crowd.append(connect(broker.port, b"HEAD PUB"))  # half a header, then silence
-            half_closed = handshaken(broker.port, p.ClientPublisher(f"crowd.half{n}"))
+            half_closed = handshaken(broker.port, protocol.ClientPublisher(f"crowd.half{n}"))
             half_closed.shutdown(socket.SHUT_WR)
             crowd.append(half_closed)
-        writers = [handshaken(broker.port, p.ClientPublisher("crowd.slow"))
-                   for _ in range(SLOW_WRITERS)]
+        writers = [
+            handshaken(broker.port, protocol.ClientPublisher("crowd.slow"))
+            for _ in range(SLOW_WRITERS)
+        ]
         crowd += writers
         with trickling(writers):
             crowded = round_trips(producer, consumer, SAMPLES)
@@ -157,14 +164,23 @@ def test_crowd_of_idle_slow_and_half_open_connections_keeps_an_honest_pair_fast(
 
     baseline_p99 = percentile(alone, 0.99)
     bound = max(LATENCY_FLOOR_S, LATENCY_FACTOR * baseline_p99)
-    report("connection crowd", idle=IDLE, slow_writers=SLOW_WRITERS,
-           stalled_readers=STALLED_READERS, half_open=2 * HALF_OPEN,
-           broker_connections=stats, connect_idle_s=connect_s, samples=SAMPLES,
-           alone_p50_ms=1000 * percentile(alone, 0.5), alone_p99_ms=1000 * baseline_p99,
-           crowd_p50_ms=1000 * percentile(crowded, 0.5),
-           crowd_p99_ms=1000 * percentile(crowded, 0.99),
-           crowd_worst_ms=1000 * max(crowded))
+    report(
+        "connection crowd",
+        idle=IDLE,
+        slow_writers=SLOW_WRITERS,
+        stalled_readers=STALLED_READERS,
+        half_open=2 * HALF_OPEN,
+        broker_connections=stats,
+        connect_idle_s=connect_s,
+        samples=SAMPLES,
+        alone_p50_ms=1000 * percentile(alone, 0.5),
+        alone_p99_ms=1000 * baseline_p99,
+        crowd_p50_ms=1000 * percentile(crowded, 0.5),
+        crowd_p99_ms=1000 * percentile(crowded, 0.99),
+        crowd_worst_ms=1000 * max(crowded),
+    )
     assert stats >= IDLE, f"the broker holds only {stats} connections"
     assert percentile(crowded, 0.99) <= bound, (
         f"p99 with the crowd {percentile(crowded, 0.99) * 1000:.1f} ms, "
-        f"alone {baseline_p99 * 1000:.1f} ms (bound {bound * 1000:.0f} ms)")
+        f"alone {baseline_p99 * 1000:.1f} ms (bound {bound * 1000:.0f} ms)"
+    )
