@@ -166,10 +166,12 @@ def test_the_config_has_one_typed_field_per_setting() -> None:
 
 
 #: What bbmq.aio may take from the blocking client: the sans-IO decisions (checked to do
-#: no I/O by tests/test_client.py), and the channel's two tunables of how bytes are
-#: batched, which both transports share.
+#: no I/O by tests/test_client.py), the connection settings (address, token, TLS choice:
+#: no socket), and the channel's two tunables of how bytes are batched, which both
+#: transports share.
 AIO_MAY_SHARE: Final = {f"bbmq.client.{name}" for name in (
-    "arguments", "consuming", "errors", "message", "publishing", "retry", "channel")}
+    "arguments", "consuming", "errors", "message", "publishing", "retry", "settings",
+    "channel")}
 
 
 @pytest.mark.parametrize("module", sorted(name for name in MODULES

@@ -8,44 +8,28 @@ BBMQ_PORT, BBMQ_TOKEN) and the same handshake options.
 from __future__ import annotations
 
 import asyncio
-import os
 import ssl
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 from bbmq.aio.channel import AsyncChannel
-from bbmq.client.arguments import default_address
 from bbmq.client.errors import BrokerError
 from bbmq.client.retry import comes_back, first_connect_failed
+from bbmq.client.settings import ConnectionSettings
 from bbmq.protocol import TypedFrame
 
 
-class AsyncClient:
+class AsyncClient(ConnectionSettings):
     """One role's connection to the broker, opened on first use and again after a loss."""
 
     def __init__(self, host: str | None, port: int | None, *, name: str | None,
                  token: str | None, tls: bool | ssl.SSLContext, ca_file: str | None,
                  timeout: float) -> None:
-        default_host, default_port = default_address()
-        self.host = host or default_host
-        self.port = port or default_port
-        self.name = name
-        self.token = token if token is not None else os.environ.get("BBMQ_TOKEN")
-        self.tls = tls
-        self.ca_file = ca_file
-        self.timeout = timeout
-        self.server_info: dict[str, Any] = {}
+        super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
+                         timeout=timeout)
         self._channel: AsyncChannel | None = None
-        #: A handshake has succeeded once: a connection that fails from now on was lost
-        #: (worth retrying), while one that never opened is the caller's to hear of at once.
-        self.was_connected = False
         #: One connect at a time: tasks sharing a client wait for the same connection.
         self._connecting = asyncio.Lock()
-
-    def _options(self) -> dict[str, Any]:
-        """The handshake's options: this client's name and token, where given."""
-        return {key: value for key, value in (("name", self.name), ("token", self.token))
-                if value is not None}
 
     def _handshake_frame(self) -> TypedFrame:
         raise NotImplementedError

@@ -46,3 +46,4 @@ def reason_token(reason: str | None) -> str | None:
     if reason is None:
         return None
     return "_".join(reason.split())[:200] or None
+

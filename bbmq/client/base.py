@@ -7,16 +7,16 @@ connections (``_connected``) to reset what belonged to the old one.
 
 from __future__ import annotations
 
-import os
 import ssl
 import time
 from types import TracebackType
-from typing import Any, Self
+from typing import Self
 
 from bbmq.client.arguments import default_address
 from bbmq.client.channel import Channel
 from bbmq.client.errors import BrokerError, ConnectionLost
 from bbmq.client.retry import first_connect_failed
+from bbmq.client.settings import ConnectionSettings
 from bbmq.protocol import Ping, Pong, TypedFrame
 
 
@@ -43,30 +43,15 @@ def never_reached(client: Client, error: BrokerError) -> bool:
     return first_connect_failed(error, was_connected=client.was_connected)
 
 
-class Client:
+class Client(ConnectionSettings):
     """One role's connection to the broker, opened on first use and again after a loss."""
 
     def __init__(self, host: str | None, port: int | None, *, name: str | None,
                  token: str | None, tls: bool | ssl.SSLContext, ca_file: str | None,
                  timeout: float) -> None:
-        default_host, default_port = default_address()
-        self.host = host or default_host
-        self.port = port or default_port
-        self.name = name
-        self.token = token if token is not None else os.environ.get("BBMQ_TOKEN")
-        self.tls = tls
-        self.ca_file = ca_file
-        self.timeout = timeout
-        self.server_info: dict[str, Any] = {}
+        super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
+                         timeout=timeout)
         self._channel: Channel | None = None
-        #: A handshake has succeeded once: a connection that fails from now on was lost
-        #: (worth retrying), while one that never opened is the caller's to hear of at once.
-        self.was_connected = False
-
-    def _options(self) -> dict[str, Any]:
-        """The handshake's options: this client's name and token, where given."""
-        return {key: value for key, value in (("name", self.name), ("token", self.token))
-                if value is not None}
 
     def _handshake_frame(self) -> TypedFrame:
         raise NotImplementedError
