@@ -201,6 +201,7 @@ def _stream_until_first(consumer: Any) -> Message:
     raise AssertionError("the stream ended")
 
 
+@pytest.mark.slow  # waits out a one-second long poll
 def test_fetch_after_leaving_a_stream_early_hands_out_what_it_had_asked_for(
     broker: BrokerController, clients: Flavour
 ) -> None:
@@ -256,6 +257,7 @@ def test_iterating_again_after_leaving_a_stream_early_goes_on_where_it_left(
         assert consumer.fetch(timeout=0.2) is None  # all acked, nothing left owed
 
 
+@pytest.mark.slow  # waits out a one-second long poll
 def test_a_stream_left_early_then_closed_is_redelivered_by_the_broker(
     broker: BrokerController, clients: Flavour
 ) -> None:
