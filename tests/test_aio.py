@@ -345,7 +345,7 @@ def test_a_stream_of_buffered_messages_lets_other_tasks_run(broker: BrokerContro
             taken = [await anext(consumer)]
             channel = consumer._channel
             assert channel is not None
-            while len(channel._events) < 59:  # the rest of the batch, buffered
+            while len(channel.inbox.events) < 59:  # the rest of the batch, buffered
                 await channel._next_data()
             ticks: list[int] = []
 

@@ -143,7 +143,7 @@ def test_one_retry_policy_for_the_library_and_the_cli() -> None:
 
 
 #: The client modules that decide without doing I/O, so an asyncio client can share them.
-SANS_IO: Final = ("arguments", "consuming", "errors", "message", "publishing", "retry")
+SANS_IO: Final = ("arguments", "consuming", "errors", "inbox", "message", "publishing", "retry")
 #: What would tie them to one way of doing I/O (or to the clock).
 IO_MODULES: Final = {
     "asyncio",

@@ -6,7 +6,7 @@ The asyncio twin of bbmq/client/channel.py, and the only module of
 encoding, decoding and state keeping; this module moves its bytes.
 
 An ``asyncio.Protocol`` rather than streams: the bytes the loop reads go
-straight into the connection, and its frames into ``_events``, in the loop's
+straight into the connection, and its frames into the inbox, in the loop's
 own callback (no copy into a stream buffer, no task step per read).  That is
 also what makes it cancellation-safe by construction: no frame ever waits in
 a task, so a task cancelled while it waits leaves every frame that came for
@@ -18,22 +18,17 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, cast
 
 from bbmq.client.channel import SOON_MAX_FRAMES
 from bbmq.client.errors import BrokerError, CannotConnect, ConnectionLost
+from bbmq.client.inbox import Inbox, handshake_info
 from bbmq.protocol import (
-    NEED_DATA,
-    ClientConnection,
     ClientShutdownSignal,
     CloseConnectionSignal,
-    Error,
     LocalProtocolError,
-    ProtocolError,
     ServerAcknowledgement,
-    State,
     TypedFrame,
 )
 
@@ -82,11 +77,7 @@ class AsyncChannel:
     def __init__(self, transport: asyncio.Transport, address: tuple[str, int]) -> None:
         self.address = address
         self._transport = transport
-        self.connection = ClientConnection()
-        #: Frames received and checked, not yet read.
-        self._events: deque[TypedFrame] = deque()
-        #: Why the stream broke, once the frames before the break have been read.
-        self._broken: ProtocolError | None = None
+        self.inbox = Inbox()
         #: Why the connection ended, once the frames before the end have been read.
         self._ended: str | None = None
         #: The reader waiting for frames, woken when some come or the connection ends.
@@ -136,7 +127,7 @@ class AsyncChannel:
         """Write ``frames`` in one write, after whatever ``send_soon`` still holds."""
         self._check_open()
         try:
-            data = b"".join([*self._soon, *map(self.connection.send, frames)])
+            data = b"".join([*self._soon, *map(self.inbox.connection.send, frames)])
         except LocalProtocolError:
             self._refuse_after_goodbye()
             raise
@@ -148,7 +139,7 @@ class AsyncChannel:
         frames sent soon in the same turn (a hundred acks in one write, not a hundred)."""
         self._check_open()
         try:
-            self._soon.append(self.connection.send(frame))
+            self._soon.append(self.inbox.connection.send(frame))
         except LocalProtocolError:
             self._refuse_after_goodbye()
             raise
@@ -185,7 +176,7 @@ class AsyncChannel:
 
     def _refuse_after_goodbye(self) -> None:
         """A frame refused because the connection is closing fails as on a closed socket."""
-        if self.closed or self.connection.state in (State.CLOSING, State.CLOSED):
+        if self.closed or self.inbox.closing():
             raise ConnectionLost("the connection is closing") from None
 
     # ------------------------------------------------------------------ reading
@@ -193,13 +184,7 @@ class AsyncChannel:
     def _receive(self, data: bytes) -> None:
         """Take ``data`` into the connection and every event it completes into ``_events``
         (the loop's callback: no task is involved, so no cancel can come between)."""
-        connection = self.connection
-        connection.receive_data(data)
-        events = cast("Iterator[TypedFrame]", iter(connection.next_event, NEED_DATA))
-        try:
-            self._events.extend(events)
-        except ProtocolError as error:
-            self._broken = error
+        if not self.inbox.receive(data):
             self._transport.close()
         self._wake_reader()
 
@@ -216,42 +201,39 @@ class AsyncChannel:
 
     def pending(self) -> bool:
         """A whole frame is already received (reading it will not wait)."""
-        return bool(self._events)
+        return bool(self.inbox.events)
 
     async def read(self, timeout: float | None = None) -> TypedFrame | None:
         """The next frame from the broker, or None when ``timeout`` seconds pass first."""
-        if self._events or await self._wait(timeout):
-            return self._events.popleft()
+        if self.inbox.events or await self._wait(timeout):
+            return self.inbox.events.popleft()
         return None
 
     async def read_all(self, timeout: float | None = None) -> list[TypedFrame]:
         """Every frame received so far, waiting up to ``timeout`` seconds for at least one."""
-        events = self._events
-        if events or await self._wait(timeout):
-            frames = list(events)
-            events.clear()
-            return frames
+        if self.inbox.events or await self._wait(timeout):
+            return self.inbox.take_all()
         return []
 
     async def _wait(self, timeout: float | None) -> bool:
         """Wait until a whole frame is in; False when ``timeout`` passes first."""
         self.flush()  # about to wait on the broker: nothing of ours should wait too
         if timeout is None:
-            while not self._events:
+            while not self.inbox.events:
                 await self._next_data()
             return True
         try:
             async with asyncio.timeout(timeout):
-                while not self._events:
+                while not self.inbox.events:
                     await self._next_data()
         except TimeoutError:
-            return bool(self._events)
+            return bool(self.inbox.events)
         return True
 
     async def _next_data(self) -> None:
-        if self._broken is not None:
+        if (broken := self.inbox.broken_error()) is not None:
             self.close()
-            raise ConnectionLost(f"broker sent an invalid frame: {self._broken.text}")
+            raise broken
         if self._ended is not None or self.closed:
             self.close()
             raise ConnectionLost(self._ended or "connection already closed")
@@ -271,12 +253,9 @@ class AsyncChannel:
         except BaseException:
             self.close()  # cancelled or failed half way: a half-open connection is no use
             raise
-        if isinstance(reply, ServerAcknowledgement):
-            return reply.info
-        self.close()
-        if isinstance(reply, Error):
-            raise BrokerError(reply.code, reply.text)
-        raise ConnectionLost(f"no handshake answer within {timeout:g} s (got {reply!r})")
+        if not isinstance(reply, ServerAcknowledgement):
+            self.close()
+        return handshake_info(reply, timeout)
 
     async def goodbye(self, timeout: float = 5.0) -> None:
         """Say CLIENT_SHUTDOWN_SIGNAL, wait for CLOSE_CONNECTION_SIGNAL, close."""

@@ -14,21 +14,16 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator
-from typing import Any, Final, cast
+from collections.abc import Iterable
+from typing import Any, Final
 
 from bbmq.client.errors import BrokerError, CannotConnect, ConnectionLost
+from bbmq.client.inbox import Inbox, handshake_info
 from bbmq.protocol import (
-    NEED_DATA,
-    ClientConnection,
     ClientShutdownSignal,
     CloseConnectionSignal,
-    Error,
     LocalProtocolError,
-    ProtocolError,
     ServerAcknowledgement,
-    State,
     TypedFrame,
 )
 
@@ -67,11 +62,7 @@ class Channel:
                                      "broker serves TLS and that --ca-file names its CA") from None
         sock.settimeout(None)
         self.sock = sock
-        self.connection = ClientConnection()
-        #: Frames received and checked, not yet read (a read of the socket brings many).
-        self._events: deque[TypedFrame] = deque()
-        #: Why the stream broke, once the frames before the break have been read.
-        self._broken: ProtocolError | None = None
+        self.inbox = Inbox()
         #: Guards the socket's sending side, the connection's state and ``_soon``;
         #: the flusher waits on it.
         self._sending = threading.Condition()
@@ -87,7 +78,7 @@ class Channel:
         """Write ``frames`` in one write, after whatever ``send_soon`` still holds."""
         with self._sending:
             try:
-                data = b"".join([*self._soon, *map(self.connection.send, frames)])
+                data = b"".join([*self._soon, *map(self.inbox.connection.send, frames)])
             except LocalProtocolError:
                 self._refuse_after_goodbye()
                 raise
@@ -103,7 +94,7 @@ class Channel:
         """
         with self._sending:
             try:
-                self._soon.append(self.connection.send(frame))
+                self._soon.append(self.inbox.connection.send(frame))
             except LocalProtocolError:
                 self._refuse_after_goodbye()
                 raise
@@ -120,7 +111,7 @@ class Channel:
     def _refuse_after_goodbye(self) -> None:
         """A frame the connection refused because it is closing (an ack from a worker thread
         after close(), say) fails as it would on the closed socket it is about to be."""
-        if self.closed or self.connection.state in (State.CLOSING, State.CLOSED):
+        if self.closed or self.inbox.closing():
             raise ConnectionLost("the connection is closing") from None
 
     def flush(self) -> None:
@@ -158,11 +149,11 @@ class Channel:
 
     def pending(self) -> bool:
         """A whole frame is already received (reading it will not block)."""
-        return bool(self._events)
+        return bool(self.inbox.events)
 
     def read(self, timeout: float | None = None) -> TypedFrame | None:
         """The next frame from the broker, or None when ``timeout`` seconds pass first."""
-        events = self._events
+        events = self.inbox.events
         if events or self._wait(timeout):
             return events.popleft()
         return None
@@ -170,11 +161,8 @@ class Channel:
     def read_all(self, timeout: float | None = None) -> list[TypedFrame]:
         """Every frame received so far, waiting up to ``timeout`` seconds for at least one
         (none: the time passed)."""
-        events = self._events
-        if events or self._wait(timeout):
-            frames = list(events)
-            events.clear()
-            return frames
+        if self.inbox.events or self._wait(timeout):
+            return self.inbox.take_all()
         return []
 
     def _wait(self, timeout: float | None) -> bool:
@@ -182,11 +170,11 @@ class Channel:
         deadline = None if timeout is None else time.monotonic() + timeout
         if self._soon:
             self.flush()  # about to wait on the broker: nothing of ours should wait too
-        events = self._events
+        events = self.inbox.events
         while not events:
-            if self._broken is not None:
+            if (broken := self.inbox.broken_error()) is not None:
                 self.close()
-                raise ConnectionLost(f"broker sent an invalid frame: {self._broken.text}")
+                raise broken
             if self.closed:
                 raise ConnectionLost("connection already closed")
             remaining = None if deadline is None else deadline - time.monotonic()
@@ -203,31 +191,16 @@ class Channel:
             if not data:
                 self.close()
                 raise ConnectionLost("the broker closed the connection")
-            self._receive(data)
+            self.inbox.receive(data)
         return True
-
-    def _receive(self, data: bytes) -> None:
-        """Take ``data`` into the connection and every event it completes into ``_events``."""
-        connection = self.connection
-        connection.receive_data(data)
-        # Events until NEED_DATA, in one C loop (a client connection never says PAUSED:
-        # that is the server's side).  What came before a broken frame is kept, in order.
-        events = cast("Iterator[TypedFrame]", iter(connection.next_event, NEED_DATA))
-        try:
-            self._events.extend(events)
-        except ProtocolError as error:
-            self._broken = error
 
     def handshake(self, frame: TypedFrame, timeout: float) -> dict[str, Any]:
         """Send the handshake ``frame``; the server's facts, once it grants the role."""
         self.send(frame)
         reply = self.read(timeout)
-        if isinstance(reply, ServerAcknowledgement):
-            return reply.info
-        self.close()
-        if isinstance(reply, Error):
-            raise BrokerError(reply.code, reply.text)
-        raise ConnectionLost(f"no handshake answer within {timeout:g} s (got {reply!r})")
+        if not isinstance(reply, ServerAcknowledgement):
+            self.close()
+        return handshake_info(reply, timeout)
 
     def goodbye(self, timeout: float = 5.0) -> None:
         """Say CLIENT_SHUTDOWN_SIGNAL, wait for CLOSE_CONNECTION_SIGNAL, close."""
