@@ -144,6 +144,9 @@ SERVER_EXAMPLES: list[protocol.TypedFrame] = [
     protocol.AdminResult({"nested": {"a": [1, 2.5, "x", True]}}),
     protocol.Pong(),
     protocol.CloseConnectionSignal(),
+    protocol.Redirect("orders", "10.0.0.2:15333", 7, None, ("10.0.0.1:15333", "10.0.0.2:15333"),
+                      "orders is served by 10.0.0.2:15333"),
+    protocol.Redirect("orders", None, None, 250, (), "no broker serves orders yet"),
 ]
 
 

@@ -238,3 +238,39 @@ def test_any_number_of_splits_gives_the_same_events(cuts: list[int]) -> None:
     points = sorted(set(cuts))
     chunks = [STREAM[a:b] for a, b in zip([0, *points], [*points, len(STREAM)], strict=True)]
     assert run_split(chunks) == run_split([STREAM])
+
+
+@pytest.mark.parametrize("role_handshake", [protocol.ClientPublisher("orders"),
+                                            protocol.ClientSubscriber("orders")])
+def test_a_redirect_answers_a_handshake_and_closes_both_sides(
+        role_handshake: protocol.TypedFrame) -> None:
+    server, client = protocol.ServerConnection(), protocol.ClientConnection()
+    server.receive_data(client.send(role_handshake))
+    assert server.next_event() == role_handshake
+    redirect = protocol.Redirect("orders", "10.0.0.2:15333", 3, None, ("10.0.0.2:15333",))
+    client.receive_data(server.send(redirect))
+    assert server.state is protocol.State.CLOSED
+    assert client.next_event() == redirect
+    assert client.state is protocol.State.CLOSED
+    assert server.send(protocol.Pong()) == b"", "nothing may follow the REDIRECT"
+
+
+def test_a_redirect_may_end_an_open_subscriber_connection_but_never_an_admin_one() -> None:
+    server = protocol.ServerConnection()
+    server.receive_data(protocol.ClientSubscriber("orders").encode())
+    server.next_event()
+    server.send(protocol.ServerAcknowledgement({}))
+    server.send(protocol.Redirect("orders", None, None, 100))
+    assert server.state is protocol.State.CLOSED
+    admin = protocol.ServerConnection()
+    admin.receive_data(protocol.ClientAdmin().encode())
+    admin.next_event()
+    admin.send(protocol.ServerAcknowledgement({}))
+    with pytest.raises(protocol.LocalProtocolError):
+        admin.send(protocol.Redirect("orders", None, None, 100))
+
+
+def test_a_redirect_without_owner_or_retry_is_refused() -> None:
+    frame = protocol.Frame("REDIRECT", ("orders",), b'{"owner": null, "retry_ms": null}')
+    with pytest.raises(protocol.ProtocolError):
+        protocol.Redirect.from_frame(frame)

@@ -60,6 +60,7 @@ from bbmq.protocol.server_frames import (
     Pong,
     ProducerAckMessage,
     QueueEmpty,
+    Redirect,
     ServerAcknowledgement,
 )
 from bbmq.protocol.states import (
@@ -111,6 +112,7 @@ __all__ = [
     "ProtocolError",
     "Publish",
     "QueueEmpty",
+    "Redirect",
     "Rejected",
     "Role",
     "ServerAcknowledgement",

@@ -30,11 +30,12 @@ from bbmq.protocol.codec import (
     ProtocolError,
 )
 from bbmq.protocol.fields import TypedFrame
-from bbmq.protocol.server_frames import CloseConnectionSignal, Error, ServerAcknowledgement
+from bbmq.protocol.server_frames import Error, ServerAcknowledgement
 from bbmq.protocol.states import (
     CLIENT_FRAMES,
     CLIENT_MAY_SEND,
     HANDSHAKES,
+    SERVER_CLOSES_WITH,
     SERVER_FRAMES,
     SERVER_MAY_ANSWER_HANDSHAKE,
     SERVER_MAY_SEND,
@@ -60,7 +61,7 @@ _CLOSED: Final = State.CLOSED
 _CLIENT_FRAMES_BY_ROLE: Final = {role: {verb: CLIENT_FRAMES[verb] for verb in verbs}
                                  for role, verbs in CLIENT_MAY_SEND.items()}
 #: What the server may send on an open connection of each role without changing its state.
-_SERVER_SENDS_IN_PASSING: Final = {role: verbs - {CloseConnectionSignal.VERB}
+_SERVER_SENDS_IN_PASSING: Final = {role: verbs - SERVER_CLOSES_WITH
                                    for role, verbs in SERVER_MAY_SEND.items()}
 #: The client frames that move the state when received: the handshakes and the goodbye.
 _MOVES_STATE: Final = frozenset(HANDSHAKES) | {ClientShutdownSignal.VERB}
@@ -214,7 +215,7 @@ class ServerConnection(_Connection):
         elif verb not in SERVER_MAY_SEND[self.role]:
             raise LocalProtocolError(
                 f"the server may not send {verb} on a {self.role.name.lower()} connection")
-        if verb == CloseConnectionSignal.VERB:
+        if verb in SERVER_CLOSES_WITH:
             self.state = _CLOSED
         return frame.encode()
 
@@ -284,6 +285,6 @@ class ClientConnection(_Connection):
             self._granted()
         elif awaiting and verb == Error.VERB:
             self._refused()
-        elif verb == CloseConnectionSignal.VERB:
+        elif verb in SERVER_CLOSES_WITH:
             self.state = _CLOSED
         return event

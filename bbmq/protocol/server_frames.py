@@ -186,6 +186,57 @@ class Pong(TypedFrame):
 
 
 @dataclass(slots=True)
+class Redirect(TypedFrame):
+    """Another broker of the cluster serves this topic (or none does yet); the connection closes.
+
+    The answer to a publisher or subscriber handshake instead of
+    SERVER_ACKNOWLEDGEMENT, or sent at any time on such a connection whose topic
+    moved to another broker (PROTOCOL.md 4.7).  ``owner`` is the address
+    (``host:port``) of the broker that serves ``topic`` now, with the ``epoch`` of
+    its lease; None while no broker serves it, and then ``retry_ms`` says when to
+    try again.  ``brokers`` lists the cluster's live brokers; ``reason`` is for people.
+    """
+
+    VERB: ClassVar[str] = "REDIRECT"
+    topic: str
+    owner: str | None
+    epoch: int | None = None
+    retry_ms: int | None = None
+    brokers: tuple[str, ...] = ()
+    reason: str = ""
+
+    def encode(self) -> bytes:
+        body: dict[str, Any] = {"owner": self.owner, "epoch": self.epoch,
+                                "retry_ms": self.retry_ms, "brokers": list(self.brokers),
+                                "reason": self.reason}
+        return encode(self.VERB, (self.topic,), json_bytes(body))
+
+    @classmethod
+    def from_frame(cls, frame: Frame) -> Redirect:
+        if len(frame.args) != 1:
+            raise invalid("REDIRECT: expected the topic")
+        body = json_body(frame)
+        owner = body.get("owner")
+        epoch = body.get("epoch")
+        retry_ms = body.get("retry_ms")
+        brokers = body.get("brokers") or []
+        well_formed = (
+            (owner is None or isinstance(owner, str))
+            and (epoch is None or type(epoch) is int)
+            and (retry_ms is None or type(retry_ms) is int)
+            and isinstance(brokers, list)
+            and all(isinstance(address, str) for address in brokers)
+        )
+        if not well_formed:
+            raise invalid("REDIRECT: owner must be a string or null, epoch and retry_ms "
+                          "integers or null, brokers a list of strings")
+        if owner is None and retry_ms is None:
+            raise invalid("REDIRECT: names neither an owner nor a retry_ms")
+        return cls(frame.args[0], owner, epoch, retry_ms, tuple(brokers),
+                   str(body.get("reason", "")))
+
+
+@dataclass(slots=True)
 class CloseConnectionSignal(TypedFrame):
     """The server's goodbye; the connection closes after it."""
 

@@ -10,7 +10,9 @@ state                     the client may send                    the server may 
 ========================  =====================================  ===============================
 OPEN, no role yet         a handshake, PING, goodbye             ERROR, PONG, CLOSE_CONNECTION
 AWAITING_ACK              the asked-for role's frames, PING,     SERVER_ACKNOWLEDGEMENT (grants
-                          goodbye (pipelined behind it)          the role) or ERROR (refuses it)
+                          goodbye (pipelined behind it)          the role), ERROR (refuses it) or
+                                                                 REDIRECT (another broker serves
+                                                                 the topic: closes)
 OPEN, with a role         ``CLIENT_MAY_SEND[role]``              ``SERVER_MAY_SEND[role]``
 CLOSING (client said      nothing (the server ignores it)        the replies still owed, then
 goodbye)                                                         CLOSE_CONNECTION_SIGNAL
@@ -49,6 +51,7 @@ from bbmq.protocol.server_frames import (
     Pong,
     ProducerAckMessage,
     QueueEmpty,
+    Redirect,
     ServerAcknowledgement,
 )
 
@@ -86,7 +89,7 @@ CLIENT_FRAMES: Final[Mapping[str, type[TypedFrame]]] = {
 SERVER_FRAMES: Final[Mapping[str, type[TypedFrame]]] = {
     cls.VERB: cls
     for cls in (ServerAcknowledgement, ProducerAckMessage, Message, QueueEmpty, Error,
-                AdminResult, Pong, CloseConnectionSignal)
+                AdminResult, Pong, CloseConnectionSignal, Redirect)
 }
 
 #: The handshake that asks for each role.
@@ -107,13 +110,17 @@ CLIENT_MAY_SEND: Final[Mapping[Role, frozenset[str]]] = {
 }
 SERVER_MAY_SEND: Final[Mapping[Role, frozenset[str]]] = {
     Role.NONE: _ALWAYS_FROM_SERVER,
-    Role.PUBLISHER: _ALWAYS_FROM_SERVER | {ProducerAckMessage.VERB},
-    Role.SUBSCRIBER: _ALWAYS_FROM_SERVER | {Message.VERB, QueueEmpty.VERB},
+    Role.PUBLISHER: _ALWAYS_FROM_SERVER | {ProducerAckMessage.VERB, Redirect.VERB},
+    Role.SUBSCRIBER: _ALWAYS_FROM_SERVER | {Message.VERB, QueueEmpty.VERB, Redirect.VERB},
     Role.ADMIN: _ALWAYS_FROM_SERVER | {AdminResult.VERB},
 }
 
-#: What the server may send while a handshake waits for its answer.
-SERVER_MAY_ANSWER_HANDSHAKE: Final = _ALWAYS_FROM_SERVER | {ServerAcknowledgement.VERB}
+#: What the server may send while a handshake waits for its answer (a REDIRECT answers
+#: only a publisher's or a subscriber's: an admin connection names no topic).
+SERVER_MAY_ANSWER_HANDSHAKE: Final = _ALWAYS_FROM_SERVER | {ServerAcknowledgement.VERB,
+                                                            Redirect.VERB}
+#: The server frames after which the connection is closed, on both sides.
+SERVER_CLOSES_WITH: Final = frozenset({CloseConnectionSignal.VERB, Redirect.VERB})
 
 
 def not_allowed_hint(role: Role, verb: str) -> str:

@@ -12,7 +12,7 @@ no state that it cannot rebuild from :meth:`Store.recover`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
@@ -26,6 +26,29 @@ class StoreUnavailable(Exception):
     The caller retries later; the backend must be usable again (reconnecting
     on its own) once the database is back.
     """
+
+
+class Fenced(Exception):
+    """This broker no longer holds the lease of some topics of the batch; nothing was written.
+
+    Only a clustered store raises it (docs/CLUSTER.md): the transaction began
+    with a lease check per topic (a write, so that Galera certifies it), and the
+    check found another owner or a newer epoch for ``topics``.  The caller drops
+    those topics' changes, confirms none of their publishes, and may write the
+    rest of the batch again.
+    """
+
+    def __init__(self, topics: frozenset[str]) -> None:
+        super().__init__(f"lease lost for {', '.join(sorted(topics))}")
+        self.topics = topics
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """The leases a clustered broker writes under: its id and the epoch it holds per topic."""
+
+    owner: str
+    epochs: Mapping[str, int]
 
 
 @dataclass(slots=True)  # not frozen: one is made per PUBLISH, and frozen init is slower
@@ -122,9 +145,12 @@ class Batch:
     acks: list[AckRecord] = field(default_factory=list)
     done: list[int] = field(default_factory=list)
     deleted_groups: list[tuple[str, str]] = field(default_factory=list)
+    #: Every topic whose rows the batch changes: what a clustered broker fences.
+    topics: set[str] = field(default_factory=set)
 
     def extend(self, other: Batch) -> None:
         """Append ``other``'s changes after this batch's own."""
+        self.topics |= other.topics
         self.messages += other.messages
         self.groups += other.groups
         self.deliveries += other.deliveries
@@ -181,8 +207,12 @@ class Store(Protocol):
     def close(self) -> None:
         """Release the connection; idempotent."""
 
-    def write(self, batch: Batch, now_ms: int) -> list[StoredId]:
+    def write(self, batch: Batch, now_ms: int, fence: Fence | None = None) -> list[StoredId]:
         """Commit ``batch`` atomically; return one StoredId per ``batch.messages``, in order.
+
+        With a ``fence`` (cluster mode), the transaction first checks, with a write,
+        that ``fence.owner`` still holds every topic of ``batch.topics`` at its epoch,
+        and raises :class:`Fenced` (nothing written) for the topics it does not.
 
         ``now_ms`` is the wall-clock time of the commit, from the caller (a store reads
         no clock): with retention, the messages of ``batch.done`` are kept from then on.

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from bbmq.store.base import (
     Batch,
+    Fence,
     GroupRecord,
     NewMessage,
     RecoveredMessage,
@@ -64,9 +65,12 @@ class MemoryStore:
         if not self._open:
             raise RuntimeError(f"store {self.description} is not open")
 
-    def write(self, batch: Batch, now_ms: int) -> list[StoredId]:
+    def write(self, batch: Batch, now_ms: int, fence: Fence | None = None) -> list[StoredId]:
         """Apply ``batch``; see :meth:`bbmq.store.base.Store.write`."""
         self._check_open()
+        if fence is not None:
+            raise ValueError("memory:// keeps one broker's messages in its own process; "
+                             "it cannot be shared by a cluster (use mysql://)")
         stored = [self._store(message) for message in batch.messages]
         for group in batch.groups:
             self._groups.setdefault((group.topic, group.group), group)

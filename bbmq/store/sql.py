@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Final, Protocol, TypeVar
 from bbmq.store import schema
 from bbmq.store.base import (
     Batch,
+    Fence,
     GroupRecord,
     NewMessage,
     RecoveredMessage,
@@ -226,7 +227,7 @@ class SQLStore(ABC):
 
     # ------------------------------------------------------------------- writes
 
-    def write(self, batch: Batch, now_ms: int) -> list[StoredId]:
+    def write(self, batch: Batch, now_ms: int, fence: Fence | None = None) -> list[StoredId]:
         """Commit ``batch`` atomically; see :meth:`bbmq.store.base.Store.write`.
 
         If the connection breaks while the COMMIT is in flight the batch may
