@@ -30,7 +30,8 @@ from bbmq.core import Broker, BrokerConfig
 from bbmq.dashboard import DashboardSources, HttpServer, start_http
 from bbmq.dlq_replay import ReplayOutcome, replay_dead_letters
 from bbmq.metrics import MetricsSources
-from bbmq.server import BrokerServer, ConnectionInfo, TransportConfig
+from bbmq.server import BrokerServer, TransportConfig
+from bbmq.server_facts import ConnectionInfo
 from bbmq.store import open_store
 from bbmq.store.worker import StoreWorker
 
