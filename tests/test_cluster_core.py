@@ -422,14 +422,21 @@ def test_the_transport_passes_topic_requests_on_and_resumes_the_connection_once_
                 data = await asyncio.wait_for(reader.read(65536), 5)
                 assert data, "the broker closed the connection"
                 frames += [protocol.parse(f, protocol.SERVER_FRAMES) for f in decoder.feed(data)]
+            # The topic moves away: REDIRECT, then the broker closes the connection.
+            server.call_core(lambda broker, now: broker.topic_lost(
+                "orders", "10.0.0.2:15333", 3, None, now))
+            while data := await asyncio.wait_for(reader.read(65536), 5):
+                frames += [protocol.parse(f, protocol.SERVER_FRAMES) for f in decoder.feed(data)]
             writer.close()
             return frames
         finally:
             await server.stop(grace=1)
 
-    ack, reply = asyncio.run(scenario())
+    ack, reply, redirect = asyncio.run(scenario())
     assert isinstance(ack, protocol.ServerAcknowledgement) and ack.info["epoch"] == 2
     assert isinstance(reply, protocol.ProducerAckMessage)
+    assert redirect == protocol.Redirect("orders", "10.0.0.2:15333", 3, None, (),
+                                         "topic 'orders' moved to 10.0.0.2:15333")
 
 
 def test_a_waiting_handshake_the_transport_timed_out_is_not_answered_again() -> None:
