@@ -17,7 +17,14 @@ from urllib.parse import urlsplit
 import pytest
 
 from bbmq.store import Batch, GroupRecord, MySQLStore, NewMessage
-from bbmq.store.base import Fence, Fenced, StoredId, StoreUnavailable, WriteRequest
+from bbmq.store.base import (
+    Fence,
+    Fenced,
+    StoreConflict,
+    StoredId,
+    StoreUnavailable,
+    WriteRequest,
+)
 from bbmq.store.worker import StoreWorker
 from bbmq.testing import wait_for
 
@@ -221,3 +228,36 @@ def test_a_store_write_cut_after_commit_raises_unavailable(db: Database) -> None
             store.close()
             for name in ("messages", "msgids"):
                 db.sql(f"DELETE FROM p_{name}")
+
+
+class LosesConflicts(MySQLStore):
+    """Its next ``conflicts`` writes lose a conflict, as a Galera COMMIT does (1213): rolled
+    back, nothing written; later ones are written."""
+
+    conflicts = 0
+
+    def write(self, batch: Batch, now_ms: int, fence: Fence | None = None) -> list[StoredId]:
+        if self.conflicts:
+            self.conflicts -= 1
+            raise StoreConflict(f"{self.description}: (1213, 'Deadlock found when trying to "
+                                "get lock; try restarting transaction')")
+        return super().write(batch, now_ms, fence)
+
+
+@pytest.mark.parametrize("conflicts", [1, 2])
+def test_a_conflict_is_retried_once_then_the_store_counts_as_unavailable(
+        db: Database, cleanup: list[StoreWorker], conflicts: int) -> None:
+    store = LosesConflicts(db.url, table_prefix=db.prefix)
+    outcomes = Outcomes()
+    worker = start(StoreWorker(store, clock=lambda: 5_000), outcomes, cleanup)
+    store.conflicts = conflicts
+    worker.submit([publish("t", "p", msgid=f"m-{conflicts}")], changes("t", "g"))
+    wait_for(lambda: outcomes.answered() == 1, "the publish to be answered")
+    if conflicts == 1:
+        assert not outcomes.stored["p"].duplicate
+        assert worker.available
+    else:
+        assert "Deadlock" in outcomes.failed["p"]
+        wait_for(lambda: worker.available and worker.idle(), "the group to be retried")
+    assert db.sql("SELECT grp FROM p_groups") == [("g",)]
+    assert db.sql("SELECT COUNT(*) FROM p_messages") == [(1 if conflicts == 1 else 0,)]
