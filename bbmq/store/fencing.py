@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from bbmq.store.base import Fence, Fenced, lease_topic
-from bbmq.store.sql_types import Cursor
+from bbmq.store.dbapi import Cursor
 
 
 def check_fence(cursor: Cursor, statement: str, fence: Fence, topics: Iterable[str]) -> None:

@@ -293,6 +293,9 @@ class StoreWorker:
                     ids = self.store.write(batch, self._clock(), self._fence(set(batch.topics)))
             except Fenced as fenced:
                 self._writing_since = None
+                if not {lease_topic(t) for t in fenced.topics} & {
+                        lease_topic(t) for t in batch.topics}:  # nothing to drop: a bug
+                    return self._failed(publishes, changes, fenced)
                 publishes, changes = self._drop_fenced(publishes, changes, fenced.topics)
                 if publishes or changes:
                     continue  # the rest of the batch, at once
