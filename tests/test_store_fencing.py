@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bbmq.defaults import lease_topic
 from bbmq.store import (
     AckRecord,
     Batch,
@@ -22,7 +23,7 @@ from bbmq.store import (
     SQLiteStore,
     Store,
 )
-from bbmq.store.base import Fence, Fenced, lease_topic
+from bbmq.store.base import Fence, Fenced
 from bbmq.store.id_blocks import IdBlocks
 
 from .lease_support import Database, db_fixture, shared_db_fixture  # noqa: F401
