@@ -253,3 +253,20 @@ def test_a_short_block_is_given_up_rather_than_used_after_higher_ids() -> None:
     assert blocks.take(1) == 6, "a new block, not the rest of the old one"
     blocks.fresh()
     assert blocks.take(5) == 11 and blocks.take(1) is None
+
+
+@pytest.mark.mysql
+def test_a_store_with_causal_reads_waits_for_the_cluster_on_each_read(
+        db: Database, stores: list[MySQLStore]) -> None:
+    """wsrep_sync_wait=1 on its connections (MariaDB has the variable even without Galera)."""
+    store = MySQLStore(db.url, table_prefix=db.prefix, causal_reads=True)
+    store.open()
+    stores.append(store)
+    (stored,) = store.write(batch(msg("t")), NOW_MS)
+    assert [m.id for m in store.recover("t")] == [stored.id]
+    level = store._run(lambda cursor: (cursor.execute("SELECT @@SESSION.wsrep_sync_wait"),
+                                       cursor.fetchone()[0])[1], write=False)
+    assert level == 1
+    assert opened(db, stores)._run(lambda cursor: (
+        cursor.execute("SELECT @@SESSION.wsrep_sync_wait"), cursor.fetchone()[0])[1],
+        write=False) == 0
