@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from typing import ClassVar, Final, TypeVar
 
-from bbmq.store import schema, sql_reads
+from bbmq.store import fencing, id_blocks, schema, sql_reads
 from bbmq.store.base import (
     Batch,
     Fence,
@@ -29,17 +29,22 @@ from bbmq.store.base import (
     StoreUnavailable,
 )
 from bbmq.store.dbapi import Connection, Cursor, in_list_chunks
-from bbmq.store.fencing import check_fence
-from bbmq.store.id_blocks import DEFAULT_ID_BLOCK, IdBlocks
 from bbmq.store.schema import Column, SchemaVersionError, Table
 from bbmq.store.statements import Statements
 
 DEFAULT_DEDUP_WINDOW_MS: Final = 24 * 3600 * 1000
 
 _PREFIX_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
+#: Rows per IN (...) list: far below SQLite's and MySQL's parameter limits.
+_CHUNK: Final = 500
+#: Recovery reads pages of at most this many messages ...
+_PAGE_ROWS: Final = 5000
+#: ... and shrinks pages so that one holds about this many body bytes.
+_PAGE_BYTES: Final = 16 * 1024 * 1024
 _SEQUENCE: Final = "message"
 
 T = TypeVar("T")
+
 
 
 class SQLStore(ABC):
@@ -80,7 +85,7 @@ class SQLStore(ABC):
         self._open = False
         self._q = Statements(table_prefix, self.PLACEHOLDER, self._upsert_clause)
         #: Ids in blocks (cluster mode); None: reserved in each batch's transaction.
-        self._id_blocks: IdBlocks | None = None
+        self._id_blocks: id_blocks.IdBlocks | None = None
 
     # ------------------------------------------------------------------ dialect
 
@@ -231,7 +236,7 @@ class SQLStore(ABC):
             return self._run(lambda cursor: self._write(cursor, batch, now_ms), write=True)
 
         def fenced(cursor: Cursor) -> list[StoredId]:
-            check_fence(cursor, self._q.fence, fence, batch.topics)
+            fencing.check_fence(cursor, self._q.fence, fence, batch.topics)
             return self._write(cursor, batch, now_ms)
         return self._run(fenced, write=True)
 
@@ -311,7 +316,7 @@ class SQLStore(ABC):
                 by_topic.setdefault(message.topic, set()).add(message.msgid)
         known: dict[tuple[str, str], tuple[int, bool, int]] = {}
         for topic, msgids in by_topic.items():
-            for chunk in in_list_chunks(sorted(msgids)):
+            for chunk in _chunks(sorted(msgids)):
                 cursor.execute(self._q.msgids_of(len(chunk)), (topic, *chunk))
                 for msgid, message_id, published_ms in cursor.fetchall():
                     known[topic, msgid] = (message_id, False, published_ms)
@@ -332,11 +337,11 @@ class SQLStore(ABC):
 
     # ----------------------------------------------------------- id blocks
 
-    def use_id_blocks(self, size: int = DEFAULT_ID_BLOCK) -> None:
+    def use_id_blocks(self, size: int = id_blocks.DEFAULT_ID_BLOCK) -> None:
         """Reserve ids ``size`` at a time, each block in a short transaction of its own
         (cluster mode; see :mod:`bbmq.store.id_blocks`).  Ids left in a block are never
         used: gaps, never reuse."""
-        self._id_blocks = IdBlocks(size, self._reserve_block)
+        self._id_blocks = id_blocks.IdBlocks(size, self._reserve_block)
 
     def fresh_id_block(self) -> None:
         """Give up the rest of the current block and reserve a new one now, so that the
@@ -378,7 +383,7 @@ class SQLStore(ABC):
         owed: dict[str, dict[str, int]] = {}
         for group in self.groups(topic):
             owed.setdefault(group.topic, {})[group.group] = group.start_id
-        after, limit = 0, sql_reads.FIRST_PAGE_ROWS
+        after, limit = 0, 64
         while True:
             page, read, last_id, body_bytes = self._run(
                 functools.partial(sql_reads.read_page, q=self._q, owed=owed, after=after,
@@ -388,7 +393,8 @@ class SQLStore(ABC):
             if read < limit:
                 return
             after = last_id
-            limit = sql_reads.next_page_rows(limit, body_bytes)
+            # Aim at _PAGE_BYTES of bodies per page; grow at most twofold.
+            limit = max(1, min(_PAGE_ROWS, 2 * limit, limit * _PAGE_BYTES // max(body_bytes, 1)))
 
     # ------------------------------------------------------------------ pruning
 
@@ -409,3 +415,8 @@ class SQLStore(ABC):
                 deleted += max(cursor.rowcount, 0)
             return deleted
         return self._run(work, write=True)
+
+
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]

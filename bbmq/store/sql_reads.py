@@ -8,18 +8,10 @@ turn rows into records.
 from __future__ import annotations
 
 import json
-from typing import Final
 
 from bbmq.store.base import GroupRecord, RecoveredMessage
 from bbmq.store.dbapi import Cursor
 from bbmq.store.statements import Statements
-
-#: Recovery reads pages of at most this many messages ...
-PAGE_ROWS: Final = 5000
-#: ... and shrinks pages so that one holds about this many body bytes.
-PAGE_BYTES: Final = 16 * 1024 * 1024
-#: The first page, small: the body sizes are not known yet.
-FIRST_PAGE_ROWS: Final = 64
 
 
 def read_groups(cursor: Cursor, q: Statements, topic: str | None) -> list[GroupRecord]:
@@ -39,11 +31,6 @@ def count_pending(cursor: Cursor, q: Statements, topic: str | None) -> int:
         cursor.execute(q.count_pending_of_topic, (topic,))
     count: int = cursor.fetchone()[0]
     return count
-
-
-def next_page_rows(rows: int, body_bytes: int) -> int:
-    """The next page's size: about PAGE_BYTES of bodies, at most twice the last one."""
-    return max(1, min(PAGE_ROWS, 2 * rows, rows * PAGE_BYTES // max(body_bytes, 1)))
 
 
 def read_page(
