@@ -167,6 +167,13 @@ class StoreWorker:
                               if any(id(item) in waiting for item in before)]
         return ready
 
+    @staticmethod
+    def _run_barrier(callback: Callable[[], object]) -> None:
+        try:
+            callback()
+        except Exception:  # the thread must outlive its callers' mistakes
+            log.exception("a store barrier callback failed")
+
     @property
     def backlog(self) -> int:
         """Publishes waiting for a transaction."""
@@ -391,13 +398,6 @@ class StoreWorker:
             return
         if removed:
             log.info("pruned %d finished rows from the store", removed)
-
-    @staticmethod
-    def _run_barrier(callback: Callable[[], object]) -> None:
-        try:
-            callback()
-        except Exception:  # the thread must outlive its callers' mistakes
-            log.exception("a store barrier callback failed")
 
     @staticmethod
     def _run_call(fn: Callable[[], object], future: concurrent.futures.Future[object]) -> None:
