@@ -23,8 +23,9 @@ from bbmq.store import (
     SQLiteStore,
     Store,
 )
-from bbmq.store.base import Fence, Fenced
+from bbmq.store.base import Fence, Fenced, WriteRequest
 from bbmq.store.id_blocks import IdBlocks
+from bbmq.store.lost_topics import split_lost
 
 from .lease_support import Database, db_fixture, shared_db_fixture  # noqa: F401
 
@@ -270,3 +271,26 @@ def test_a_store_with_causal_reads_waits_for_the_cluster_on_each_read(
     assert opened(db, stores)._run(lambda cursor: (
         cursor.execute("SELECT @@SESSION.wsrep_sync_wait"), cursor.fetchone()[0])[1],
         write=False) == 0
+
+
+def test_what_is_left_when_topics_lose_their_lease() -> None:
+    client_kept = WriteRequest("client", msg("kept"))
+    client_lost = WriteRequest("client", msg("lost"))
+    dead_letter = WriteRequest(None, msg("lost.dlq"))
+    only_lost = Batch(groups=[GroupRecord("lost", "g", 0, 1)], acks=[AckRecord(1, "g", 2)],
+                      topics={"lost"})
+    only_kept = Batch(groups=[GroupRecord("kept", "g", 0, 1)], acks=[AckRecord(2, "g", 2)],
+                      topics={"kept"})
+    mixed = Batch(groups=[GroupRecord("kept", "h", 0, 1), GroupRecord("lost", "h", 0, 1)],
+                  acks=[AckRecord(3, "h", 2)], done=[3], topics={"kept", "lost.dlq"})
+    only_acks = Batch(acks=[AckRecord(4, "g", 2)], topics={"kept", "lost"})
+    kept, changes, failed = split_lost([client_kept, client_lost, dead_letter],
+                                       [only_lost, only_kept, mixed, only_acks],
+                                       frozenset({"lost"}))
+    assert kept == [client_kept]
+    assert failed == {"lost": [client_lost]}, "the broker's own dead letter is dropped"
+    assert changes == [only_kept, mixed]
+    assert changes[1] is mixed, "changed in place: a barrier knows it by identity"
+    assert (mixed.groups, mixed.acks, mixed.done, mixed.topics) == (
+        [GroupRecord("kept", "h", 0, 1)], [], [], {"kept"})
+    assert only_kept.acks == [AckRecord(2, "g", 2)]

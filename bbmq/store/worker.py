@@ -45,6 +45,7 @@ from bbmq.store.base import (
     StoreUnavailable,
     WriteRequest,
 )
+from bbmq.store.lost_topics import split_lost
 
 log = logging.getLogger("bbmq.store")
 
@@ -354,30 +355,12 @@ class StoreWorker:
 
     def _drop_fenced(self, publishes: list[AnyWriteRequest], changes: list[Batch],
                      topics: frozenset[str]) -> tuple[list[AnyWriteRequest], list[Batch]]:
-        """Take the topics that lost their lease out of a transaction's work.
-
-        Their client publishes fail; the broker's own publishes and changes of them
-        are dropped: the new owner loads the topic from what was committed.  Acks
-        and deliveries carry no topic, so a submit that mixed a lost topic with
-        others loses those of the others too (they are redelivered: at least once).
-        """
-        lost = {lease_topic(topic) for topic in topics}
-
-        def is_lost(topic: str) -> bool:
-            return lease_topic(topic) in lost
-
-        failed: dict[str, list[AnyWriteRequest]] = {}
-        kept: list[AnyWriteRequest] = []
-        for publish in publishes:
-            if not is_lost(publish.message.topic):
-                kept.append(publish)
-            elif publish.requester is not None:
-                failed.setdefault(publish.message.topic, []).append(publish)
+        """Take the topics that lost their lease out of a transaction's work (see
+        :func:`bbmq.store.lost_topics.split_lost`): their client publishes fail."""
+        kept, kept_changes, failed = split_lost(publishes, changes, topics)
         for topic, requests in failed.items():
             self._schedule(self._on_failed, requests,
                            f"lease lost: {topic} moved to another broker")
-        kept_changes = [change for change in (_without(change, is_lost) for change in changes)
-                        if change is not None]
         log.warning("lease lost for %s: %d publishes failed, their topics' changes dropped",
                     ", ".join(sorted(topics)), sum(map(len, failed.values())))
         if self.on_fenced is not None:
@@ -414,25 +397,3 @@ class StoreWorker:
             self.store.close()
         except Exception:
             log.exception("closing the store failed")
-
-
-def _without(changes: Batch, is_lost: Callable[[str], bool]) -> Batch | None:
-    """``changes`` without what belongs to lost topics; None if nothing is left."""
-    lost = {topic for topic in changes.topics if is_lost(topic)}
-    if not lost:
-        return changes
-    if lost == changes.topics:
-        return None
-    # Mixed: keep what names its topic; acks, deliveries and done ids cannot be told apart.
-    # In place: a barrier knows the batch by its identity.
-    dropped = len(changes.deliveries) + len(changes.acks) + len(changes.done)
-    if dropped:
-        log.warning("dropped %d acks, deliveries and finished ids written together with a "
-                    "topic whose lease was lost (%s); they are redelivered after a failover",
-                    dropped, ", ".join(sorted(changes.topics - lost)))
-    changes.messages = [m for m in changes.messages if not is_lost(m.topic)]
-    changes.groups = [g for g in changes.groups if not is_lost(g.topic)]
-    changes.deleted_groups = [d for d in changes.deleted_groups if not is_lost(d[0])]
-    changes.deliveries, changes.acks, changes.done = [], [], []
-    changes.topics -= lost
-    return changes if len(changes) else None
