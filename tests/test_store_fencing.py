@@ -294,3 +294,20 @@ def test_what_is_left_when_topics_lose_their_lease() -> None:
     assert (mixed.groups, mixed.acks, mixed.done, mixed.topics) == (
         [GroupRecord("kept", "h", 0, 1)], [], [], {"kept"})
     assert only_kept.acks == [AckRecord(2, "g", 2)]
+
+
+@pytest.mark.mysql
+def test_the_stores_own_connection_counts_changed_rows_the_lease_tables_matched_ones(
+        db: Database, stores: list[MySQLStore]) -> None:
+    """The store's rowcounts stay MySQL's default (an upsert that met its row counts 0,
+    which a msgid insert relies on); only the lease table needs matched rows."""
+    store = opened(db, stores)
+    unchanged = f"UPDATE {db.prefix}sequence SET last_id = last_id"
+    assert store._run(lambda cursor: (cursor.execute(unchanged), cursor.rowcount)[1],
+                      write=True) == 0
+    conn = store.connector()()
+    try:
+        with conn.cursor() as cursor:
+            assert cursor.execute(unchanged) == 1
+    finally:
+        conn.close()

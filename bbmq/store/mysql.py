@@ -193,7 +193,9 @@ class MySQLStore(SQLStore):
         )
 
     def _connect(self) -> Connection:
-        conn = self.connector()()
+        # Rowcounts of changed rows: a msgid insert that met a stored one counts 0.  The
+        # fence's update changes its row (fencing.py), so it counts the same either way.
+        conn = self.connector(found_rows=False)()
         if self.causal_reads:
             try:
                 with conn.cursor() as cursor:
@@ -205,11 +207,14 @@ class MySQLStore(SQLStore):
         store_conn: Connection = conn
         return store_conn
 
-    def connector(self) -> Callable[[], pymysql.connections.Connection]:
+    def connector(self, *, found_rows: bool = True
+                  ) -> Callable[[], pymysql.connections.Connection]:
         """Makes connections to this store's database as the store makes its own: autocommit
-        off, strict SQL mode, short timeouts, and rowcounts that count matched rows
-        (``CLIENT.FOUND_ROWS``), as :class:`bbmq.store.leases.LeaseTable` needs."""
+        off, strict SQL mode, short timeouts; and by default rowcounts that count matched
+        rows, not changed ones (``CLIENT.FOUND_ROWS``), as :class:`bbmq.store.leases.LeaseTable`
+        needs."""
         p = self.params
+        flags = CLIENT.FOUND_ROWS if found_rows else 0
 
         def connect() -> pymysql.connections.Connection:
             return pymysql.connect(
@@ -224,7 +229,7 @@ class MySQLStore(SQLStore):
                 connect_timeout=self.connect_timeout_s,
                 read_timeout=self.io_timeout_s,
                 write_timeout=self.io_timeout_s,
-                client_flag=CLIENT.FOUND_ROWS,
+                client_flag=flags,
             )
         return connect
 
