@@ -28,6 +28,14 @@ class StoreUnavailable(Exception):
     """
 
 
+class StoreConflict(StoreUnavailable):
+    """The transaction lost a conflict with another one and was rolled back: a deadlock
+    or lock wait timeout, or on Galera a certification failure at COMMIT (1213).
+
+    Nothing was written and the database is up: trying again at once may well work.
+    """
+
+
 class Fenced(Exception):
     """This broker no longer holds the lease of some topics of the batch; nothing was written.
 
@@ -45,7 +53,11 @@ class Fenced(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Fence:
-    """The leases a clustered broker writes under: its id and the epoch it holds per topic."""
+    """The leases a clustered broker writes under: its id and the epoch it holds per topic.
+
+    A dead-letter topic ``<t>.dlq`` has no lease of its own: it is written under the
+    lease of ``<t>`` (:func:`bbmq.defaults.lease_topic`), so ``epochs`` needs ``<t>``'s epoch.
+    """
 
     owner: str
     epochs: Mapping[str, int]
@@ -225,16 +237,21 @@ class Store(Protocol):
         """
         ...
 
-    def groups(self) -> list[GroupRecord]:
-        """Every group of every topic."""
+    def groups(self, topic: str | None = None) -> list[GroupRecord]:
+        """Every group of ``topic``; with None, of every topic."""
         ...
 
-    def count_pending(self) -> int:
-        """How many messages :meth:`recover` will yield (for progress reports)."""
+    def count_pending(self, topic: str | None = None) -> int:
+        """How many messages ``recover(topic)`` will yield (for progress reports)."""
         ...
 
-    def recover(self) -> Iterator[RecoveredMessage]:
-        """Every message some group still owes an ack, or in a topic's backlog; by id."""
+    def recover(self, topic: str | None = None) -> Iterator[RecoveredMessage]:
+        """Every message of ``topic`` (None: of every topic) some group still owes an ack,
+        or in the topic's backlog; by id.
+
+        A cluster's broker loads one topic when it takes it over; the dead letters
+        of ``<topic>.dlq`` are another topic (under the same lease), read on their own.
+        """
         ...
 
     def prune(self, now_ms: int) -> int:

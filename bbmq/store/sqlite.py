@@ -14,13 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from bbmq.store.dbapi import Connection, Cursor
 from bbmq.store.schema import Column, Table
-from bbmq.store.sql import (
-    DEFAULT_DEDUP_WINDOW_MS,
-    Connection,
-    Cursor,
-    SQLStore,
-)
+from bbmq.store.sql import DEFAULT_DEDUP_WINDOW_MS, SQLStore
 
 _SYNCHRONOUS: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
 #: Primary result codes that say "not now" rather than "bug": busy or locked
@@ -32,7 +28,7 @@ _UNAVAILABLE_CODES: Final = frozenset({
 #: SQL types of the column kinds in bbmq.store.schema.TABLES.
 _TYPES: Final = {
     "int": "INTEGER", "name": "TEXT", "msgid": "TEXT", "key": "TEXT", "text": "TEXT",
-    "blob": "BLOB",
+    "blob": "BLOB", "time": "TEXT",
 }
 #: How long to wait for another process's write lock before giving up.
 _BUSY_TIMEOUT_S: Final = 5.0
