@@ -22,17 +22,19 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from bbmq import protocol
 from bbmq._version import __version__
-from bbmq.core import Broker, PendingPublish, SessionSnapshot
+from bbmq.core import Broker, PendingPublish
 from bbmq.handover import FRAMES_PER_TURN, MAX_OWED_REPLIES, hand_over
 from bbmq.heap import CHECK_INTERVAL_S, MemoryReleaser
 from bbmq.protocol import ErrorCode
 from bbmq.store.base import RecoveredMessage, StoredId
 from bbmq.store.worker import StoreWorker
+from bbmq.transport import ConnectionInfo, Membership, TransportConfig
+
+__all__ = ["BrokerServer", "Connection", "ConnectionInfo", "Membership", "TransportConfig"]
 
 log = logging.getLogger("bbmq.server")
 
@@ -44,40 +46,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return host == "localhost"
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionInfo:
-    """One open connection as the dashboard lists it: the transport's facts (address, since
-    when, bytes each way) and the core's (role, topic, group, name, unacked)."""
-
-    id: int
-    peer: str
-    connected_ms: int
-    bytes_in: int
-    bytes_out: int
-    session: SessionSnapshot | None
-
-
-@dataclass(frozen=True, slots=True)
-class TransportConfig:
-    """What the transport itself needs to know: where to listen, and its per-connection limits.
-
-    The broker core has its own :class:`bbmq.core.BrokerConfig`; :mod:`bbmq.app`
-    derives both from the user's settings.
-    """
-
-    host: str
-    port: int
-    #: The decoder refuses a frame whose body is larger, before buffering it.
-    max_message_size: int
-    max_connections: int
-    #: The write buffer's high-water mark: above it, deliveries to the connection pause.
-    max_output_bytes: int
-    handshake_timeout: float
-    idle_timeout: float
-    tls_cert: str | None = None
-    tls_key: str | None = None
 
 
 class Connection(asyncio.Protocol):
@@ -230,8 +198,9 @@ class BrokerServer:
     """
 
     def __init__(self, broker: Broker, worker: StoreWorker, clock: Callable[[], int],
-                 config: TransportConfig) -> None:
+                 config: TransportConfig, membership: Membership | None = None) -> None:
         self.config = config
+        self.membership = membership
         self.broker = broker
         self.store = worker.store
         self.clock = clock
@@ -264,15 +233,25 @@ class BrokerServer:
         await asyncio.wrap_future(
             self.worker.start(loop.call_soon_threadsafe, self._stored, self._store_failed))
         log.info("store %s opened", self.store.description)
+        membership = self.membership
         try:
-            await self._recover()
+            if membership is not None:
+                # Before recovering anything: a refused broker must not load (and deliver a
+                # second time) what another broker serves.
+                await loop.run_in_executor(None, membership.join)
+            if membership is None or not membership.clustered:
+                await self._recover()
             self._server = await loop.create_server(
                 lambda: Connection(self, next(self._ids)),
                 self.config.host, self.config.port, ssl=self._ssl_context(),
                 reuse_address=True, backlog=1024)
         except BaseException:
             await loop.run_in_executor(None, self.worker.stop)  # close the store we opened
+            if membership is not None:
+                await loop.run_in_executor(None, membership.leave)
             raise
+        if membership is not None:
+            membership.start(loop, self.flush)
         host, port = self.address
         log.info("bbmq %s listening on %s:%d", __version__, host, port)
         self._check_memory()
@@ -386,6 +365,8 @@ class BrokerServer:
         log.info("shutting down: %d connections", len(self.connections))
         if self._server is not None:
             self._server.close()
+        if self.membership is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.membership.stop)
         self.broker.accepting = False
         deadline = time.monotonic() + grace
         worker = self.worker
@@ -405,6 +386,8 @@ class BrokerServer:
         if self._memory_check is not None:
             self._memory_check.cancel()
         stopped = await asyncio.get_running_loop().run_in_executor(None, worker.stop, grace)
+        if self.membership is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.membership.leave)
         if not stopped:
             log.error("store thread did not finish within %.0f s: writes not yet committed "
                       "(acks, deliveries) are lost and those messages will be redelivered", grace)

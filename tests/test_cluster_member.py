@@ -8,7 +8,11 @@ sockets (one listening, one closed, one that never answers).
 from __future__ import annotations
 
 import socket
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -27,7 +31,14 @@ from bbmq.cluster.decisions import (
     served_with,
     valid_until,
 )
+from bbmq.cluster.member import ClusterMember, JoinRefused
 from bbmq.cluster.probe import ProbeResult, probe, split_address
+from bbmq.cluster.seat import CoreSeat
+from bbmq.store import MySQLStore
+from bbmq.store.base import Fenced
+from bbmq.store.leases import LeaseTable
+from bbmq.testing import wait_for
+from tests.mysql_support import isolated_mysql_url
 
 TTL = 5000
 
@@ -247,3 +258,155 @@ def test_bad_cluster_values_are_refused_with_what_to_give() -> None:
     with pytest.raises(settings.ConfigError, match="lease_ttl_ms"):
         load(lease_ttl_ms="0")
     assert settings.load({}, environ={"BBMQ_LEASE_TTL_MS": "2000"}).lease_ttl_ms == 2000
+
+
+# --------------------------------------------------------------------------- the member thread
+# Against the local MariaDB (tables of their own), with the core's seat recording what the
+# member tells the core instead of a broker: the thread, the lease table and the store are real.
+
+
+class RecordingSeat(CoreSeat):
+    """The member's calls into the core, recorded (there is no broker and no loop here)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+        self.lock = threading.Lock()
+
+    def _record(self, *call: Any) -> None:
+        with self.lock:
+            self.calls.append(call)
+
+    def attach(self, loop: Any, flush: Any) -> None:
+        pass
+
+    def topic_acquired(self, topic: str, epoch: int, groups: list[Any],
+                       messages: list[Any]) -> None:
+        self._record("acquired", topic, epoch, len(messages))
+
+    def topic_elsewhere(self, topic: str, owner: str | None, epoch: int | None,
+                        retry_ms: int | None) -> None:
+        self._record("elsewhere", topic, owner, epoch)
+
+    def topic_lost(self, topic: str, owner: str | None, epoch: int | None,
+                   retry_ms: int | None) -> None:
+        self._record("lost", topic, owner, epoch)
+
+    def hand_off(self, topic: str, target: str | None, committed: Any) -> None:
+        self._record("handed", topic, target)
+        committed()
+
+    def set_cluster_brokers(self, addresses: tuple[str, ...]) -> None:
+        self._record("brokers", addresses)
+
+    def set_draining(self, draining: bool) -> None:
+        self._record("draining", draining)
+
+    def call_store(self, fn: Any, timeout_s: float) -> Any:
+        return fn()
+
+    def seen(self, kind: str) -> list[tuple[Any, ...]]:
+        with self.lock:
+            return [call for call in self.calls if call[0] == kind]
+
+
+@pytest.fixture
+def mysql_url() -> Iterator[str]:
+    with isolated_mysql_url() as url:
+        store = MySQLStore(url)
+        store.open()  # the schema, leases and brokers tables included
+        store.close()
+        yield url
+
+
+def make_member(url: str, name: str, *, mode: str = "cluster", ttl_ms: int = 1500,
+                prober: Any = None) -> tuple[ClusterMember, RecordingSeat]:
+    store = MySQLStore(url)
+    seat = RecordingSeat()
+    member = ClusterMember(
+        table=LeaseTable(store.connector(), store.prefix, ttl_ms), store=store, seat=seat,
+        broker_id=name, address=f"{name}.example:1", mode=mode,  # type: ignore[arg-type]
+        ttl_ms=ttl_ms, prober=prober or (lambda address: ProbeResult.ACCEPTED))
+    return member, seat
+
+
+@contextmanager
+def running(member: ClusterMember) -> Iterator[ClusterMember]:
+    member.join()
+    member.start(None, lambda: None)  # type: ignore[arg-type]
+    try:
+        yield member
+    finally:
+        member.stop()
+        member.leave()
+
+
+@pytest.mark.mysql
+def test_a_second_single_broker_is_refused_with_what_to_do(mysql_url: str) -> None:
+    first, _ = make_member(mysql_url, "first", mode="single")
+    second, _ = make_member(mysql_url, "second", mode="single")
+    clustered, _ = make_member(mysql_url, "clustered")
+    with running(first):
+        with pytest.raises(JoinRefused, match="first.example:1.*start every broker with "
+                                              "--cluster"):
+            second.join()
+        with pytest.raises(JoinRefused, match="without --cluster"):
+            clustered.join()
+    second.join()  # the first one left (deregistered): the database is free again
+    second.leave()
+
+
+@pytest.mark.mysql
+def test_a_requested_topic_is_acquired_and_fenced_by_its_epoch(mysql_url: str) -> None:
+    member, seat = make_member(mysql_url, "a")
+    with running(member):
+        member.request_topics(["orders"])
+        wait_for(lambda: seat.seen("acquired"), "the topic to be acquired", 5)
+        assert seat.seen("acquired") == [("acquired", "orders", 1, 0)]
+        fence = member.fence({"orders", "orders.dlq"})
+        assert (fence.owner, dict(fence.epochs)) == ("a", {"orders": 1})
+        with pytest.raises(Fenced) as refused:
+            member.fence({"orders", "other"})
+        assert refused.value.topics == frozenset({"other"})
+        assert member.counters.lease_acquisitions == 1
+
+
+@pytest.mark.mysql
+def test_a_live_owner_s_clients_are_sent_to_it_and_a_gone_one_is_taken_over(
+        mysql_url: str) -> None:
+    a, a_seat = make_member(mysql_url, "a")
+    verdicts = [ProbeResult.ACCEPTED, ProbeResult.REFUSED]
+    b, b_seat = make_member(mysql_url, "b", prober=lambda address: verdicts.pop(0))
+    with running(a), running(b):
+        a.request_topics(["jobs"])
+        wait_for(lambda: a_seat.seen("acquired"), "a to acquire jobs", 5)
+        b.request_topics(["jobs"])
+        wait_for(lambda: b_seat.seen("elsewhere"), "b to send the client to a", 5)
+        assert b_seat.seen("elsewhere") == [("elsewhere", "jobs", "a.example:1", 1)]
+        b.request_topics(["jobs"])  # a's port refuses now: b takes the lease at once
+        wait_for(lambda: b_seat.seen("acquired"), "b to take jobs over", 5)
+        assert b_seat.seen("acquired") == [("acquired", "jobs", 2, 0)]
+        # a's next renew finds the lease gone, and its writes are refused from then on.
+        wait_for(lambda: a_seat.seen("lost"), "a to find jobs lost", 5)
+        assert a_seat.seen("lost") == [("lost", "jobs", "b.example:1", 2)]
+        with pytest.raises(Fenced):
+            a.fence({"jobs"})
+        assert b.fence({"jobs"}).epochs == {"jobs": 2}
+
+
+@pytest.mark.mysql
+def test_a_lease_past_its_local_validity_is_no_longer_written(mysql_url: str) -> None:
+    now = [1000.0]
+    member, seat = make_member(mysql_url, "a")
+    member._monotonic = lambda: now[0]
+    member.join()
+    try:
+        member._answer("t")  # one request, on this thread: acquired at "1000.0"
+        assert member.fence({"t"}).epochs == {"t": 1}
+        now[0] += 1.5 - 0.25 - 0.001  # ttl - margin, just before
+        assert member.fence({"t"}).epochs == {"t": 1}
+        now[0] += 0.002
+        with pytest.raises(Fenced):
+            member.fence({"t"})
+        assert member.counters.fenced_writes == 1
+    finally:
+        member.leave()
