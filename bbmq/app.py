@@ -24,9 +24,9 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from bbmq._version import __version__
 import pymysql
 
+from bbmq._version import __version__
 from bbmq.auth import Authorizer
 from bbmq.cluster.member import ClusterMember, new_broker_id
 from bbmq.cluster.seat import CoreSeat
@@ -35,7 +35,8 @@ from bbmq.core import Broker, BrokerConfig
 from bbmq.dashboard import DashboardSources, HttpServer, start_http
 from bbmq.dlq_replay import ReplayOutcome, replay_dead_letters
 from bbmq.metrics import MetricsSources
-from bbmq.server import BrokerServer, ConnectionInfo, TransportConfig
+from bbmq.server import BrokerServer, TransportConfig
+from bbmq.server_facts import ConnectionInfo
 from bbmq.store import MySQLStore, open_store
 from bbmq.store.leases import LeaseTable
 from bbmq.store.worker import StoreWorker
@@ -87,7 +88,9 @@ def build_server(config: Config, clock: Callable[[], int] = wall_clock_ms) -> Br
         max_connections=config.max_connections, max_output_bytes=config.max_output_bytes,
         handshake_timeout=config.handshake_timeout, idle_timeout=config.idle_timeout,
         tls_cert=config.tls_cert, tls_key=config.tls_key)
-    return BrokerServer(broker, worker, clock, transport, member)
+    return BrokerServer(broker, worker, clock, transport, membership=member,
+                        topic_requests=member.request_topics if config.cluster and member
+                        else None)
 
 
 def build_member(config: Config, broker: Broker, worker: StoreWorker, store: MySQLStore,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from bbmq.store.leases import LeaseTable
 
 from bbmq import config as settings
 from bbmq.cluster.decisions import (
@@ -22,7 +23,6 @@ from bbmq.cluster.decisions import (
     Verdict,
     assigned_topics,
     decide_request,
-    lease_topic,
     live_brokers,
     lost_topics,
     plan_balance,
@@ -34,9 +34,9 @@ from bbmq.cluster.decisions import (
 from bbmq.cluster.member import ClusterMember, JoinRefused
 from bbmq.cluster.probe import ProbeResult, probe, split_address
 from bbmq.cluster.seat import CoreSeat
+from bbmq.defaults import lease_topic
 from bbmq.store import MySQLStore
 from bbmq.store.base import Fenced
-from bbmq.store.leases import LeaseTable
 from bbmq.testing import wait_for
 from tests.mysql_support import isolated_mysql_url
 
@@ -346,8 +346,8 @@ def test_a_second_single_broker_is_refused_with_what_to_do(mysql_url: str) -> No
     second, _ = make_member(mysql_url, "second", mode="single")
     clustered, _ = make_member(mysql_url, "clustered")
     with running(first):
-        with pytest.raises(JoinRefused, match="first.example:1.*start every broker with "
-                                              "--cluster"):
+        with pytest.raises(JoinRefused, match=r"first\.example:1.*start every broker with "
+                                              r"--cluster"):
             second.join()
         with pytest.raises(JoinRefused, match="without --cluster"):
             clustered.join()
@@ -396,7 +396,7 @@ def test_a_live_owner_s_clients_are_sent_to_it_and_a_gone_one_is_taken_over(
 @pytest.mark.mysql
 def test_a_lease_past_its_local_validity_is_no_longer_written(mysql_url: str) -> None:
     now = [1000.0]
-    member, seat = make_member(mysql_url, "a")
+    member, _ = make_member(mysql_url, "a")
     member._monotonic = lambda: now[0]
     member.join()
     try:

@@ -55,20 +55,9 @@ class BrokerView(Protocol):
     def draining(self) -> bool: ...
 
 
-def lease_topic(topic: str) -> str:
-    """The topic whose lease covers ``topic``: a dead-letter topic goes with its topic.
-
-    A dead letter is written in the same transaction as the ack that retires the
-    original, so ``orders.dlq`` must be served (and fenced) by whoever serves
-    ``orders``: one lease, keyed by the topic without its ``.dlq`` suffixes.
-    """
-    while topic.endswith(DLQ_SUFFIX) and len(topic) > len(DLQ_SUFFIX):
-        topic = topic[: -len(DLQ_SUFFIX)]
-    return topic
-
-
 def served_with(topic: str) -> tuple[str, ...]:
-    """The topics a broker loads when it takes the lease of ``topic``: it and its dead letters."""
+    """The topics a broker loads when it takes the lease of ``topic``: it and its dead letters
+    (whose lease is the topic's: :func:`bbmq.defaults.lease_topic`)."""
     return (topic, topic + DLQ_SUFFIX)
 
 

@@ -33,7 +33,6 @@ from bbmq.cluster.decisions import (
     Verdict,
     assigned_topics,
     decide_request,
-    lease_topic,
     live_brokers,
     lost_topics,
     plan_balance,
@@ -43,6 +42,7 @@ from bbmq.cluster.decisions import (
 )
 from bbmq.cluster.probe import ProbeResult, probe
 from bbmq.cluster.seat import CoreSeat
+from bbmq.defaults import lease_topic
 from bbmq.store.base import Fence, Fenced, GroupRecord, RecoveredMessage, Store
 from bbmq.store.leases import BrokerConflict, BrokerRow, LeaseRow, LeaseTable
 

@@ -1,16 +1,17 @@
-"""What the transport (bbmq/server.py) is configured with, reports, and drives beside the core.
+"""What the transport tells about itself: its connections as the dashboard lists them, where
+its log goes (``ADMIN stats``' server part), whether it listens on loopback only; what it is
+told (:class:`TransportConfig`); and how it drives a cluster member (:class:`Membership`).
 
-Kept apart from the server so that the composition root and the dashboard can
-name these without the server's machinery, and so that the server stays one
-read: its settings (:class:`TransportConfig`), the rows it reports for the
-dashboard (:class:`ConnectionInfo`), and the cluster membership it starts,
-feeds topic requests to and stops (:class:`Membership`, bbmq/cluster/member.py).
+Plain values, kept apart from bbmq/server.py so that the transport module holds only the
+work of moving bytes between sockets, the core and the store thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import ipaddress
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -28,6 +29,22 @@ class ConnectionInfo:
     bytes_in: int
     bytes_out: int
     session: SessionSnapshot | None
+
+
+def log_destination() -> str:
+    """Where this process's log lines go: the log file, or stderr (a foreground run)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            return handler.baseFilename
+    return "stderr"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (listening there needs no authentication)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +69,8 @@ class TransportConfig:
 
 
 class Membership(Protocol):
-    """A broker's seat in a cluster (bbmq/cluster/member.py), as the transport drives it."""
-
-    @property
-    def clustered(self) -> bool:
-        """Topics are loaded as their leases are taken, not all recovered at start."""
+    """A broker's seat in a cluster (bbmq/cluster/member.py), as the transport drives it; the
+    topics handshakes wait for go to it through BrokerServer's ``topic_requests``."""
 
     def join(self) -> None:
         """Register (blocking); raises if another broker forbids this one to start."""
@@ -64,13 +78,8 @@ class Membership(Protocol):
     def start(self, loop: asyncio.AbstractEventLoop, flush: Callable[[], None]) -> None:
         """Begin renewing and answering topic requests; core calls go through ``loop``."""
 
-    def request_topics(self, topics: Iterable[str]) -> None:
-        """Topics that handshakes wait for (from the loop's thread)."""
-
     def stop(self) -> None:
         """End the member's thread (blocking); leases stay held until :meth:`leave`."""
 
     def leave(self) -> None:
         """Give back every lease and deregister (blocking), after the store's last write."""
-
-
