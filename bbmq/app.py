@@ -22,9 +22,7 @@ import signal
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any, Final
-
-import pymysql
+from typing import Any, Final, Literal
 
 from bbmq._version import __version__
 from bbmq.auth import Authorizer
@@ -35,8 +33,8 @@ from bbmq.core import Broker, BrokerConfig
 from bbmq.dashboard import DashboardSources, HttpServer, start_http
 from bbmq.dlq_replay import ReplayOutcome, replay_dead_letters
 from bbmq.metrics import MetricsSources
-from bbmq.server import BrokerServer, TransportConfig
-from bbmq.server_facts import ConnectionInfo
+from bbmq.server import BrokerServer
+from bbmq.server_facts import ConnectionInfo, TransportConfig
 from bbmq.store import MySQLStore, open_store
 from bbmq.store.leases import LeaseTable
 from bbmq.store.worker import StoreWorker
@@ -97,23 +95,12 @@ def build_member(config: Config, broker: Broker, worker: StoreWorker, store: MyS
                  clock: Callable[[], int]) -> ClusterMember:
     """The broker's member of the brokers and leases tables, with connections of its own:
     one for the lease table, one store to load the topics it takes."""
-    params, mode = store.params, "cluster" if config.cluster else "single"
-
-    def connect() -> pymysql.connections.Connection:  # type: ignore[type-arg]
-        # FOUND_ROWS: a conditional UPDATE that matches but changes nothing (a renew at the
-        # same microsecond) still counts as done.
-        return pymysql.connect(
-            host=params.host, port=params.port, user=params.user, password=params.password,
-            database=params.database, charset="utf8mb4", autocommit=True,
-            client_flag=pymysql.constants.CLIENT.FOUND_ROWS,
-            connect_timeout=store.connect_timeout_s, read_timeout=store.io_timeout_s,
-            write_timeout=store.io_timeout_s)
-
+    mode: Literal["single", "cluster"] = "cluster" if config.cluster else "single"
     own_store = MySQLStore(config.store, password=config.store_password,
                            connect_timeout_s=store.connect_timeout_s,
                            io_timeout_s=store.io_timeout_s, table_prefix=store.prefix)
     member = ClusterMember(
-        table=LeaseTable(connect, store.prefix, config.lease_ttl_ms), store=own_store,
+        table=LeaseTable(store.connector(), store.prefix, config.lease_ttl_ms), store=own_store,
         seat=CoreSeat(broker, worker, clock), broker_id=new_broker_id(),
         address=config.advertised_address(config.port), mode=mode,
         ttl_ms=config.lease_ttl_ms,

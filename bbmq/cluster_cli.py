@@ -58,7 +58,8 @@ def status_lines(status: Mapping[str, Any]) -> list[str]:
     owned = Counter(lease["owner"] for lease in status["leases"] if lease["remaining_ms"] > 0)
     lines = [f"asked broker {status['me']} at {status['address']} ({status['mode']} mode, "
              f"lease TTL {status['ttl_ms']} ms)", ""]
-    rows = [("BROKER", "ADDRESS", "MODE", "HEARTBEAT", "DRAINING", "TOPICS")]
+    rows: list[tuple[str, ...]] = [("BROKER", "ADDRESS", "MODE", "HEARTBEAT", "DRAINING",
+                                    "TOPICS")]
     for broker in status["brokers"]:
         rows.append((broker["id"], broker["address"], broker["mode"],
                      f"{broker['heartbeat_age_ms'] / 1000:.1f}s ago",

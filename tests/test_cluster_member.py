@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from bbmq.store.leases import LeaseTable
 
 from bbmq import config as settings
 from bbmq.cluster.decisions import (
@@ -34,9 +33,11 @@ from bbmq.cluster.decisions import (
 from bbmq.cluster.member import ClusterMember, JoinRefused
 from bbmq.cluster.probe import ProbeResult, probe, split_address
 from bbmq.cluster.seat import CoreSeat
+from bbmq.cluster_cli import status_lines
 from bbmq.defaults import lease_topic
 from bbmq.store import MySQLStore
 from bbmq.store.base import Fenced
+from bbmq.store.leases import LeaseTable
 from bbmq.testing import wait_for
 from tests.mysql_support import isolated_mysql_url
 
@@ -108,6 +109,14 @@ def test_a_live_owner_is_probed_and_only_a_refusal_means_take_over() -> None:
 def test_an_owner_without_a_brokers_row_is_taken_over() -> None:
     lease = Lease("t", "gone", None, 3, 2000)
     assert decide_request(lease, "me", draining=False) is Verdict.TAKE_OVER
+
+
+def test_an_owner_at_our_own_address_is_our_killed_predecessor_and_is_taken_over() -> None:
+    lease = held("t", "old")  # owner address old.example:1, which now answers: it is us
+    assert decide_request(lease, "new", draining=False,
+                          my_address="old.example:1") is Verdict.TAKE_OVER
+    assert decide_request(lease, "new", draining=False,
+                          my_address="new.example:1") is Verdict.PROBE
 
 
 def test_a_draining_broker_takes_nothing() -> None:
@@ -410,3 +419,29 @@ def test_a_lease_past_its_local_validity_is_no_longer_written(mysql_url: str) ->
         assert member.counters.fenced_writes == 1
     finally:
         member.leave()
+
+
+# --------------------------------------------------------------------------- bbmq cluster status
+
+
+def test_cluster_status_lists_brokers_with_their_topics_and_each_lease() -> None:
+    status = {"me": "aaa", "address": "h1:1", "mode": "cluster", "ttl_ms": 5000,
+              "draining": False,
+              "brokers": [{"id": "aaa", "address": "h1:1", "mode": "cluster",
+                           "heartbeat_age_ms": 1200, "draining": False},
+                          {"id": "bbb", "address": "h2:2", "mode": "cluster",
+                           "heartbeat_age_ms": 300, "draining": True}],
+              "leases": [{"topic": "b", "owner": "bbb", "owner_address": "h2:2", "epoch": 4,
+                          "remaining_ms": 2500},
+                         {"topic": "a", "owner": "aaa", "owner_address": "h1:1", "epoch": 7,
+                          "remaining_ms": 4000},
+                         {"topic": "c", "owner": "", "owner_address": None, "epoch": 2,
+                          "remaining_ms": -10}]}
+    lines = status_lines(status)
+    assert lines[0] == "asked broker aaa at h1:1 (cluster mode, lease TTL 5000 ms)"
+    assert lines[2].split() == ["BROKER", "ADDRESS", "MODE", "HEARTBEAT", "DRAINING", "TOPICS"]
+    assert lines[3].split() == ["aaa", "h1:1", "cluster", "1.2s", "ago", "no", "1"]
+    assert lines[4].split() == ["bbb", "h2:2", "cluster", "0.3s", "ago", "yes", "1"]
+    leases = [line.split() for line in lines[6:]]
+    assert leases == [["TOPIC", "OWNER", "EPOCH", "LEASE", "LEFT"], ["a", "h1:1", "7", "4.0s"],
+                      ["b", "h2:2", "4", "2.5s"], ["c", "-", "2", "-"]]

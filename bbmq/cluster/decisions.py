@@ -99,11 +99,13 @@ class Verdict(enum.Enum):
 
 
 def decide_request(lease: LeaseView | None, me: str, *, draining: bool,
-                   probed: ProbeResult | None = None) -> Verdict:
+                   probed: ProbeResult | None = None, my_address: str | None = None) -> Verdict:
     """What to do with a client's request for a topic, given its lease row.
 
     Called once without ``probed``; a PROBE verdict asks the caller to probe the
-    owner's address and call again with the result.
+    owner's address and call again with the result.  An owner advertising
+    ``my_address`` is an earlier process of this broker (killed, then restarted on
+    the same port): gone for certain, though its port answers.
     """
     if lease is not None and lease.owner == me and lease.remaining_ms > 0:
         return Verdict.ADOPT
@@ -111,9 +113,10 @@ def decide_request(lease: LeaseView | None, me: str, *, draining: bool,
         return Verdict.RETRY_LATER if draining else Verdict.ACQUIRE
     if draining:
         return Verdict.ELSEWHERE
-    if lease.owner_address is None:
-        # The owner's brokers row is gone: it stopped (or was cleaned up as dead), so no
-        # one can answer for the topic; fencing keeps a take-over safe.
+    if lease.owner_address is None or lease.owner_address == my_address:
+        # The owner's brokers row is gone (it stopped, or was cleaned up as dead), or it was
+        # this broker before a restart: no one answers for the topic; fencing keeps a
+        # take-over safe.
         return Verdict.TAKE_OVER
     if probed is None:
         return Verdict.PROBE

@@ -136,6 +136,9 @@ class ClusterMember:
             raise JoinRefused(str(conflict)) from None
         if self.clustered:
             self.store.open()  # this member's own connection, for loading topics
+            # Topics from before the cluster (or never asked for since) get lease rows, so
+            # that the balance spreads them without waiting for a client to ask.
+            self.table.ensure_topics({lease_topic(group.topic) for group in self.store.groups()})
         log.info("joined as broker %s at %s (%s mode, lease TTL %d ms)", self.broker_id,
                  self.address, self.mode, self.ttl_ms)
 
@@ -339,7 +342,8 @@ class ClusterMember:
         self.table.ensure_topics([covering])
         sent = self._monotonic()
         lease = self.table.lease(covering)
-        verdict = decide_request(lease, self.broker_id, draining=self._draining)
+        verdict = decide_request(lease, self.broker_id, draining=self._draining,
+                                 my_address=self.address)
         if verdict is Verdict.PROBE:
             assert lease is not None and lease.owner_address is not None
             verdict = decide_request(lease, self.broker_id, draining=self._draining,
