@@ -26,7 +26,8 @@ from typing import Any, Final, Literal
 
 from bbmq._version import __version__
 from bbmq.auth import Authorizer
-from bbmq.cluster.member import ClusterMember, new_broker_id
+from bbmq.cluster.joining import new_broker_id
+from bbmq.cluster.member import ClusterMember
 from bbmq.cluster.seat import CoreSeat
 from bbmq.config import Config
 from bbmq.core import Broker, BrokerConfig

@@ -30,7 +30,8 @@ from bbmq.cluster.decisions import (
     served_with,
     valid_until,
 )
-from bbmq.cluster.member import ClusterMember, JoinRefused
+from bbmq.cluster.joining import JoinRefused
+from bbmq.cluster.member import ClusterMember
 from bbmq.cluster.probe import ProbeResult, probe, split_address
 from bbmq.cluster.seat import CoreSeat
 from bbmq.cluster_cli import status_lines

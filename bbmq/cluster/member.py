@@ -6,12 +6,11 @@ and renews its leases every TTL/3, answers the core's requests for topics
 leases handed to it, evens out the load, hands topics off, drains, and tells the
 store thread which writes it may still make (:meth:`fence`).  It stands where
 the store thread stands: beside the event loop, never inside it.  Every call
-into the core is handed to the loop (``schedule``), and the member never reads
+into the core is handed to the loop (seat.py), and the member never reads
 the core's state but through what it was told and what it asked.
 
 Single-mode brokers on a MySQL store run one too, registering and heartbeating
-only, so that a second broker on the same database is refused
-(``LeaseTable.register`` raises ``BrokerConflict``).
+only, so that a second broker on the same database is refused (joining.py).
 
 The decisions themselves are pure functions in decisions.py; what is here is
 the I/O around them and the bookkeeping of what this broker holds.
@@ -23,7 +22,6 @@ import asyncio
 import logging
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final, Literal
@@ -40,11 +38,12 @@ from bbmq.cluster.decisions import (
     served_with,
     valid_until,
 )
+from bbmq.cluster.joining import join, leave
 from bbmq.cluster.probe import ProbeResult, probe
 from bbmq.cluster.seat import CoreSeat
 from bbmq.defaults import lease_topic
 from bbmq.store.base import Fence, Fenced, GroupRecord, RecoveredMessage, Store
-from bbmq.store.leases import BrokerConflict, BrokerRow, LeaseRow, LeaseTable
+from bbmq.store.leases import BrokerRow, LeaseRow, LeaseTable
 
 log = logging.getLogger("bbmq.cluster")
 
@@ -54,16 +53,6 @@ BARRIER_TIMEOUT_S: Final = 5.0
 ID_BLOCK_TIMEOUT_S: Final = 5.0
 #: After a failed cycle (database unreachable), the next try comes this much sooner.
 RETRY_AFTER_FAILURE_S: Final = 0.2
-
-
-def new_broker_id() -> str:
-    """A broker's id: fresh at every process start, so a restarted broker is a new member."""
-    return uuid.uuid4().hex[:16]
-
-
-class JoinRefused(ValueError):
-    """Another broker uses the database in a way that forbids this one to start; the message
-    says which broker and what to do (a ValueError: the CLI prints it as the reason)."""
 
 
 @dataclass(slots=True)
@@ -125,15 +114,8 @@ class ClusterMember:
 
     def join(self) -> None:
         """Register in the brokers table (blocking); raises JoinRefused when another broker
-        forbids this one, with what to do.
-
-        Called before the broker recovers anything: a refused broker must not load
-        (and deliver a second time) the messages another broker serves.
-        """
-        try:
-            self.table.register(self.broker_id, self.address, self.mode)
-        except BrokerConflict as conflict:
-            raise JoinRefused(str(conflict)) from None
+        forbids this one, with what to do.  Called before the broker recovers anything."""
+        join(self.table, self.broker_id, self.address, self.mode, self._probe)
         if self.clustered:
             self.store.open()  # this member's own connection, for loading topics
             # Topics from before the cluster (or never asked for since) get lease rows, so
@@ -163,17 +145,7 @@ class ClusterMember:
             held = dict(self._held)
             self._held.clear()
             self._valid_until.clear()
-        for topic, epoch in held.items():
-            try:
-                self.table.release(topic, self.broker_id, epoch)
-            except Exception as error:
-                log.warning("could not release the lease of %r (%s); it expires in %d ms",
-                            topic, error, self.ttl_ms)
-        try:
-            self.table.deregister(self.broker_id)
-        except Exception as error:
-            log.warning("could not deregister broker %s (%s); its row ages out in %d ms",
-                        self.broker_id, error, self.ttl_ms)
+        leave(self.table, self.broker_id, held)
         if self.clustered:
             self.store.close()
 
