@@ -306,10 +306,14 @@ class ClusterMember:
     def _answer(self, topic: str) -> None:
         """Answer the core's request for ``topic``: load it, or send its clients elsewhere."""
         covering = lease_topic(topic)
-        with self._lock:
-            if covering in self._held:
-                return  # being loaded: the core's handshakes are answered when it is
         if not self.clustered:
+            return
+        with self._lock:
+            epoch = self._held.get(covering)
+        if epoch is not None:
+            # Asked before our topic_acquired reached the core (which loads a topic once per
+            # epoch and ignores a repeat), or the core lost it: load it again either way.
+            self._load(covering, epoch, None)
             return
         self.table.ensure_topics([covering])
         sent = self._monotonic()
@@ -356,23 +360,32 @@ class ClusterMember:
         log.info("acquired %r at epoch %d", topic, epoch)
         self._load(topic, epoch, sent)
 
-    def _load(self, topic: str, epoch: int, sent: float) -> None:
+    def _load(self, topic: str, epoch: int, sent: float | None) -> None:
         """Hold ``topic``'s lease at ``epoch`` and load it (and its dead letters) into the core.
 
         ``sent``: when the statement that gave us the lease was sent, which the lease's
-        local validity counts from.
+        local validity counts from (None: held already, the validity stands).  If the
+        load fails the topic is not held: the next renew (or request) tries again.
         """
-        with self._lock:
-            self._held[topic] = epoch
-            self._valid_until[topic] = valid_until(sent, self.ttl_ms)
-        if self._fresh_id_block is not None:
-            # The ids this broker gives from now on exceed any the previous owner gave.
-            self.seat.call_store(self._fresh_id_block, ID_BLOCK_TIMEOUT_S)
-        groups: list[GroupRecord] = []
-        messages: list[RecoveredMessage] = []
-        for name in served_with(topic):
-            groups += self.store.groups(topic=name)
-            messages += self.store.recover(topic=name)
+        if sent is not None:
+            with self._lock:
+                self._held[topic] = epoch
+                self._valid_until[topic] = valid_until(sent, self.ttl_ms)
+        try:
+            if sent is not None and self._fresh_id_block is not None:
+                # The ids this broker gives from now on exceed any the previous owner gave.
+                self.seat.call_store(self._fresh_id_block, ID_BLOCK_TIMEOUT_S)
+            groups: list[GroupRecord] = []
+            messages: list[RecoveredMessage] = []
+            for name in served_with(topic):
+                groups += self.store.groups(topic=name)
+                messages += self.store.recover(topic=name)
+        except BaseException:
+            if sent is not None:
+                with self._lock:
+                    self._held.pop(topic, None)
+                    self._valid_until.pop(topic, None)
+            raise
         self.seat.topic_acquired(topic, epoch, groups, messages)
 
     def _balance(self, plan: BalancePlan) -> None:
