@@ -97,7 +97,7 @@ def build_member(config: Config, broker: Broker, worker: StoreWorker, store: MyS
     """The broker's member of the brokers and leases tables, with connections of its own:
     one for the lease table, one store to load the topics it takes."""
     mode: Literal["single", "cluster"] = "cluster" if config.cluster else "single"
-    own_store = MySQLStore(config.store, password=config.store_password,
+    own_store = MySQLStore(config.store, password=config.store_password, causal_reads=True,
                            connect_timeout_s=store.connect_timeout_s,
                            io_timeout_s=store.io_timeout_s, table_prefix=store.prefix)
     member = ClusterMember(

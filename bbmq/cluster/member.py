@@ -315,7 +315,6 @@ class ClusterMember:
             # epoch and ignores a repeat), or the core lost it: load it again either way.
             self._load(covering, epoch, None)
             return
-        self.table.ensure_topics([covering])
         sent = self._monotonic()
         lease = self.table.lease(covering)
         verdict = decide_request(lease, self.broker_id, draining=self._draining,
