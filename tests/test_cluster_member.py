@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from bbmq import config as settings
 from bbmq.cluster.decisions import (
@@ -35,7 +36,10 @@ from bbmq.cluster.member import ClusterMember
 from bbmq.cluster.probe import ProbeResult, probe, split_address
 from bbmq.cluster.seat import CoreSeat
 from bbmq.cluster_cli import status_lines
+from bbmq.core import BrokerSnapshot
+from bbmq.core.snapshot import ClusterCounters as CoreClusterCounters
 from bbmq.defaults import lease_topic
+from bbmq.metrics import cluster_metrics
 from bbmq.store import MySQLStore
 from bbmq.store.base import Fenced
 from bbmq.store.leases import LeaseTable
@@ -446,3 +450,23 @@ def test_cluster_status_lists_brokers_with_their_topics_and_each_lease() -> None
     leases = [line.split() for line in lines[6:]]
     assert leases == [["TOPIC", "OWNER", "EPOCH", "LEASE", "LEFT"], ["a", "h1:1", "7", "4.0s"],
                       ["b", "h2:2", "4", "2.5s"], ["c", "-", "2", "-"]]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_the_cluster_counters_are_exported_for_prometheus() -> None:
+    snapshot = BrokerSnapshot(0, (), CoreClusterCounters(redirects_sent=3, topics_served=2))
+    counters = {"lease_acquisitions": 5, "lease_losses": 1, "fenced_writes": 4}
+
+    class Collector:
+        def collect(self) -> Iterator[Any]:
+            return cluster_metrics(counters, snapshot)
+
+    registry = CollectorRegistry()
+    registry.register(Collector())  # type: ignore[arg-type]
+    page = generate_latest(registry).decode()
+    for line in ("bbmq_cluster_lease_acquisitions_total 5.0",
+                 "bbmq_cluster_lease_losses_total 1.0", "bbmq_cluster_fenced_writes_total 4.0",
+                 "bbmq_cluster_redirects_total 3.0", "bbmq_cluster_topics_served 2.0"):
+        assert line in page.splitlines(), page
