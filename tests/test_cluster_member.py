@@ -355,6 +355,7 @@ def running(member: ClusterMember) -> Iterator[ClusterMember]:
 
 
 @pytest.mark.mysql
+@pytest.mark.slow
 def test_a_second_single_broker_is_refused_with_what_to_do(mysql_url: str) -> None:
     first, _ = make_member(mysql_url, "first", mode="single")
     second, _ = make_member(mysql_url, "second", mode="single")
@@ -385,6 +386,7 @@ def test_a_requested_topic_is_acquired_and_fenced_by_its_epoch(mysql_url: str) -
 
 
 @pytest.mark.mysql
+@pytest.mark.slow
 def test_a_live_owner_s_clients_are_sent_to_it_and_a_gone_one_is_taken_over(
         mysql_url: str) -> None:
     a, a_seat = make_member(mysql_url, "a")
