@@ -206,13 +206,13 @@ class ClusterMember:
                 else:
                     epochs[covering] = epoch
         if refused:
-            self.counters.fenced_writes += 1
             raise Fenced(frozenset(refused))
         return Fence(self.broker_id, epochs)
 
     def on_fenced(self, topics: frozenset[str]) -> None:
-        """The store refused writes of ``topics``: look at the leases now, not at the next
-        renew."""
+        """The store thread refused writes of ``topics`` (our fence, or the database's check):
+        count them, and look at the leases now, not at the next renew."""
+        self.counters.fenced_writes += len(topics)
         log.warning("writes of %s refused: lease lost or no longer trusted",
                     ", ".join(sorted(topics)[:10]))
         with self._cond:
