@@ -181,3 +181,24 @@ def test_a_single_broker_killed_and_restarted_is_not_refused_by_its_own_row(
         message = consumer.fetch(timeout=5)
         assert message is not None and message.id == kept
     assert "killed without a clean stop" in broker.log()
+
+
+def test_a_stopped_broker_gives_its_leases_back_at_once(tmp_path: Path, store_url: str) -> None:
+    with cluster_broker(tmp_path, "a", store_url) as a:
+        with Producer("events", port=a.port) as producer:
+            sent = producer.publish(b"before the stop")
+        b = cluster_broker(tmp_path, "b", store_url).start()
+        try:
+            assert a.stop() == 0  # SIGTERM: the leases are released, the row deleted
+            brokers = {broker["address"] for broker in cluster_status(b.port)["brokers"]}
+            wait_for(lambda: f"127.0.0.1:{a.port}" not in {
+                broker["address"] for broker in cluster_status(b.port)["brokers"]},
+                "b to see a gone", timeout=5)
+            assert f"127.0.0.1:{b.port}" in brokers
+            with Consumer("events", port=b.port) as consumer:
+                message = consumer.fetch(timeout=5)
+                assert message is not None and message.id == sent
+                consumer.ack(message)
+            assert "acquired 'events' at epoch 2" in b.log()  # free: no take-over needed
+        finally:
+            b.stop()
