@@ -14,12 +14,16 @@ from bbmq.store.base import (
     AckRecord,
     Batch,
     DeliveryRecord,
+    Fence,
+    Fenced,
     GroupRecord,
     NewMessage,
     RecoveredMessage,
     Store,
+    StoreConflict,
     StoredId,
     StoreUnavailable,
+    lease_topic,
 )
 from bbmq.store.memory import MemoryStore
 from bbmq.store.mysql import MySQLStore, redact_url
@@ -33,6 +37,8 @@ __all__ = [
     "AckRecord",
     "Batch",
     "DeliveryRecord",
+    "Fence",
+    "Fenced",
     "GroupRecord",
     "MemoryStore",
     "MySQLStore",
@@ -41,8 +47,10 @@ __all__ = [
     "SQLiteStore",
     "SchemaVersionError",
     "Store",
+    "StoreConflict",
     "StoreUnavailable",
     "StoredId",
+    "lease_topic",
     "open_store",
 ]
 
