@@ -274,6 +274,7 @@ class ClusterMember:
         for topic in lost_topics(held, renewed):
             self._lose(topic, by_topic.get(topic))
         for topic in assigned_topics(held, renewed):
+            log.info("adopting %r at epoch %d (handed to this broker)", topic, renewed[topic])
             self._load(topic, renewed[topic], sent)
         live = live_brokers(self._brokers, self.ttl_ms)
         self.seat.set_cluster_brokers(tuple(b.address for b in live if not b.draining))
