@@ -23,7 +23,6 @@ from bbmq.store.base import (
     StoreConflict,
     StoredId,
     StoreUnavailable,
-    lease_topic,
 )
 from bbmq.store.memory import MemoryStore
 from bbmq.store.mysql import MySQLStore, redact_url
@@ -50,7 +49,6 @@ __all__ = [
     "StoreConflict",
     "StoreUnavailable",
     "StoredId",
-    "lease_topic",
     "open_store",
 ]
 

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from bbmq.defaults import lease_topic
 from bbmq.store.base import (
     Batch,
     Fence,
@@ -43,7 +44,6 @@ from bbmq.store.base import (
     StoredId,
     StoreUnavailable,
     WriteRequest,
-    lease_topic,
 )
 
 log = logging.getLogger("bbmq.store")
@@ -87,8 +87,10 @@ class StoreWorker:
         self._max_batch = max_batch
         self._prune_interval_s = prune_interval_s
         self._cond = threading.Condition()
-        self._fence = fence
-        self._on_fenced = on_fenced
+        #: In a cluster (may be set before start()): the leases each transaction is written
+        #: under, and who is told of the topics found lost.
+        self.fence = fence
+        self.on_fenced = on_fenced
         self._publishes: list[AnyWriteRequest] = []
         #: The changes of each submit, in order: a fenced topic's are told apart by them.
         self._changes: list[Batch] = []
@@ -287,12 +289,15 @@ class StoreWorker:
                 batch.extend(change)
             started = self._writing_since = time.monotonic()
             try:
-                if self._fence is None:
+                if self.fence is None:
                     ids = self.store.write(batch, self._clock())
                 else:
-                    ids = self.store.write(batch, self._clock(), self._fence(set(batch.topics)))
+                    ids = self.store.write(batch, self._clock(), self.fence(set(batch.topics)))
             except Fenced as fenced:
                 self._writing_since = None
+                if not {lease_topic(t) for t in fenced.topics} & {
+                        lease_topic(t) for t in batch.topics}:  # nothing to drop: a bug
+                    return self._failed(publishes, changes, fenced)
                 publishes, changes = self._drop_fenced(publishes, changes, fenced.topics)
                 if publishes or changes:
                     continue  # the rest of the batch, at once
@@ -368,9 +373,9 @@ class StoreWorker:
                         if change is not None]
         log.warning("lease lost for %s: %d publishes failed, their topics' changes dropped",
                     ", ".join(sorted(topics)), sum(map(len, failed.values())))
-        if self._on_fenced is not None:
+        if self.on_fenced is not None:
             try:
-                self._on_fenced(topics)
+                self.on_fenced(topics)
             except Exception:
                 log.exception("the fenced-topics callback failed")
         return kept, kept_changes
