@@ -473,3 +473,23 @@ def test_the_cluster_counters_are_exported_for_prometheus() -> None:
                  "bbmq_cluster_lease_losses_total 1.0", "bbmq_cluster_fenced_writes_total 4.0",
                  "bbmq_cluster_redirects_total 3.0", "bbmq_cluster_topics_served 2.0"):
         assert line in page.splitlines(), page
+
+
+@pytest.mark.mysql
+@pytest.mark.slow
+def test_a_silent_owner_is_probed_once_for_all_its_topics(mysql_url: str) -> None:
+    a, a_seat = make_member(mysql_url, "a")
+    probed: list[str] = []
+
+    def silent(address: str) -> ProbeResult:
+        probed.append(address)
+        return ProbeResult.NO_ANSWER  # a paused owner: its port takes no connection
+
+    b, b_seat = make_member(mysql_url, "b", prober=silent)
+    with running(a), running(b):
+        a.request_topics(["t1", "t2", "t3"])
+        wait_for(lambda: len(a_seat.seen("acquired")) == 3, "a to acquire three topics", 5)
+        b.request_topics(["t1", "t2", "t3"])
+        wait_for(lambda: len(b_seat.seen("elsewhere")) == 3, "b to redirect all three", 5)
+        assert probed == ["a.example:1"]
+        assert {call[2] for call in b_seat.seen("elsewhere")} == {"a.example:1"}

@@ -53,6 +53,8 @@ BARRIER_TIMEOUT_S: Final = 5.0
 ID_BLOCK_TIMEOUT_S: Final = 5.0
 #: After a failed cycle (database unreachable), the next try comes this much sooner.
 RETRY_AFTER_FAILURE_S: Final = 0.2
+#: How long a probe that got no answer stands for the other topics of that owner.
+PROBE_REUSE_S: Final = 1.0
 
 
 @dataclass(slots=True)
@@ -101,6 +103,10 @@ class ClusterMember:
         self._stopping = False
         self._draining = False
         self._draining_written = False
+        #: The last cycle failed (logged once, until one works again).
+        self._failing = False
+        #: Owner address -> (probe result, monotonic time): one probe per address a second.
+        self._probed: dict[str, tuple[ProbeResult, float]] = {}
         #: The last cycle's view of the cluster, for 'bbmq cluster status'.
         self._brokers: list[BrokerRow] = []
         self._leases: list[LeaseRow] = []
@@ -237,20 +243,31 @@ class ClusterMember:
                     return
                 requests, self._requests = self._requests, []
                 recheck, self._recheck = self._recheck, False
+            pending = list(dict.fromkeys(requests))
             try:
                 if recheck or self._draining != self._draining_written or \
                         self._monotonic() >= next_cycle:
                     sent = self._monotonic()
                     self._cycle()
                     next_cycle = sent + interval
+                    if self._failing:
+                        self._failing = False
+                        log.warning("cluster: the database answers again")
                 self._expire()
-                for topic in dict.fromkeys(requests):
-                    self._answer(topic)
+                while pending and self._monotonic() < next_cycle:  # renewing comes first
+                    self._answer(pending[0])
+                    pending.pop(0)
+                with self._cond:
+                    self._requests[:0] = pending
             except Exception as error:  # the database is away, or a bug: keep the thread
-                log.warning("cluster cycle failed: %s: %s; trying again", type(error).__name__,
-                            error, exc_info=log.isEnabledFor(logging.DEBUG))
+                if not self._failing:
+                    self._failing = True
+                    log.warning("cluster: %s: %s; trying again every %.1f s, topics are "
+                                "served until their leases can no longer be trusted",
+                                type(error).__name__, error, RETRY_AFTER_FAILURE_S,
+                                exc_info=log.isEnabledFor(logging.DEBUG))
                 next_cycle = self._monotonic() + min(interval, RETRY_AFTER_FAILURE_S)
-                for topic in requests:  # unanswered: the clients try again (maybe elsewhere)
+                for topic in pending:  # unanswered: the clients try again (maybe elsewhere)
                     self.seat.topic_elsewhere(topic, None, None, self.ttl_ms)
                 self._expire()
 
@@ -323,7 +340,7 @@ class ClusterMember:
         if verdict is Verdict.PROBE:
             assert lease is not None and lease.owner_address is not None
             verdict = decide_request(lease, self.broker_id, draining=self._draining,
-                                     probed=self._probe(lease.owner_address))
+                                     probed=self._probe_once(lease.owner_address))
         if verdict is Verdict.ADOPT:
             assert lease is not None
             self._load(covering, lease.epoch, sent)
@@ -341,6 +358,21 @@ class ClusterMember:
                 self._load(covering, won, sent)
         else:
             self._redirect(topic, lease)
+
+    def _probe_once(self, address: str) -> ProbeResult:
+        """Probe ``address``, or reuse a probe of it from the last second that got no answer:
+        a paused owner's topics, asked for together, cost one probe timeout, not one each.
+        An answer either way (accepted, refused) is quick, and never reused: a kill must be
+        seen at the next request."""
+        now = self._monotonic()
+        known = self._probed.get(address)
+        if known is not None and now - known[1] < PROBE_REUSE_S:
+            return known[0]
+        self._probed = {a: p for a, p in self._probed.items() if now - p[1] < PROBE_REUSE_S}
+        result = self._probe(address)
+        if result is ProbeResult.NO_ANSWER:
+            self._probed[address] = (result, now)
+        return result
 
     def _redirect(self, topic: str, lease: LeaseRow | None) -> None:
         if lease is not None and lease.owner and lease.owner != self.broker_id \
