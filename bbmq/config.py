@@ -373,6 +373,9 @@ def check_cluster(config: Config) -> None:
         raise ConfigError(f"cluster from {config.sources['cluster']} needs a shared "
                           "mysql://user@host/db store (--store), where the brokers lease "
                           f"their topics; the store is {mask('store', config.store) or 'sqlite'}")
+    if config.port == 0:
+        raise ConfigError("cluster: --port 0 (any free port) cannot be advertised to the other "
+                          "brokers and clients before it is chosen; give a --port")
     if config.advertise is None and config.host in WILDCARD_HOSTS:
         raise ConfigError(f"cluster: --host {config.host or '(every address)'} is not an "
                           "address the other brokers and clients can reach; pass --advertise "

@@ -260,6 +260,11 @@ def test_a_cluster_broker_on_every_address_must_say_where_it_is_reached() -> Non
     assert config.advertised_address(15333) == "b1.example:15333"
 
 
+def test_a_cluster_broker_needs_a_port_chosen_in_advance() -> None:
+    with pytest.raises(settings.ConfigError, match="give a --port"):
+        load(cluster="true", store="mysql://u@db/x", port="0")
+
+
 def test_the_advertised_address_defaults_to_the_listen_address() -> None:
     config = load(cluster="true", store="mysql://u@db/x", host="10.0.0.5")
     assert config.advertised_address(4000) == "10.0.0.5:4000"
