@@ -21,7 +21,6 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from bbmq import protocol
@@ -30,34 +29,19 @@ from bbmq.core import Broker, PendingPublish
 from bbmq.handover import FRAMES_PER_TURN, MAX_OWED_REPLIES, hand_over
 from bbmq.heap import CHECK_INTERVAL_S, MemoryReleaser
 from bbmq.protocol import ErrorCode
-from bbmq.server_facts import ConnectionInfo, is_loopback, log_destination
+from bbmq.server_facts import (
+    ConnectionInfo,
+    Membership,
+    TransportConfig,
+    is_loopback,
+    log_destination,
+)
 from bbmq.store.base import RecoveredMessage, StoredId
 from bbmq.store.worker import StoreWorker
 
 log = logging.getLogger("bbmq.server")
 
 RECOVERY_CHUNK = 20_000
-
-
-@dataclass(frozen=True, slots=True)
-class TransportConfig:
-    """What the transport itself needs to know: where to listen, and its per-connection limits.
-
-    The broker core has its own :class:`bbmq.core.BrokerConfig`; :mod:`bbmq.app`
-    derives both from the user's settings.
-    """
-
-    host: str
-    port: int
-    #: The decoder refuses a frame whose body is larger, before buffering it.
-    max_message_size: int
-    max_connections: int
-    #: The write buffer's high-water mark: above it, deliveries to the connection pause.
-    max_output_bytes: int
-    handshake_timeout: float
-    idle_timeout: float
-    tls_cert: str | None = None
-    tls_key: str | None = None
 
 
 class Connection(asyncio.Protocol):
@@ -210,9 +194,12 @@ class BrokerServer:
     """
 
     def __init__(self, broker: Broker, worker: StoreWorker, clock: Callable[[], int],
-                 config: TransportConfig,
-                 topic_requests: Callable[[list[str]], None] | None = None) -> None:
+                 config: TransportConfig, *,
+                 topic_requests: Callable[[list[str]], None] | None = None,
+                 membership: Membership | None = None) -> None:
         self.config = config
+        #: Registers before recovery, renews while serving, leaves after the store's last write.
+        self.membership = membership
         self.broker = broker
         #: A cluster's membership (bbmq/app.py wires it; None for a single broker): it is
         #: handed the topics handshakes wait for after each turn, as the store its work.
@@ -248,7 +235,10 @@ class BrokerServer:
         await asyncio.wrap_future(
             self.worker.start(loop.call_soon_threadsafe, self._stored, self._store_failed))
         log.info("store %s opened", self.store.description)
+        membership = self.membership
         try:
+            if membership is not None:  # before recovery: a refused broker loads nothing
+                await loop.run_in_executor(None, membership.join)
             await self._recover()
             self._server = await loop.create_server(
                 lambda: Connection(self, next(self._ids)),
@@ -256,7 +246,11 @@ class BrokerServer:
                 reuse_address=True, backlog=1024)
         except BaseException:
             await loop.run_in_executor(None, self.worker.stop)  # close the store we opened
+            if membership is not None:
+                await loop.run_in_executor(None, membership.leave)
             raise
+        if membership is not None:
+            membership.start(loop, self.flush)
         host, port = self.address
         log.info("bbmq %s listening on %s:%d", __version__, host, port)
         self._check_memory()
@@ -393,6 +387,8 @@ class BrokerServer:
         log.info("shutting down: %d connections", len(self.connections))
         if self._server is not None:
             self._server.close()
+        if self.membership is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.membership.stop)
         self.broker.accepting = False
         deadline = time.monotonic() + grace
         worker = self.worker
@@ -412,6 +408,8 @@ class BrokerServer:
         if self._memory_check is not None:
             self._memory_check.cancel()
         stopped = await asyncio.get_running_loop().run_in_executor(None, worker.stop, grace)
+        if self.membership is not None:  # releases the leases: the others take them at once
+            await asyncio.get_running_loop().run_in_executor(None, self.membership.leave)
         if not stopped:
             log.error("store thread did not finish within %.0f s: writes not yet committed "
                       "(acks, deliveries) are lost and those messages will be redelivered", grace)

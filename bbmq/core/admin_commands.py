@@ -39,6 +39,9 @@ class AdminCommands:
         self.snapshot = snapshot
         #: Server-level facts (uptime, store, connections) for ``stats``; set by the server.
         self.status_provider: Callable[[], dict[str, Any]] = dict
+        #: Commands answered outside the core (the cluster's ``drain`` and ``cluster``, from
+        #: bbmq/cluster/member.py), by name; set by the composition root.
+        self.commands: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
     def answer(self, command: str, params: dict[str, Any], now_ms: int) -> Any:
         """The JSON-ready result of one command; a bad one raises ProtocolError."""
@@ -64,9 +67,11 @@ class AdminCommands:
                 topic = self._param_topic(params)
                 group = self._param_group(topic, params).name if "group" in params else None
                 return self.peek(topic.name, group, count)
+        if (extra := self.commands.get(command)) is not None:
+            return extra(params)
+        known = ", ".join(["stats", "topics", "purge", "group_delete", "peek", *self.commands])
         raise ProtocolError(ErrorCode.INVALID_PROTOCOL,
-                            f"unknown admin command {command[:40]!r} "
-                            "(known: stats, topics, purge, group_delete, peek)")
+                            f"unknown admin command {command[:40]!r} (known: {known})")
 
     def stats(self, snapshot: BrokerSnapshot) -> dict[str, Any]:
         """The ``stats`` answer: the server's status, then the snapshot, topics and groups
