@@ -25,9 +25,9 @@ from bbmq.client import (
     Consumer,
     Message,
     Producer,
-    default_address,
     ping,
 )
+from bbmq.client.cluster import format_address, seed_brokers
 from bbmq.client.retry import Backoff, comes_back
 from bbmq.daemon import add_server_commands, describe_failure, load_config
 from bbmq.pidfile import AlreadyRunning, PidFile
@@ -202,15 +202,17 @@ def _print_messages(consumer: Consumer, args: argparse.Namespace,
 
 
 def _ping(args: argparse.Namespace) -> int:
-    try:
-        rtt = ping(args.host, args.port, timeout=args.timeout, tls=args.tls,
-                   ca_file=args.ca_file)
-    except BrokerError as error:
-        print(f"bbmq: no answer: {error.text}", file=sys.stderr)
-        return 1
-    host, port = default_address()
-    print(f"PONG from {args.host or host}:{args.port or port} in {rtt * 1000:.2f} ms")
-    return 0
+    """PING each broker (--brokers, or the one of --host/--port); exit 1 if any is silent."""
+    silent = 0
+    for host, port in seed_brokers(args.brokers, args.host, args.port):
+        try:
+            rtt = ping(host, port, timeout=args.timeout, tls=args.tls, ca_file=args.ca_file)
+        except BrokerError as error:
+            print(f"bbmq: no answer: {error.text}", file=sys.stderr)
+            silent += 1
+            continue
+        print(f"PONG from {format_address((host, port))} in {rtt * 1000:.2f} ms")
+    return 1 if silent else 0
 
 
 def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

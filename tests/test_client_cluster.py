@@ -1,0 +1,321 @@
+"""The clients follow a cluster (PROTOCOL.md 4.7): several broker addresses, REDIRECT to
+the topic's owner, unconfirmed publishes resent with their msgids, consumers asking the
+new owner again, clear errors when no broker answers.
+
+The brokers are pretend ones on real sockets (tests/fake_brokers.py); every
+behavioural test runs against the blocking and the asyncio client (the
+``clients`` fixture).  The sans-IO part (bbmq/client/cluster.py) is tested on
+its own first.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bbmq import cli, protocol
+from bbmq.cli_options import client_options
+from bbmq.client import CannotConnect, InvalidArgument, Producer, Redirected
+from bbmq.client.cluster import (
+    Cluster,
+    ConnectPlan,
+    parse_address,
+    parse_brokers,
+    seed_brokers,
+)
+from bbmq.client.errors import ConnectionLost
+from bbmq.client.inbox import Inbox
+
+from .client_flavours import Flavour
+from .fake_brokers import FakeBroker, SharedStore, cluster, message, refused_address
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def two() -> Iterator[tuple[SharedStore, FakeBroker, FakeBroker]]:
+    store, (first, second) = cluster(2)
+    yield store, first, second
+    first.close()
+    second.close()
+
+
+# --------------------------------------------------------------------------- sans-IO
+
+
+def test_broker_addresses_parse_with_the_default_port_and_ipv6() -> None:
+    assert parse_address("10.0.0.5:16000") == ("10.0.0.5", 16000)
+    assert parse_address("[::1]:16000") == ("::1", 16000)
+    assert parse_address("broker-a") == ("broker-a", 15333)
+    assert parse_brokers(" h1:1, h2:2 ,h1:1,") == (("h1", 1), ("h2", 2))
+    assert parse_brokers(["h1:1", "h2"]) == (("h1", 1), ("h2", 15333))
+    for bad in ("h1:port", "h1:0", ":15333", "h1:99999"):
+        with pytest.raises(InvalidArgument, match="host:port"):
+            parse_brokers(bad)
+
+
+def test_the_seed_brokers_come_from_the_arguments_then_the_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BBMQ_BROKERS", "e1:1,e2:2")
+    monkeypatch.setenv("BBMQ_HOST", "envhost")
+    assert seed_brokers(None, None, None) == (("e1", 1), ("e2", 2))
+    assert seed_brokers("a:1,b:2", None, None) == (("a", 1), ("b", 2))
+    assert seed_brokers(None, "h", 9) == (("h", 9),)  # host/port given: one broker
+    assert seed_brokers(None, None, 9) == (("envhost", 9),)
+    monkeypatch.delenv("BBMQ_BROKERS")
+    assert seed_brokers(None, None, None) == (("envhost", 15333),)
+    with pytest.raises(InvalidArgument, match="not both"):
+        seed_brokers(["a:1"], "h", None)
+    monkeypatch.setenv("BBMQ_BROKERS", "a:1,b:nope")
+    with pytest.raises(InvalidArgument, match="BBMQ_BROKERS: 'b:nope'"):
+        seed_brokers(None, None, None)
+
+
+def test_the_owner_cache_keeps_the_higher_epoch_and_learns_the_brokers() -> None:
+    known = Cluster((("a", 1), ("b", 2)))
+    owner = known.redirected("t", protocol.Redirect("t", "c:3", 5, None, ("a:1", "c:3", "d:4")))
+    assert owner == ("c", 3)
+    assert known.brokers == [("a", 1), ("b", 2), ("c", 3), ("d", 4)]
+    # Older news (a lower epoch) does not move the topic back.
+    assert known.redirected("t", protocol.Redirect("t", "b:2", 4)) is None
+    assert known.order("t")[0] == ("c", 3)
+    assert known.redirected("t", protocol.Redirect("t", "d:4", 6)) == ("d", 4)
+    known.acknowledged("t", ("b", 2), {"epoch": 7, "brokers": ["e:5"]})
+    assert known.order("t") == [("b", 2), ("a", 1), ("c", 3), ("d", 4), ("e", 5)]
+    assert ("e", 5) in known.brokers
+    assert known.order("other") == [("b", 2), ("a", 1), ("c", 3), ("d", 4), ("e", 5)]
+
+
+def test_a_connect_walks_the_brokers_at_once_and_names_them_all_when_none_answers() -> None:
+    plan = ConnectPlan(Cluster((("a", 1), ("b", 2), ("c", 3))), "t", now=0.0, patience=30.0)
+    for expected in (("a", 1), ("b", 2), ("c", 3)):
+        step = plan.next(0.0)
+        assert step == (expected, 0.0)  # a refused broker is followed by the next at once
+        plan.failed(expected, CannotConnect(f"cannot connect to {expected}: refused"))
+    assert plan.next(0.0) is None
+    error = plan.error()
+    assert isinstance(error, CannotConnect)
+    assert all(address in error.text for address in ("a:1", "b:2", "c:3"))
+    assert "--brokers" in error.text and "BBMQ_BROKERS" in error.text
+
+
+def test_a_connect_follows_the_owner_and_waits_out_retry_ms() -> None:
+    plan = ConnectPlan(Cluster((("a", 1), ("b", 2), ("c", 3))), "t", now=0.0, patience=30.0)
+    assert plan.next(0.0) == (("a", 1), 0.0)
+    plan.redirected(protocol.Redirect("t", "c:3", 2))
+    assert plan.next(0.0) == (("c", 3), 0.0)  # the owner next, ahead of b
+    plan.redirected(protocol.Redirect("t", None, None, 250))
+    # The round ends; after retry_ms every broker again, the last owner first.
+    assert plan.next(0.1) == (("c", 3), 0.25)
+    assert plan.next(0.4) == (("a", 1), 0.0)
+    # A cluster that keeps redirecting without granting is given up on after `patience`.
+    late = ConnectPlan(Cluster((("a", 1),)), "t", now=0.0, patience=1.0)
+    assert late.next(0.0) == (("a", 1), 0.0)
+    late.redirected(protocol.Redirect("t", None, None, 2000, (), "no owner yet"))
+    assert late.next(0.0) is None
+    assert "no owner yet" in late.error().text and "within 1 s" in late.error().text
+
+
+def test_a_redirect_loop_ends_with_an_error_that_says_what_to_check() -> None:
+    plan = ConnectPlan(Cluster((("a", 1), ("b", 2))), "t", now=0.0, patience=30.0)
+    epoch = 0
+    while (step := plan.next(0.0)) is not None:
+        epoch += 1
+        other = "b:2" if step[0] == ("a", 1) else "a:1"
+        plan.redirected(protocol.Redirect("t", other, epoch))
+    assert epoch > 10
+    assert "disagree" in plan.error().text
+
+
+def test_the_inbox_ends_the_stream_at_a_redirect_after_the_frames_before_it() -> None:
+    server, inbox = protocol.ServerConnection(), Inbox()
+    server.receive_data(inbox.connection.send(protocol.ClientPublisher("t", {})))
+    server.next_event()
+    data = server.send(protocol.ServerAcknowledgement({}))
+    server.receive_data(inbox.connection.send(protocol.Publish(b"x", "m1", 0, None, None)))
+    server.next_event()
+    data += server.send(protocol.ProducerAckMessage(7))
+    data += server.send(protocol.Redirect("t", "b:2", 3))
+    assert not inbox.receive(data)  # the stream ended in it
+    assert inbox.take_all() == [protocol.ServerAcknowledgement({}),
+                                protocol.ProducerAckMessage(7)]
+    error = inbox.broken_error()
+    assert isinstance(error, Redirected) and isinstance(error, ConnectionLost)
+    assert error.redirect.owner == "b:2" and "b:2" in error.text
+
+
+# --------------------------------------------------------------------------- producers
+
+
+def test_a_broker_that_does_not_serve_the_topic_redirects_the_producer_to_the_owner(
+        clients: Flavour, two: tuple[SharedStore, FakeBroker, FakeBroker]) -> None:
+    store, first, second = two
+    first.answers.append(first.redirect("jobs", second))
+    with clients.Producer("jobs", brokers=[first.address, second.address]) as producer:
+        assert producer.publish_many([b"a", b"b"]) == [1, 2]
+        assert producer.publish(b"c") == 3
+        assert (producer.host, producer.port) == ("127.0.0.1", second.port)
+    assert len(first.handshakes) == 1 and not first.frames(protocol.Publish)
+    assert len(second.handshakes) == 1 and len(second.frames(protocol.Publish)) == 3
+    assert len(store.stored) == 3
+
+
+def test_a_redirect_mid_stream_resends_the_unconfirmed_with_their_msgids(
+        clients: Flavour, two: tuple[SharedStore, FakeBroker, FakeBroker]) -> None:
+    store, first, second = two
+    first.answers.append(first.redirect("jobs", second))
+    second.confirm_first = 3  # then the topic moves: 4 publishes stay unanswered
+    second.redirect_when_held = (4, second.redirect("jobs", first, epoch=9))
+    with clients.Producer("jobs", brokers=[first.address, second.address]) as producer:
+        ids = producer.publish_many([f"m{n}".encode() for n in range(10)], window=10)
+    assert ids == list(range(1, 11))  # every message confirmed once, in order
+    sent_to_second = [publish.msgid for publish in second.frames(protocol.Publish)]
+    sent_to_first = [publish.msgid for publish in first.frames(protocol.Publish)]
+    assert sent_to_first[:4] == sent_to_second[3:7]  # the unconfirmed, with the same msgids
+    assert not set(sent_to_first) & set(sent_to_second[:3])  # the confirmed are not resent
+    assert len(store.stored) == 10 and len(set(store.stored)) == 10
+    assert len(first.handshakes) == 2  # redirected away at first, then the owner
+
+
+def test_a_retry_ms_redirect_waits_then_tries_the_last_owner_first(
+        clients: Flavour, two: tuple[SharedStore, FakeBroker, FakeBroker]) -> None:
+    store, first, second = two
+    first.answers.append(first.redirect("jobs", second))
+    second.confirm_first = 1
+    second.redirect_when_held = (1, second.redirect("jobs", None, retry_ms=150))
+    with clients.Producer("jobs", brokers=[first.address, second.address]) as producer:
+        assert producer.publish_many([b"a", b"b"]) == [1, 2]
+    assert len(first.handshakes) == 1  # the last owner was tried first, and took it back
+    assert len(second.handshakes) == 2
+    assert second.handshakes[1].at - second.handshakes[0].at >= 0.15
+    assert len(store.stored) == 2
+
+
+def test_a_redirect_with_retry_ms_at_the_handshake_is_waited_out(clients: Flavour) -> None:
+    _store, (only,) = cluster(1)
+    only.answers.append(only.redirect("jobs", None, retry_ms=120))
+    try:
+        with clients.Producer("jobs", brokers=[only.address]) as producer:
+            assert producer.publish(b"a") == 1
+        assert len(only.handshakes) == 2
+        assert only.handshakes[1].at - only.handshakes[0].at >= 0.12
+    finally:
+        only.close()
+
+
+@pytest.mark.parametrize("gone", ["refused", "hangs up"])
+def test_a_broker_that_is_gone_is_skipped_for_the_next(
+        clients: Flavour, two: tuple[SharedStore, FakeBroker, FakeBroker], gone: str) -> None:
+    _store, first, second = two
+    if gone == "refused":
+        dead = refused_address()
+    else:
+        first.hang_up = True
+        dead = first.address
+    with clients.Producer("jobs", brokers=[dead, second.address]) as producer:
+        assert producer.publish(b"a") == 1
+    assert len(second.handshakes) == 1
+
+
+def test_no_reachable_broker_is_an_error_that_names_them_all(clients: Flavour) -> None:
+    dead = [refused_address(), refused_address()]
+    producer = clients.Producer("jobs", brokers=dead, retry_for=5)
+    with pytest.raises(CannotConnect) as failed:
+        producer.publish(b"a")
+    assert all(address in failed.value.text for address in dead)
+    assert "--brokers" in failed.value.text
+
+
+def test_bbmq_brokers_lists_the_brokers(
+        clients: Flavour, two: tuple[SharedStore, FakeBroker, FakeBroker],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _store, first, second = two
+    dead = refused_address()
+    monkeypatch.setenv("BBMQ_BROKERS", f"{dead},{second.address}")
+    producer = clients.Producer("jobs")
+    assert producer.brokers == [dead, second.address]
+    with producer:
+        assert producer.publish(b"a") == 1
+        assert first.address in producer.brokers  # the broker's answer listed it
+    assert len(second.handshakes) == 1
+
+
+# --------------------------------------------------------------------------- consumers
+
+
+def test_a_consumer_follows_the_topic_and_settles_only_on_the_new_connection(
+        clients: Flavour, two: tuple[SharedStore, FakeBroker, FakeBroker]) -> None:
+    _store, first, second = two
+    first.answers.append(first.redirect("jobs", second))
+    second.deliveries.extend(message(n) for n in (1, 2, 3))
+    second.redirect_when_delivered = second.redirect("jobs", first, epoch=9)
+    first.deliveries.extend(message(n, attempt=2) for n in (1, 2, 3))  # redelivered there
+    got = []
+    with clients.Consumer("jobs", "workers", brokers=[first.address, second.address],
+                          prefetch=10) as consumer:
+        for delivered in consumer:
+            got.append((delivered.id, delivered.attempt))
+            consumer.ack(delivered)
+            if len(got) == 6:
+                break
+    assert got == [(1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (3, 2)]
+    # The new owner is asked again (a FETCH) and hears only acks of its own deliveries.
+    assert first.frames(protocol.Fetch)
+    assert sorted(i for ack in first.frames(protocol.Ack) for i in ack.ids) == [1, 2, 3]
+    assert len(first.handshakes) == 2
+
+
+def test_a_consumer_fetch_follows_a_redirect(
+        clients: Flavour, two: tuple[SharedStore, FakeBroker, FakeBroker]) -> None:
+    _store, first, second = two
+    second.answers.append(second.redirect("jobs", first))
+    first.deliveries.append(message(4))
+    with clients.Consumer("jobs", brokers=[second.address]) as consumer:
+        delivered = consumer.fetch(timeout=5)
+        assert delivered is not None and delivered.id == 4
+        consumer.ack(delivered)
+        assert consumer.fetch(timeout=0.05) is None
+    assert [ack.ids for ack in first.frames(protocol.Ack)] == [(4,)]
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def test_the_cli_takes_brokers(two: tuple[SharedStore, FakeBroker, FakeBroker],
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    _store, first, second = two
+    args = cli.build_parser().parse_args(["publish", "jobs", "x", "--brokers", "h1:1,h2:2"])
+    assert client_options(args)["brokers"] == "h1:1,h2:2"
+    first.answers.append(first.redirect("jobs", second))
+    assert cli.main(["publish", "jobs", "hello", "--brokers",
+                     f"{first.address},{second.address}"]) == 0
+    assert capsys.readouterr().out.split() == ["1"]
+    second.deliveries.append(message(1))
+    assert cli.main(["consume", "jobs", "-n", "1", "--brokers", second.address]) == 0
+    assert capsys.readouterr().out.split() == ["m1"]
+    assert cli.main(["publish", "jobs", "x", "--brokers", "a:1", "--host", "h"]) == 1
+    assert "not both" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # a Python process of its own: about a second
+def test_producer_py_takes_brokers(two: tuple[SharedStore, FakeBroker, FakeBroker]) -> None:
+    _store, first, second = two
+    first.answers.append(first.redirect("jobs", second))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BBMQ_")}
+    done = subprocess.run([sys.executable, str(REPO / "producer.py"), "jobs", "hello",
+                           "--brokers", f"{first.address},{second.address}"],
+                          capture_output=True, text=True, timeout=30, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1"]
+    assert [publish.body for publish in second.frames(protocol.Publish)] == [b"hello"]
+
+
+def test_a_producer_without_brokers_is_a_list_of_one() -> None:
+    producer = Producer("jobs", "10.1.2.3", 1234)
+    assert producer.brokers == ["10.1.2.3:1234"]
+    assert (producer.host, producer.port) == ("10.1.2.3", 1234)
