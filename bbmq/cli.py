@@ -28,7 +28,7 @@ from bbmq.client import (
     ping,
 )
 from bbmq.client.cluster import format_address, seed_brokers
-from bbmq.client.retry import Backoff, comes_back
+from bbmq.client.retry import Backoff, Reconnect, comes_back
 from bbmq.daemon import add_server_commands, describe_failure, load_config
 from bbmq.pidfile import AlreadyRunning, PidFile
 from bbmq.store import SchemaVersionError, StoreUnavailable
@@ -141,7 +141,7 @@ def _consume_until_stopped(args: argparse.Namespace, stopping: _GracefulStop) ->
     """Once connected, come back when the broker restarts (until --give-up-after seconds
     pass without it)."""
     received = 0
-    reconnect = Backoff.reconnect(CONSUME_RECONNECT_CEILING_S)
+    reconnect = Reconnect(Backoff.reconnect(CONSUME_RECONNECT_CEILING_S))
     connected = False  # not reaching the broker at all is an error to report, not to retry
     lost_at: float | None = None  # when the broker went away, while it is away
     while not stopping.requested:
@@ -166,7 +166,7 @@ def _consume_until_stopped(args: argparse.Namespace, stopping: _GracefulStop) ->
                 print(f"bbmq: {error.text}; giving up after {away:.0f} s without the broker "
                       "(--give-up-after)", file=sys.stderr)
                 return 1
-            pause = reconnect.next()
+            pause = reconnect.pause(error)  # the first at once: another broker may serve
             if args.give_up_after:
                 pause = min(pause, args.give_up_after - away)
             print(f"bbmq: {error.text}; reconnecting in {pause:.1f} s", file=sys.stderr)

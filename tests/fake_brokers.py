@@ -62,6 +62,9 @@ class FakeBroker:
     #: Sent (and the connection closed) once this many publishes are held unanswered on
     #: a connection; once.
     redirect_when_held: tuple[int, protocol.Redirect] | None = None
+    #: The connection is dropped (no answer, no REDIRECT: a crash) once this many publishes
+    #: are held unanswered on it; once.
+    drop_when_held: int | None = None
     #: Handed to FETCHes, oldest first (each delivered once).
     deliveries: deque[protocol.Message] = field(default_factory=deque)
     #: Sent (and the connection closed) right after the last of ``deliveries`` went out.
@@ -127,6 +130,7 @@ class FakeBroker:
                     return
                 connection.receive_data(data)
                 out: list[bytes] = []
+                dropping = False
                 while (event := connection.next_event()) not in (NEED_DATA, PAUSED):
                     assert not isinstance(event, protocol.Rejected), event
                     self.received.append(event)
@@ -142,6 +146,10 @@ class FakeBroker:
                                 self.store.store(event.msgid or ""))))
                         else:
                             held += 1
+                            if self.drop_when_held is not None and held >= self.drop_when_held:
+                                self.drop_when_held = None
+                                dropping = True  # after what is written: a crash
+                                break
                             if self.redirect_when_held and held >= self.redirect_when_held[0]:
                                 redirect, self.redirect_when_held = self.redirect_when_held[1], None
                                 out.append(connection.send(redirect))
@@ -155,6 +163,8 @@ class FakeBroker:
                         break
                 with contextlib.suppress(OSError):
                     sock.sendall(b"".join(out))
+                if dropping:
+                    return
                 if connection.state in (State.CLOSED, State.CLOSING):
                     return  # after a REDIRECT or the goodbye the server closes
 
@@ -166,8 +176,9 @@ class FakeBroker:
             out.append(connection.send(self.deliveries.popleft()))
         if not self.deliveries and self.redirect_when_delivered is not None and out:
             out.append(connection.send(self.redirect_when_delivered))
-        elif not out and fetch.wait_ms is not None:
-            out.append(connection.send(protocol.QueueEmpty(fetch.count)))
+        elif len(out) < fetch.count and fetch.wait_ms is not None:
+            # A long poll that would end short: at once (nothing more will come here).
+            out.append(connection.send(protocol.QueueEmpty(len(out))))
         return out
 
 

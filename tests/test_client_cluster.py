@@ -10,6 +10,7 @@ its own first.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -17,10 +18,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from kombu import Connection, Exchange, Queue
 
-from bbmq import cli, protocol
+import bbmq.kombu  # noqa: F401  (registers bbmq://)
+from bbmq import aio, cli, protocol
 from bbmq.cli_options import client_options
-from bbmq.client import CannotConnect, InvalidArgument, Producer, Redirected
+from bbmq.client import CannotConnect, Consumer, InvalidArgument, Message, Producer, Redirected
 from bbmq.client.cluster import (
     Cluster,
     ConnectPlan,
@@ -30,6 +33,8 @@ from bbmq.client.cluster import (
 )
 from bbmq.client.errors import ConnectionLost
 from bbmq.client.inbox import Inbox
+from bbmq.client.retry import Backoff, Reconnect
+from bbmq.testing import BrokerController, wait_for
 
 from .client_flavours import Flavour
 from .fake_brokers import FakeBroker, SharedStore, cluster, message, refused_address
@@ -121,6 +126,20 @@ def test_a_connect_follows_the_owner_and_waits_out_retry_ms() -> None:
     assert "no owner yet" in late.error().text and "within 1 s" in late.error().text
 
 
+def test_after_a_loss_the_next_broker_is_tried_first_and_the_failed_last() -> None:
+    known = Cluster((("a", 1), ("b", 2), ("c", 3)))
+    known.learn_owner("t", ("b", 2), 4)
+    plan = ConnectPlan(known, "t", now=0.0, patience=30.0, lost=("b", 2))
+    assert plan.next(0.0) == (("a", 1), 0.0)  # not the owner whose connection was lost
+    plan.failed(("a", 1), CannotConnect("refused"))
+    assert plan.next(0.0) == (("c", 3), 0.0)
+    plan.redirected(protocol.Redirect("t", None, None, 100))
+    # The next round: the ones that failed (and the lost one) after the others.
+    assert plan.next(0.0) == (("c", 3), 0.1)
+    assert plan.next(0.1) == (("a", 1), 0.0)
+    assert plan.next(0.1) == (("b", 2), 0.0)
+
+
 def test_a_redirect_loop_ends_with_an_error_that_says_what_to_check() -> None:
     plan = ConnectPlan(Cluster((("a", 1), ("b", 2))), "t", now=0.0, patience=30.0)
     epoch = 0
@@ -130,6 +149,17 @@ def test_a_redirect_loop_ends_with_an_error_that_says_what_to_check() -> None:
         plan.redirected(protocol.Redirect("t", other, epoch))
     assert epoch > 10
     assert "disagree" in plan.error().text
+
+
+def test_a_reconnect_is_at_once_after_a_redirect_or_a_first_loss_then_backs_off() -> None:
+    reconnect = Reconnect(Backoff(0.1, 0.4))
+    lost = ConnectionLost("reset")
+    assert reconnect.pause(lost) == 0.0
+    assert [reconnect.pause(lost) for _ in range(3)] == [0.1, 0.2, 0.4]
+    assert reconnect.pause(Redirected(protocol.Redirect("t", "b:2", 1))) == 0.0
+    reconnect.reset()
+    assert reconnect.pause(lost) == 0.0
+    assert reconnect.pause(lost) == 0.1
 
 
 def test_the_inbox_ends_the_stream_at_a_redirect_after_the_frames_before_it() -> None:
@@ -196,6 +226,23 @@ def test_a_retry_ms_redirect_waits_then_tries_the_last_owner_first(
     assert len(store.stored) == 2
 
 
+def test_a_lost_broker_is_left_for_the_next_and_the_unconfirmed_resent_there(
+        clients: Flavour, two: tuple[SharedStore, FakeBroker, FakeBroker]) -> None:
+    store, first, second = two
+    second.confirm_first = 2
+    second.drop_when_held = 3  # then it is gone without a word, as after a kill -9
+    with clients.Producer("jobs", brokers=[second.address, first.address]) as producer:
+        assert producer.publish_many([f"m{n}".encode() for n in range(6)]) == list(range(1, 7))
+        assert (producer.host, producer.port) == ("127.0.0.1", first.port)
+    assert len(second.handshakes) == 1  # not tried again: the next broker first
+    sent_to_second = [publish.msgid for publish in second.frames(protocol.Publish)]
+    sent_to_first = [publish.msgid for publish in first.frames(protocol.Publish)]
+    assert sent_to_first[:3] == sent_to_second[2:5]  # the unconfirmed, same msgids
+    assert len(sent_to_first) == 4
+    assert not set(sent_to_first) & set(sent_to_second[:2])  # not the confirmed
+    assert len(store.stored) == 6
+
+
 def test_a_redirect_with_retry_ms_at_the_handshake_is_waited_out(clients: Flavour) -> None:
     _store, (only,) = cluster(1)
     only.answers.append(only.redirect("jobs", None, retry_ms=120))
@@ -251,10 +298,7 @@ def test_bbmq_brokers_lists_the_brokers(
 def test_a_consumer_follows_the_topic_and_settles_only_on_the_new_connection(
         clients: Flavour, two: tuple[SharedStore, FakeBroker, FakeBroker]) -> None:
     _store, first, second = two
-    first.answers.append(first.redirect("jobs", second))
-    second.deliveries.extend(message(n) for n in (1, 2, 3))
-    second.redirect_when_delivered = second.redirect("jobs", first, epoch=9)
-    first.deliveries.extend(message(n, attempt=2) for n in (1, 2, 3))  # redelivered there
+    _moving_topic(first, second)
     got = []
     with clients.Consumer("jobs", "workers", brokers=[first.address, second.address],
                           prefetch=10) as consumer:
@@ -266,7 +310,7 @@ def test_a_consumer_follows_the_topic_and_settles_only_on_the_new_connection(
     assert got == [(1, 1), (2, 1), (3, 1), (1, 2), (2, 2), (3, 2)]
     # The new owner is asked again (a FETCH) and hears only acks of its own deliveries.
     assert first.frames(protocol.Fetch)
-    assert sorted(i for ack in first.frames(protocol.Ack) for i in ack.ids) == [1, 2, 3]
+    assert _acked(first) == [1, 2, 3]
     assert len(first.handshakes) == 2
 
 
@@ -281,6 +325,58 @@ def test_a_consumer_fetch_follows_a_redirect(
         consumer.ack(delivered)
         assert consumer.fetch(timeout=0.05) is None
     assert [ack.ids for ack in first.frames(protocol.Ack)] == [(4,)]
+
+
+def _moving_topic(first: FakeBroker, second: FakeBroker) -> None:
+    """The handshake goes from ``first`` to ``second``, which delivers three messages and
+    then moves the topic back to ``first``, which delivers them again (attempt 2)."""
+    first.answers.append(first.redirect("jobs", second))
+    second.deliveries.extend(message(n) for n in (1, 2, 3))
+    second.redirect_when_delivered = second.redirect("jobs", first, epoch=9)
+    first.deliveries.extend(message(n, attempt=2) for n in (1, 2, 3))
+
+
+def _acked(broker: FakeBroker) -> list[int]:
+    return sorted(i for ack in broker.frames(protocol.Ack) for i in ack.ids)
+
+
+def test_run_follows_a_redirect(two: tuple[SharedStore, FakeBroker, FakeBroker]) -> None:
+    _store, first, second = two
+    _moving_topic(first, second)
+    seen: list[tuple[int, int]] = []
+    consumer = Consumer("jobs", brokers=[first.address, second.address], prefetch=10)
+
+    def handle(delivered: Message) -> None:
+        seen.append((delivered.id, delivered.attempt))
+        if len(seen) == 6:
+            consumer.stop()
+
+    consumer.run(handle, workers=1)
+    consumer.close()
+    assert sorted(seen) == [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2)]
+    wait_for(lambda: _acked(first) == [1, 2, 3], "the new owner's acks")
+
+
+def test_the_asyncio_run_follows_a_redirect(
+        two: tuple[SharedStore, FakeBroker, FakeBroker]) -> None:
+    _store, first, second = two
+    _moving_topic(first, second)
+    seen: list[tuple[int, int]] = []
+
+    async def main() -> None:
+        consumer = aio.Consumer("jobs", brokers=[first.address, second.address], prefetch=10)
+
+        async def handle(delivered: aio.Message) -> None:
+            seen.append((delivered.id, delivered.attempt))
+            if len(seen) == 6:
+                consumer.stop()
+
+        await consumer.run(handle)
+        await consumer.close()
+
+    asyncio.run(main())
+    assert sorted(seen) == [(1, 1), (1, 2), (2, 1), (2, 2), (3, 1), (3, 2)]
+    wait_for(lambda: _acked(first) == [1, 2, 3], "the new owner's acks")
 
 
 # --------------------------------------------------------------------------- command line
@@ -303,7 +399,8 @@ def test_the_cli_takes_brokers(two: tuple[SharedStore, FakeBroker, FakeBroker],
 
 
 @pytest.mark.slow  # a Python process of its own: about a second
-def test_producer_py_takes_brokers(two: tuple[SharedStore, FakeBroker, FakeBroker]) -> None:
+def test_producer_py_and_consumer_py_take_brokers(
+        two: tuple[SharedStore, FakeBroker, FakeBroker]) -> None:
     _store, first, second = two
     first.answers.append(first.redirect("jobs", second))
     env = {key: value for key, value in os.environ.items() if not key.startswith("BBMQ_")}
@@ -313,9 +410,37 @@ def test_producer_py_takes_brokers(two: tuple[SharedStore, FakeBroker, FakeBroke
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["1"]
     assert [publish.body for publish in second.frames(protocol.Publish)] == [b"hello"]
+    second.answers.append(second.redirect("jobs", first))
+    first.deliveries.append(message(1))
+    done = subprocess.run([sys.executable, str(REPO / "consumer.py"), "jobs", "-n", "1",
+                           "--brokers", f"{second.address},{first.address}"],
+                          capture_output=True, text=True, timeout=30, env=env, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["m1"]
+    assert _acked(first) == [1]
 
 
 def test_a_producer_without_brokers_is_a_list_of_one() -> None:
     producer = Producer("jobs", "10.1.2.3", 1234)
     assert producer.brokers == ["10.1.2.3:1234"]
     assert (producer.host, producer.port) == ("10.1.2.3", 1234)
+
+
+def test_a_kombu_url_in_failover_form_lists_the_brokers() -> None:
+    """``bbmq://h1:p1;bbmq://h2:p2`` (kombu's own form for several hosts): every URL is a
+    broker of the cluster, a dead first one is skipped."""
+    dead = refused_address()
+    with BrokerController(store="memory://") as broker, \
+            Connection(f"bbmq://{dead};bbmq://127.0.0.1:{broker.port}") as connection:
+        assert connection.transport.client_options["brokers"] == [
+            dead, f"127.0.0.1:{broker.port}"]
+        connection.connect()
+        queue = Queue("jobs", Exchange("jobs", "direct"), routing_key="jobs")
+        with connection.Producer() as producer:
+            producer.publish({"n": 1}, exchange=queue.exchange, routing_key="jobs",
+                             declare=[queue])
+        received: list[object] = []
+        with connection.Consumer([queue], callbacks=[lambda body, m: (received.append(body),
+                                                                       m.ack())]):
+            connection.drain_events(timeout=5)
+    assert received == [{"n": 1}]
