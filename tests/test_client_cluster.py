@@ -109,6 +109,13 @@ def test_a_connect_walks_the_brokers_at_once_and_names_them_all_when_none_answer
     assert "--brokers" in error.text and "BBMQ_BROKERS" in error.text
 
 
+def test_a_connection_to_one_of_several_brokers_is_given_seconds_not_the_whole_timeout() -> None:
+    several = ConnectPlan(Cluster((("a", 1), ("b", 2))), "t", now=0.0, patience=30.0)
+    assert several.connect_timeout(30.0) == 3.0 and several.connect_timeout(1.0) == 1.0
+    assert ConnectPlan(Cluster((("a", 1),)), "t", now=0.0, patience=30.0).connect_timeout(
+        30.0) == 30.0
+
+
 def test_a_connect_follows_the_owner_and_waits_out_retry_ms() -> None:
     plan = ConnectPlan(Cluster((("a", 1), ("b", 2), ("c", 3))), "t", now=0.0, patience=30.0)
     assert plan.next(0.0) == (("a", 1), 0.0)

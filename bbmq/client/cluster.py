@@ -23,6 +23,11 @@ from bbmq.protocol import ErrorCode, Redirect
 #: ``(host, port)`` of one broker.
 Address = tuple[str, int]
 
+#: The longest wait for a TCP connection to one broker when there are others to try (a
+#: machine that is gone drops the connection attempts: no refusal comes, and on a LAN a
+#: connection takes milliseconds); a single broker is given the client's whole timeout.
+CLUSTER_CONNECT_TIMEOUT_S: Final = 3.0
+
 #: REDIRECTs one connect follows before it gives up: brokers that keep sending the client
 #: round in circles disagree on the owner, which takes a human to look at.
 MAX_REDIRECTS: Final = 16
@@ -74,8 +79,8 @@ def seed_brokers(brokers: str | Iterable[str] | None, host: str | None,
     if brokers is not None:
         if host or port:
             raise InvalidArgument(ErrorCode.INVALID_PROTOCOL,
-                                  "give brokers= or host/port, not both (a single broker "
-                                  "is a list of one)")
+                                  "give the brokers (brokers=, --brokers) or host/port, not "
+                                  "both (a single broker is a list of one)")
         return parse_brokers(brokers)
     if not host and not port and (listed := os.environ.get("BBMQ_BROKERS", "").strip()):
         return parse_brokers(listed, source="BBMQ_BROKERS")
@@ -246,6 +251,12 @@ class ConnectPlan:
             if owner in self._queue:
                 self._queue.remove(owner)
             self._queue.appendleft(owner)
+
+    def connect_timeout(self, timeout: float) -> float:
+        """How long to wait for one broker's TCP connection, of a client's ``timeout``."""
+        if len(self._cluster.brokers) > 1:
+            return min(timeout, CLUSTER_CONNECT_TIMEOUT_S)
+        return timeout
 
     def connected(self, address: Address, info: Mapping[str, Any]) -> None:
         """The handshake at ``address`` was granted."""
