@@ -11,6 +11,7 @@ its own first.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -451,3 +452,29 @@ def test_a_kombu_url_in_failover_form_lists_the_brokers() -> None:
                                                                        m.ack())]):
             connection.drain_events(timeout=5)
     assert received == [{"n": 1}]
+
+
+def _kombu_message(number: int, attempt: int) -> protocol.Message:
+    """A MESSAGE whose body is kombu's envelope of the JSON ``{"n": number}``."""
+    envelope = {"body": json.dumps({"n": number}), "content-type": "application/json",
+                "content-encoding": "utf-8", "headers": {},
+                "properties": {"body_encoding": "utf-8", "delivery_info": {}}}
+    return protocol.Message(number, attempt, json.dumps(envelope).encode(), "fake", None, {})
+
+
+def test_a_kombu_consumer_follows_a_redirect(
+        two: tuple[SharedStore, FakeBroker, FakeBroker]) -> None:
+    _store, first, second = two
+    first.answers.append(first.redirect("jobs", second))
+    second.deliveries.extend(_kombu_message(n, 1) for n in (1, 2))
+    second.redirect_when_delivered = second.redirect("jobs", first, epoch=9)
+    first.deliveries.extend(_kombu_message(n, 2) for n in (1, 2))
+    received: list[object] = []
+    queue = Queue("jobs", Exchange("jobs", "direct"), routing_key="jobs")
+    with Connection(f"bbmq://{first.address};bbmq://{second.address}") as connection, \
+            connection.Consumer([queue], auto_declare=False,
+                                callbacks=[lambda body, m: (received.append(body), m.ack())]):
+        while len(received) < 4:
+            connection.drain_events(timeout=5)
+    assert received == [{"n": 1}, {"n": 2}, {"n": 1}, {"n": 2}]
+    wait_for(lambda: _acked(first) == [1, 2], "the new owner's acks")
