@@ -427,6 +427,10 @@ def test_the_cli_takes_brokers(two: tuple[SharedStore, FakeBroker, FakeBroker],
     assert capsys.readouterr().out.split() == ["m1"]
     assert cli.main(["publish", "jobs", "x", "--brokers", "a:1", "--host", "h"]) == 1
     assert "not both" in capsys.readouterr().err
+    dead = refused_address()
+    assert cli.main(["ping", "--brokers", f"{first.address},{dead}"]) == 1  # one is silent
+    pinged = capsys.readouterr()
+    assert f"PONG from {first.address}" in pinged.out and dead in pinged.err
 
 
 @pytest.mark.slow  # a Python process of its own: about a second

@@ -49,7 +49,10 @@ class Consumer(Client):
     cluster: the consumer follows the topic to the broker that serves it (a
     REDIRECT) and asks it for messages again; the messages it had received on
     the connection the REDIRECT closed are not acked there or anywhere (their
-    acks are dropped): the new broker delivers them again.
+    acks are dropped): the new broker delivers them again.  (A message held
+    until after the consumer has connected to the new broker is acked there,
+    as by id: the broker settles its own delivery of that id, if any.  The
+    asyncio client's messages know their connection and are exact.)
     """
 
     def __init__(self, topic: str, group: str = "default", host: str | None = None,
