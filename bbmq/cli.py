@@ -166,7 +166,7 @@ def _consume_until_stopped(args: argparse.Namespace, stopping: _GracefulStop) ->
                 print(f"bbmq: {error.text}; giving up after {away:.0f} s without the broker "
                       "(--give-up-after)", file=sys.stderr)
                 return 1
-            pause = reconnect.pause(error)  # the first at once: another broker may serve
+            pause = reconnect.pause(error, time.monotonic())  # the first at once
             if args.give_up_after:
                 pause = min(pause, args.give_up_after - away)
             print(f"bbmq: {error.text}; reconnecting in {pause:.1f} s", file=sys.stderr)

@@ -162,12 +162,17 @@ def test_a_redirect_loop_ends_with_an_error_that_says_what_to_check() -> None:
 def test_a_reconnect_is_at_once_after_a_redirect_or_a_first_loss_then_backs_off() -> None:
     reconnect = Reconnect(Backoff(0.1, 0.4))
     lost = ConnectionLost("reset")
-    assert reconnect.pause(lost) == 0.0
-    assert [reconnect.pause(lost) for _ in range(3)] == [0.1, 0.2, 0.4]
-    assert reconnect.pause(Redirected(protocol.Redirect("t", "b:2", 1))) == 0.0
+    assert reconnect.pause(lost, 0.0) == 0.0
+    assert [reconnect.pause(lost, 0.0) for _ in range(3)] == [0.1, 0.2, 0.4]
+    moved = Redirected(protocol.Redirect("t", "b:2", 1))
+    assert reconnect.pause(moved, 10.0) == 0.0
     reconnect.reset()
-    assert reconnect.pause(lost) == 0.0
-    assert reconnect.pause(lost) == 0.1
+    assert reconnect.pause(lost, 10.0) == 0.0
+    assert reconnect.pause(lost, 10.0) == 0.1
+    # A topic moving back and forth: the REDIRECTs that come quickly are paced.
+    assert reconnect.pause(moved, 20.0) == 0.0
+    assert reconnect.pause(moved, 20.2) == 0.2
+    assert reconnect.pause(moved, 22.0) == 0.0
 
 
 def test_the_inbox_ends_the_stream_at_a_redirect_after_the_frames_before_it() -> None:

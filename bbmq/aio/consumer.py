@@ -106,6 +106,8 @@ class Consumer(AsyncClient):
         self.group = checked_name("group", group)
         self.prefetch = max(1, prefetch)
         self._fetches = FetchQueue()
+        #: How fast fetch() and the stream follow REDIRECTs (see retry.Reconnect).
+        self._moves = Reconnect(Backoff.resend())
         #: Messages the stream handed out since it last let the loop run (see __anext__).
         self._handed_since_yield = 0
         #: run()'s task, and whether stop() may cancel it now (see _stoppable).
@@ -136,8 +138,8 @@ class Consumer(AsyncClient):
         while True:
             try:
                 return await self._fetch(loop, deadline)
-            except Redirected:
-                continue  # the topic moved: the next try connects where the REDIRECT says
+            except Redirected as moved:  # the next try connects where the REDIRECT says
+                await self._pace(moved, deadline)
 
     async def _fetch(self, loop: asyncio.AbstractEventLoop,
                      deadline: float | None) -> Message | None:
@@ -180,10 +182,21 @@ class Consumer(AsyncClient):
                 if (more := fetches.top_up(self.prefetch)) is not None:
                     channel.send(more)
                 message = fetches.received(await channel.read())
-            except Redirected:
-                continue  # the topic moved: connect where the REDIRECT says, ask again
+            except Redirected as moved:  # connect where the REDIRECT says, ask again
+                await self._pace(moved, None)
+                continue
             if message is not None:
                 return self._bound(message, channel)
+
+    async def _pace(self, moved: Redirected, deadline: float | None) -> None:
+        """Follow a REDIRECT at once, unless they come in quick succession (a topic moving
+        back and forth): then after a short pause, within ``deadline`` (loop time)."""
+        now = asyncio.get_running_loop().time()
+        pause = self._moves.pause(moved, now)
+        if deadline is not None:
+            pause = min(pause, max(0.0, deadline - now))
+        if pause:
+            await asyncio.sleep(pause)
 
     async def _channel_of(self, message: blocking_message.Message | int) -> AsyncChannel:
         return _open(message) if isinstance(message, Message) else await self.channel()
@@ -261,7 +274,7 @@ class Consumer(AsyncClient):
                         raise
                     if self._channel is not None:
                         self._channel.close()
-                    pause = reconnect.pause(error)
+                    pause = reconnect.pause(error, asyncio.get_running_loop().time())
                     log.log(interrupted_level(error), "consumer of %s/%s: %s; reconnecting "
                             "in %.1f s", self.topic, self.group, error, pause)
                     await self._stoppable(asyncio.sleep(pause))

@@ -66,6 +66,8 @@ class Consumer(Client):
         self.group = checked_name("group", group)
         self.prefetch = max(1, prefetch)
         self._fetches = FetchQueue()
+        #: How fast fetch() and the stream follow REDIRECTs (see retry.Reconnect).
+        self._moves = Reconnect(Backoff.resend())
         #: Set by stop() (or close() while run() runs) to end run() after its handlers; a
         #: plain flag, not an Event, so that a signal handler may set it (an Event's lock
         #: may be held by the very thread the signal interrupts).
@@ -90,8 +92,8 @@ class Consumer(Client):
         while True:
             try:
                 return self._fetch(deadline)
-            except Redirected:
-                continue  # the topic moved: the next try connects where the REDIRECT says
+            except Redirected as moved:  # the next try connects where the REDIRECT says
+                self._pace(moved, deadline)
 
     def _fetch(self, deadline: float | None) -> Message | None:
         channel = self.channel
@@ -127,8 +129,18 @@ class Consumer(Client):
                     message = received(read())
                     if message is not None:
                         yield message
-            except Redirected:
-                continue  # the topic moved: connect where the REDIRECT says, ask again
+            except Redirected as moved:  # connect where the REDIRECT says, ask again
+                self._pace(moved, None)
+
+    def _pace(self, moved: Redirected, deadline: float | None) -> None:
+        """Follow a REDIRECT at once, unless they come in quick succession (a topic moving
+        back and forth): then after a short pause, within ``deadline``."""
+        now = time.monotonic()
+        pause = self._moves.pause(moved, now)
+        if deadline is not None:
+            pause = min(pause, max(0.0, deadline - now))
+        if pause:
+            time.sleep(pause)
 
     def ack(self, message: Message | int) -> None:
         """Done with the message: it will not be delivered again (to this group).
@@ -269,7 +281,7 @@ class Consumer(Client):
                     held = 0
                     if self._channel is not None:
                         self._channel.close()  # the next turn connects (where a REDIRECT says)
-                    pause = reconnect.pause(error)
+                    pause = reconnect.pause(error, time.monotonic())
                     log.log(interrupted_level(error), "consumer of %s/%s: %s; reconnecting "
                             "in %.1f s", self.topic, self.group, error, pause)
                     _pause(pause, stopping)

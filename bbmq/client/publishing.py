@@ -171,7 +171,7 @@ class PublishJob:
         if (confirmed := len(ids) - ids.count(0)) > self._confirmed:
             self._confirmed = confirmed
             self._reconnect.reset()  # it worked since the last loss: this one is a fresh one
-        return self._reconnect.pause(error) if confirmed < len(ids) else 0.0
+        return self._reconnect.pause(error, now) if confirmed < len(ids) else 0.0
 
     def _pause(self, now: float) -> float:
         if all(self.ids):

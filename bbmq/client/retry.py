@@ -83,6 +83,11 @@ class Backoff:
         self._next = self.first
 
 
+#: REDIRECTs closer together than this are a topic moving back and forth (brokers that
+#: disagree for a moment): the second and later ones are followed after a backoff.
+REDIRECTS_APART_S: Final = 1.0
+
+
 class Reconnect:
     """How long to wait before connecting again after a connection ended.
 
@@ -91,19 +96,25 @@ class Reconnect:
     a cluster another broker takes the topic over within a second of a crash,
     and the connect tries every broker in turn, so waiting first only adds to
     the failover.  Losses in a row after that back off (``backoff``), so that
-    brokers that are restarting are not hammered.
+    brokers that are restarting are not hammered, and so do REDIRECTs that
+    follow one another within REDIRECTS_APART_S.
     """
 
-    __slots__ = ("_backoff", "_quick")
+    __slots__ = ("_backoff", "_last_redirect", "_quick")
 
     def __init__(self, backoff: Backoff) -> None:
         self._backoff = backoff
         self._quick = True
+        self._last_redirect: float | None = None
 
-    def pause(self, error: BrokerError) -> float:
-        """Seconds to wait before connecting again after ``error``."""
+    def pause(self, error: BrokerError, now: float) -> float:
+        """Seconds to wait before connecting again after ``error`` (at ``now``, seconds on a
+        monotonic clock)."""
         if isinstance(error, Redirected):
-            return 0.0
+            last, self._last_redirect = self._last_redirect, now
+            if last is None or now - last >= REDIRECTS_APART_S:
+                return 0.0
+            return self._backoff.next()
         if self._quick:
             self._quick = False
             return 0.0
