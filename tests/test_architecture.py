@@ -170,8 +170,8 @@ def test_the_config_has_one_typed_field_per_setting() -> None:
 #: no socket), and the channel's two tunables of how bytes are batched, which both
 #: transports share.
 AIO_MAY_SHARE: Final = {f"bbmq.client.{name}" for name in (
-    "arguments", "consuming", "errors", "inbox", "message", "publishing", "retry", "settings",
-    "channel")}
+    "arguments", "cluster", "consuming", "errors", "inbox", "message", "publishing", "retry",
+    "settings", "channel")}
 
 
 @pytest.mark.parametrize("module", sorted(name for name in MODULES

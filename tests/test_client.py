@@ -16,7 +16,7 @@ from typing import Any, Final
 import pytest
 
 from bbmq import protocol
-from bbmq.client import BrokerError, ConnectionLost, Consumer, Message, PublishError
+from bbmq.client import BrokerError, ConnectionLost, Consumer, Message, PublishError, Redirected
 from bbmq.client.channel import Channel
 from bbmq.client.consuming import FetchQueue, ack_frames
 from bbmq.client.publishing import MsgIds, PublishJob, PublishWindow, publish_frames
@@ -80,7 +80,12 @@ def test_a_publish_job_resends_only_the_unacked_until_retry_for_runs_out() -> No
     assert job.after_pass(first, now=0.1) == 0.05
     second = job.next_pass()
     assert second is not None and second.to_send() == [job._frames[1]]
-    assert job.after_loss(ConnectionLost("gone"), now=0.5) == 0.1
+    # The first loss since messages were confirmed is followed at once (the next broker of
+    # a cluster may take over within the second); losses in a row back off.
+    assert job.after_loss(ConnectionLost("gone"), now=0.5) == 0.0
+    assert job.after_loss(ConnectionLost("gone"), now=0.5) == 0.05
+    redirect = protocol.Redirect("t", "h:1", 2)
+    assert job.after_loss(Redirected(redirect), now=0.5) == 0.0  # the connect follows it
     third = job.next_pass()
     assert third is not None
     third.to_send()
@@ -143,7 +148,8 @@ def test_one_retry_policy_for_the_library_and_the_cli() -> None:
 
 
 #: The client modules that decide without doing I/O, so an asyncio client can share them.
-SANS_IO: Final = ("arguments", "consuming", "errors", "inbox", "message", "publishing", "retry")
+SANS_IO: Final = ("arguments", "cluster", "consuming", "errors", "inbox", "message", "publishing",
+                   "retry")
 #: What would tie them to one way of doing I/O (or to the clock).
 IO_MODULES: Final = {
     "asyncio",

@@ -561,6 +561,21 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_messages(sql_storage: St
     assert targeted > kept
 
 
+def test_a_version_2_database_gets_the_cluster_tables(sql_storage: Storage) -> None:
+    store = sql_storage.opened()
+    (kept,) = publish(store, msg())
+    store.close()
+    sql_storage.query("DROP TABLE bbmq_brokers")
+    sql_storage.query("DROP TABLE bbmq_leases")
+    sql_storage.query("UPDATE bbmq_meta SET value = ? WHERE name = ?", "2", "schema_version")
+    store = sql_storage.opened()
+    assert sql_storage.query("SELECT value FROM bbmq_meta WHERE name = ?", "schema_version") == [
+        ("3",)]
+    assert sql_storage.query("SELECT COUNT(*) FROM bbmq_brokers") == [(0,)]
+    assert sql_storage.query("SELECT topic, owner, epoch FROM bbmq_leases") == []
+    assert list(pending(store)) == [kept]
+
+
 def test_an_older_schema_is_upgraded(
     sql_storage: Storage, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -23,7 +23,9 @@ from bbmq.client.errors import (
     ConnectionLost,
     InvalidArgument,
     PublishError,
+    Redirected,
 )
 
 __all__ = ["BrokerError", "CannotConnect", "ConnectionLost", "Consumer", "InvalidArgument",
-           "Message", "Producer", "PublishError"]
+           "Message", "Producer", "PublishError",
+           "Redirected"]

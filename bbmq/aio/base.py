@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Self
 
 from bbmq.aio.channel import AsyncChannel
-from bbmq.client.errors import BrokerError
+from bbmq.client.errors import BrokerError, Redirected
 from bbmq.client.retry import comes_back, first_connect_failed
 from bbmq.client.settings import ConnectionSettings
 from bbmq.protocol import TypedFrame
@@ -24,9 +26,10 @@ class AsyncClient(ConnectionSettings):
 
     def __init__(self, host: str | None, port: int | None, *, name: str | None,
                  token: str | None, tls: bool | ssl.SSLContext, ca_file: str | None,
-                 timeout: float) -> None:
+                 timeout: float, brokers: str | Iterable[str] | None = None,
+                 topic: str | None = None) -> None:
         super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
-                         timeout=timeout)
+                         timeout=timeout, brokers=brokers, topic=topic)
         self._channel: AsyncChannel | None = None
         #: One connect at a time: tasks sharing a client wait for the same connection.
         self._connecting = asyncio.Lock()
@@ -54,14 +57,33 @@ class AsyncClient(ConnectionSettings):
             return channel
         async with self._connecting:
             if self._channel is None or self._channel.closed:
-                channel = await AsyncChannel.open(self.host, self.port, timeout=self.timeout,
-                                                  tls=self.tls, ca_file=self.ca_file)
-                self.server_info = await channel.handshake(self._handshake_frame(),
-                                                           self.timeout)
-                self._channel = channel
-                self.was_connected = True
+                self._channel = await self._open()
                 self._connected()
             return self._channel
+
+    async def _open(self) -> AsyncChannel:
+        """Try the brokers in turn, following REDIRECTs to the one that serves the topic
+        (the blocking Client.connect's walk, bbmq/client/cluster.py's ConnectPlan)."""
+        ended = None if self._channel is None else self._channel.inbox
+        plan = self._connect_plan(ended, time.monotonic())
+        while (step := plan.next(time.monotonic())) is not None:
+            address, pause = step
+            if pause:
+                await asyncio.sleep(pause)  # a REDIRECT's retry_ms, or a cluster between owners
+            try:
+                channel = await AsyncChannel.open(*address, timeout=self.timeout, tls=self.tls,
+                                                  ca_file=self.ca_file)
+                info = await channel.handshake(self._handshake_frame(), self.timeout)
+            except Redirected as redirect:
+                plan.redirected(redirect.redirect)
+            except BrokerError as error:
+                if not comes_back(error):
+                    raise
+                plan.failed(address, error)  # gone, or going: the next broker, at once
+            else:
+                self._granted(plan, address, info)
+                return channel
+        raise plan.error()
 
     async def close(self) -> None:
         """Say goodbye to the broker and close the connection."""

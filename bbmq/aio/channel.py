@@ -172,12 +172,13 @@ class AsyncChannel:
 
     def _check_open(self) -> None:
         if self.closed or self._ended is not None:
-            raise ConnectionLost(self._ended or "connection already closed")
+            raise self.inbox.broken_error() or ConnectionLost(self._ended or
+                                                              "connection already closed")
 
     def _refuse_after_goodbye(self) -> None:
         """A frame refused because the connection is closing fails as on a closed socket."""
         if self.closed or self.inbox.closing():
-            raise ConnectionLost("the connection is closing") from None
+            raise self.inbox.broken_error() or ConnectionLost("the connection is closing") from None
 
     # ------------------------------------------------------------------ reading
 

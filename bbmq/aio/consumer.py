@@ -11,6 +11,7 @@ when the consumer closes is redelivered by the broker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
@@ -28,8 +29,8 @@ from bbmq.client.consuming import (
     nack_frame,
     retry_delay,
 )
-from bbmq.client.errors import BrokerError, ConnectionLost
-from bbmq.client.retry import Backoff
+from bbmq.client.errors import BrokerError, ConnectionLost, Redirected
+from bbmq.client.retry import Backoff, Reconnect, interrupted_level
 from bbmq.defaults import DLQ_SUFFIX
 from bbmq.protocol import Ack, ClientSubscriber, TypedFrame
 
@@ -53,7 +54,9 @@ class Message(blocking_message.Message):
     connection, because only here is settling an ``await`` that a handler
     can do without holding on to the consumer.  Settling on the connection
     the message came on, not on a newer one, keeps the meaning exact: after a
-    lost connection, ``ack`` raises ConnectionLost and the broker redelivers.
+    lost connection, ``ack`` raises ConnectionLost and the broker redelivers.  After
+    a REDIRECT (a cluster moved the topic), settling is void and raises nothing: the
+    topic's new broker delivers the message again (PROTOCOL.md 4.7).
     """
 
     consumer: Consumer = field(kw_only=True, repr=False, compare=False)
@@ -61,7 +64,10 @@ class Message(blocking_message.Message):
 
     async def ack(self) -> None:
         """Done with the message: it will not be delivered again (to this group)."""
-        _open(self).send_soon(Ack((self.id,)))
+        try:  # noqa: SIM105 - per message: a try costs nothing, suppress() a call
+            _open(self).send_soon(Ack((self.id,)))
+        except Redirected:
+            pass  # void: the topic's new broker delivers the message again
 
     async def nack(self, *, delay: float | None = None, reason: str | None = None) -> None:
         """Give the message back: redelivered at once, or after ``delay`` seconds."""
@@ -69,11 +75,12 @@ class Message(blocking_message.Message):
 
 
 def _open(message: Message) -> AsyncChannel:
-    """The connection ``message`` came on, where it is settled; ConnectionLost if closed."""
+    """The connection ``message`` came on, where it is settled; ConnectionLost if closed
+    (Redirected if a REDIRECT closed it)."""
     channel = message.channel
     if channel.closed:
-        raise ConnectionLost(f"the connection message {message.id} came on is closed; the "
-                             "broker redelivers it")
+        raise channel.inbox.broken_error() or ConnectionLost(
+            f"the connection message {message.id} came on is closed; the broker redelivers it")
     return channel
 
 
@@ -83,15 +90,19 @@ class Consumer(AsyncClient):
     ``await fetch(timeout=...)`` for one message, ``async for message in
     consumer`` for a stream with ``prefetch`` messages requested ahead (they can
     follow one another, as with the blocking Consumer), or ``await run(handler)``.
+    ``brokers``: the brokers of a cluster, as for the blocking Consumer (it follows a
+    REDIRECT to the topic's broker; the messages of the connection it closed are
+    delivered again there, and settling them on the old one is void).
     """
 
     def __init__(self, topic: str, group: str = "default", host: str | None = None,
-                 port: int | None = None, *, name: str | None = None, token: str | None = None,
+                 port: int | None = None, *, brokers: str | Iterable[str] | None = None,
+                 name: str | None = None, token: str | None = None,
                  tls: bool | ssl.SSLContext = False, ca_file: str | None = None,
                  timeout: float = 30.0, prefetch: int = 100) -> None:
-        super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
-                         timeout=timeout)
         self.topic = checked_name("topic", topic)
+        super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
+                         timeout=timeout, brokers=brokers, topic=self.topic)
         self.group = checked_name("group", group)
         self.prefetch = max(1, prefetch)
         self._fetches = FetchQueue()
@@ -118,12 +129,20 @@ class Consumer(AsyncClient):
 
         Messages already on their way (requested by a stream left early, or by
         a fetch that was cancelled) come first; only when none are does it ask
-        the broker for one.
+        the broker for one.  A REDIRECT is followed within the same ``timeout``.
         """
-        channel = await self.channel()
-        fetches = self._fetches
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            try:
+                return await self._fetch(loop, deadline)
+            except Redirected:
+                continue  # the topic moved: the next try connects where the REDIRECT says
+
+    async def _fetch(self, loop: asyncio.AbstractEventLoop,
+                     deadline: float | None) -> Message | None:
+        channel = await self.channel()
+        fetches = self._fetches
         asked = False
         while True:
             left = None if deadline is None else max(0.0, deadline - loop.time())
@@ -157,9 +176,12 @@ class Consumer(AsyncClient):
             if channel is None or channel.closed:
                 channel = await self.channel()  # (re)connects: closed between two messages
             fetches = self._fetches
-            if (more := fetches.top_up(self.prefetch)) is not None:
-                channel.send(more)
-            message = fetches.received(await channel.read())
+            try:
+                if (more := fetches.top_up(self.prefetch)) is not None:
+                    channel.send(more)
+                message = fetches.received(await channel.read())
+            except Redirected:
+                continue  # the topic moved: connect where the REDIRECT says, ask again
             if message is not None:
                 return self._bound(message, channel)
 
@@ -169,22 +191,32 @@ class Consumer(AsyncClient):
     async def ack(self, message: blocking_message.Message | int) -> None:
         """Done with the message.  The ack is written at the end of this turn of the event
         loop, in one write with the acks made in the same turn; close() sends what is left."""
-        channel = await self._channel_of(message)
-        channel.send_soon(Ack((message if isinstance(message, int) else message.id,)))
+        try:
+            channel = await self._channel_of(message)
+            channel.send_soon(Ack((message if isinstance(message, int) else message.id,)))
+        except Redirected:
+            pass  # void: the topic's new broker delivers the message again
 
     async def ack_many(self, messages: Iterable[blocking_message.Message | int]) -> None:
         """Ack several messages in as few frames as fit in a header."""
         by_channel: dict[AsyncChannel, list[blocking_message.Message | int]] = {}
         for message in messages:
-            by_channel.setdefault(await self._channel_of(message), []).append(message)
+            try:
+                by_channel.setdefault(await self._channel_of(message), []).append(message)
+            except Redirected:
+                continue  # void: the topic's new broker delivers the message again
         for channel, batch in by_channel.items():
-            channel.send_all(ack_frames(batch))
+            with contextlib.suppress(Redirected):
+                channel.send_all(ack_frames(batch))
 
     async def nack(self, message: blocking_message.Message | int, *,
                    delay: float | None = None, reason: str | None = None) -> None:
         """Give the message back: redelivered at once, or after ``delay`` seconds."""
-        channel = await self._channel_of(message)
-        channel.send(nack_frame(message, delay, reason))
+        try:
+            channel = await self._channel_of(message)
+            channel.send(nack_frame(message, delay, reason))
+        except Redirected:
+            pass  # void: the topic's new broker delivers the message again
 
     async def run(self, handler: Callable[[Message], Awaitable[object]], *,
                   concurrency: int | None = None, backoff: float = 1.0,
@@ -203,7 +235,7 @@ class Consumer(AsyncClient):
         """
         slots = asyncio.Semaphore(concurrency or self.prefetch)
         running: set[asyncio.Task[None]] = set()
-        reconnect = Backoff.reconnect(max_backoff)
+        reconnect = Reconnect(Backoff.reconnect(max_backoff))
 
         async def process(message: Message) -> None:
             try:
@@ -229,9 +261,9 @@ class Consumer(AsyncClient):
                         raise
                     if self._channel is not None:
                         self._channel.close()
-                    pause = reconnect.next()
-                    log.warning("consumer of %s/%s: %s; reconnecting in %.1f s",
-                                self.topic, self.group, error, pause)
+                    pause = reconnect.pause(error)
+                    log.log(interrupted_level(error), "consumer of %s/%s: %s; reconnecting "
+                            "in %.1f s", self.topic, self.group, error, pause)
                     await self._stoppable(asyncio.sleep(pause))
                     continue
                 if message is None:

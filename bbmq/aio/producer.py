@@ -25,6 +25,7 @@ from bbmq.aio.channel import AsyncChannel
 from bbmq.client.arguments import checked_name
 from bbmq.client.errors import BrokerError, ConnectionLost, PublishError
 from bbmq.client.publishing import MsgIds, PublishJob, PublishWindow, publish_frames
+from bbmq.client.retry import interrupted_level
 from bbmq.protocol import ClientPublisher, TypedFrame
 
 log = logging.getLogger("bbmq.client")
@@ -32,17 +33,20 @@ log = logging.getLogger("bbmq.client")
 
 class Producer(AsyncClient):
     """Publishes to one topic.  ``publish`` waits for the broker's ack; ``publish_many``
-    pipelines.  ``retry_for``: how long a publish keeps trying before it raises (for a
-    broker that worked and went away: when the very first connection cannot be opened,
-    CannotConnect is raised at once, naming the address)."""
+    pipelines.  ``brokers``: the brokers of a cluster, as for the blocking Producer (it
+    follows REDIRECTs and resends what was not confirmed, with the same msgids, to the
+    topic's new broker).  ``retry_for``: how long a publish keeps trying before it raises
+    (for a broker that worked and went away: when no broker can be reached on the very
+    first connect, CannotConnect is raised at once, naming them)."""
 
     def __init__(self, topic: str, host: str | None = None, port: int | None = None, *,
-                 name: str | None = None, token: str | None = None,
-                 tls: bool | ssl.SSLContext = False, ca_file: str | None = None,
-                 timeout: float = 30.0, retry_for: float = 30.0) -> None:
-        super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
-                         timeout=timeout)
+                 brokers: str | Iterable[str] | None = None, name: str | None = None,
+                 token: str | None = None, tls: bool | ssl.SSLContext = False,
+                 ca_file: str | None = None, timeout: float = 30.0,
+                 retry_for: float = 30.0) -> None:
         self.topic = checked_name("topic", topic)
+        super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
+                         timeout=timeout, brokers=brokers, topic=self.topic)
         self.retry_for = retry_for
         self._msgids = MsgIds()
         #: Replies the broker still owes to a publish that was cancelled on this connection.
@@ -80,10 +84,10 @@ class Producer(AsyncClient):
                     if isinstance(error, PublishError) or self._gives_up(error):
                         raise
                     if self._channel is not None:
-                        self._channel.close()
-                        self._channel = None
+                        self._channel.close()  # the next pass connects again (see base.py)
                     pause = job.after_loss(error, time.monotonic())
-                    log.warning("publish interrupted (%s); reconnecting to resend", error)
+                    log.log(interrupted_level(error), "publish interrupted (%s); "
+                            "reconnecting to resend", error)
                 else:
                     pause = job.after_pass(publish_pass, time.monotonic())
                 if pause:

@@ -26,10 +26,11 @@ from bbmq.client.errors import (
     ConnectionLost,
     InvalidArgument,
     PublishError,
+    Redirected,
 )
 from bbmq.client.message import Message
 from bbmq.client.producer import Producer
 
 __all__ = ["ACK_LINGER_S", "Admin", "BrokerError", "CannotConnect", "Client", "ConnectionLost",
-           "Consumer", "InvalidArgument", "Message", "Producer", "PublishError", "default_address",
-           "ping"]
+           "Consumer", "InvalidArgument", "Message", "Producer", "PublishError", "Redirected",
+           "default_address", "ping"]

@@ -1,21 +1,23 @@
-"""What every client connection shares: the address, TLS, auth, connect and close.
+"""What every client connection shares: the brokers, TLS, auth, connect and close.
 
 :class:`Client` is the base of Producer, Consumer and the admin client
 (bbmq/client/admin.py); a subclass names its handshake and may watch for new
-connections (``_connected``) to reset what belonged to the old one.
+connections (``_connected``) to reset what belonged to the old one.  Which
+broker to try, and after a REDIRECT where to go, is cluster.py's ConnectPlan.
 """
 
 from __future__ import annotations
 
 import ssl
 import time
+from collections.abc import Iterable
 from types import TracebackType
 from typing import Self
 
 from bbmq.client.arguments import default_address
 from bbmq.client.channel import Channel
-from bbmq.client.errors import BrokerError, ConnectionLost
-from bbmq.client.retry import first_connect_failed
+from bbmq.client.errors import BrokerError, ConnectionLost, Redirected
+from bbmq.client.retry import comes_back, first_connect_failed
 from bbmq.client.settings import ConnectionSettings
 from bbmq.protocol import Ping, Pong, TypedFrame
 
@@ -48,9 +50,10 @@ class Client(ConnectionSettings):
 
     def __init__(self, host: str | None, port: int | None, *, name: str | None,
                  token: str | None, tls: bool | ssl.SSLContext, ca_file: str | None,
-                 timeout: float) -> None:
+                 timeout: float, brokers: str | Iterable[str] | None = None,
+                 topic: str | None = None) -> None:
         super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
-                         timeout=timeout)
+                         timeout=timeout, brokers=brokers, topic=topic)
         self._channel: Channel | None = None
 
     def _handshake_frame(self) -> TypedFrame:
@@ -60,15 +63,32 @@ class Client(ConnectionSettings):
         """A new connection is up: whatever state belonged to the old one is void."""
 
     def connect(self) -> Self:
-        """Open the connection and do the handshake (idempotent)."""
-        if self._channel is None or self._channel.closed:
-            channel = Channel(self.host, self.port, timeout=self.timeout, tls=self.tls,
-                              ca_file=self.ca_file)
-            self.server_info = channel.handshake(self._handshake_frame(), self.timeout)
-            self._channel = channel
-            self.was_connected = True
-            self._connected(channel)
-        return self
+        """Open the connection and do the handshake (idempotent), trying the brokers in
+        turn and following REDIRECTs to the one that serves the topic."""
+        if self._channel is not None and not self._channel.closed:
+            return self
+        ended = None if self._channel is None else self._channel.inbox
+        plan = self._connect_plan(ended, time.monotonic())
+        while (step := plan.next(time.monotonic())) is not None:
+            address, pause = step
+            if pause:
+                time.sleep(pause)  # a REDIRECT's retry_ms, or a cluster between owners
+            try:
+                channel = Channel(*address, timeout=self.timeout, tls=self.tls,
+                                  ca_file=self.ca_file)
+                info = channel.handshake(self._handshake_frame(), self.timeout)
+            except Redirected as redirect:
+                plan.redirected(redirect.redirect)
+            except BrokerError as error:
+                if not comes_back(error):
+                    raise
+                plan.failed(address, error)  # gone, or going: the next broker, at once
+            else:
+                self._granted(plan, address, info)
+                self._channel = channel
+                self._connected(channel)
+                return self
+        raise plan.error()
 
     @property
     def channel(self) -> Channel:

@@ -112,7 +112,7 @@ class Channel:
         """A frame the connection refused because it is closing (an ack from a worker thread
         after close(), say) fails as it would on the closed socket it is about to be."""
         if self.closed or self.inbox.closing():
-            raise ConnectionLost("the connection is closing") from None
+            raise self.inbox.broken_error() or ConnectionLost("the connection is closing") from None
 
     def flush(self) -> None:
         """Write what ``send_soon`` holds, now."""

@@ -22,9 +22,9 @@ from bbmq.client.consuming import (
     nack_frame,
     retry_delay,
 )
-from bbmq.client.errors import BrokerError, ConnectionLost
+from bbmq.client.errors import BrokerError, ConnectionLost, Redirected
 from bbmq.client.message import Message
-from bbmq.client.retry import Backoff, comes_back
+from bbmq.client.retry import Backoff, Reconnect, comes_back, interrupted_level
 from bbmq.defaults import DLQ_SUFFIX
 from bbmq.protocol import Ack, ClientSubscriber, TypedFrame
 
@@ -44,15 +44,22 @@ class Consumer(Client):
     consumer`` loop early loses nothing, as the messages the stream had
     requested are handed out by the next ``fetch`` or iteration (or, once the
     consumer is closed, redelivered by the broker).
+
+    ``brokers`` (``["h1:p1", "h2:p2"]``, or BBMQ_BROKERS) lists the brokers of a
+    cluster: the consumer follows the topic to the broker that serves it (a
+    REDIRECT) and asks it for messages again; the messages it had received on
+    the connection the REDIRECT closed are not acked there or anywhere (their
+    acks are dropped): the new broker delivers them again.
     """
 
     def __init__(self, topic: str, group: str = "default", host: str | None = None,
-                 port: int | None = None, *, name: str | None = None, token: str | None = None,
+                 port: int | None = None, *, brokers: str | Iterable[str] | None = None,
+                 name: str | None = None, token: str | None = None,
                  tls: bool | ssl.SSLContext = False, ca_file: str | None = None,
                  timeout: float = 30.0, prefetch: int = 100) -> None:
-        super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
-                         timeout=timeout)
         self.topic = checked_name("topic", topic)
+        super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
+                         timeout=timeout, brokers=brokers, topic=self.topic)
         self.group = checked_name("group", group)
         self.prefetch = max(1, prefetch)
         self._fetches = FetchQueue()
@@ -73,11 +80,19 @@ class Consumer(Client):
         """One message; blocks until one comes, or returns None after ``timeout`` seconds.
 
         Messages already on their way (requested by a stream left early) come
-        first; only when none are does it ask the broker for one.
+        first; only when none are does it ask the broker for one.  A REDIRECT is
+        followed within the same ``timeout``.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                return self._fetch(deadline)
+            except Redirected:
+                continue  # the topic moved: the next try connects where the REDIRECT says
+
+    def _fetch(self, deadline: float | None) -> Message | None:
         channel = self.channel
         fetches = self._fetches
-        deadline = None if timeout is None else time.monotonic() + timeout
         asked = False
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -102,12 +117,15 @@ class Consumer(Client):
             channel = self.channel
             fetches = self._fetches
             read, received, top_up = channel.read, fetches.received, fetches.top_up
-            while not channel.closed:
-                if (more := top_up(prefetch)) is not None:
-                    channel.send(more)
-                message = received(read())
-                if message is not None:
-                    yield message
+            try:
+                while not channel.closed:
+                    if (more := top_up(prefetch)) is not None:
+                        channel.send(more)
+                    message = received(read())
+                    if message is not None:
+                        yield message
+            except Redirected:
+                continue  # the topic moved: connect where the REDIRECT says, ask again
 
     def ack(self, message: Message | int) -> None:
         """Done with the message: it will not be delivered again (to this group).
@@ -116,7 +134,8 @@ class Consumer(Client):
         the ack may wait up to ACK_LINGER_S to share one write with the next
         ones; close() (or leaving the ``with`` block) sends what is left.
         """
-        channel = self.channel
+        if (channel := self._settling_channel()) is None:
+            return
         frame = Ack((message.id if isinstance(message, Message) else message,))
         if channel.pending():  # more messages to work through: their acks can share a write
             channel.send_soon(frame)
@@ -125,7 +144,8 @@ class Consumer(Client):
 
     def ack_many(self, messages: Iterable[Message | int]) -> None:
         """Ack several messages in as few frames as fit in a header."""
-        channel = self.channel
+        if (channel := self._settling_channel()) is None:
+            return
         frames = ack_frames(messages)
         if channel.pending():
             for frame in frames:
@@ -136,7 +156,19 @@ class Consumer(Client):
     def nack(self, message: Message | int, *, delay: float | None = None,
              reason: str | None = None) -> None:
         """Give the message back: redelivered at once, or after ``delay`` seconds."""
-        self.channel.send(nack_frame(message, delay, reason))
+        if (channel := self._settling_channel()) is not None:
+            channel.send(nack_frame(message, delay, reason))
+
+    def _settling_channel(self) -> Channel | None:
+        """The connection to settle messages on; None when it ended with a REDIRECT and
+        no new one is open yet: the messages came on it, and the topic's new broker
+        delivers them again (PROTOCOL.md 4.7), so acking or nacking them is void."""
+        channel = self._channel
+        if channel is not None and channel.inbox.redirect is not None:
+            log.info("not settling a message of %s: its connection was redirected; the "
+                     "topic's new broker delivers it again", self.topic)
+            return None
+        return self.channel
 
     def stop(self) -> None:
         """End :meth:`run`: it asks for no more messages, lets the handlers running now
@@ -206,7 +238,7 @@ class Consumer(Client):
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bbmq-handler") as pool:
             held = 0  # slots held for the messages run()'s open FETCH may still bring
-            reconnect = Backoff.reconnect(max_backoff)
+            reconnect = Reconnect(Backoff.reconnect(max_backoff))
             while not stopping():
                 try:
                     channel = self.channel
@@ -233,11 +265,10 @@ class Consumer(Client):
                         slots.release()
                     held = 0
                     if self._channel is not None:
-                        self._channel.close()
-                        self._channel = None
-                    pause = reconnect.next()
-                    log.warning("consumer of %s/%s: %s; reconnecting in %.1f s",
-                                self.topic, self.group, error, pause)
+                        self._channel.close()  # the next turn connects (where a REDIRECT says)
+                    pause = reconnect.pause(error)
+                    log.log(interrupted_level(error), "consumer of %s/%s: %s; reconnecting "
+                            "in %.1f s", self.topic, self.group, error, pause)
                     _pause(pause, stopping)
                     continue
                 reconnect.reset()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from bbmq.protocol import Redirect
+
 #: The code of :class:`ConnectionLost`: not a broker code, the connection itself failed.
 CONNECTION_LOST: Final = "CONNECTION_LOST"
 
@@ -50,3 +52,16 @@ class CannotConnect(ConnectionLost):
     """No connection could be opened at all (refused, no route, TLS failed): the text names
     the address.  A client that never reached the broker raises it at once instead of
     retrying, since the address or the broker's state is what needs fixing."""
+
+
+class Redirected(ConnectionLost):
+    """The broker said another broker of the cluster serves the topic (a REDIRECT) and
+    closed the connection.  The client follows it by itself (PROTOCOL.md 4.7); this is
+    seen only where a redirect cannot be followed."""
+
+    def __init__(self, redirect: Redirect) -> None:
+        where = (f"the owner is {redirect.owner}" if redirect.owner is not None
+                 else f"no broker serves it yet; try again in {redirect.retry_ms} ms")
+        reason = f" ({redirect.reason})" if redirect.reason else ""
+        super().__init__(f"topic {redirect.topic} moved: {where}{reason}")
+        self.redirect = redirect

@@ -9,12 +9,13 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any, cast
 
-from bbmq.client.errors import BrokerError, ConnectionLost
+from bbmq.client.errors import BrokerError, ConnectionLost, Redirected
 from bbmq.protocol import (
     NEED_DATA,
     ClientConnection,
     Error,
     ProtocolError,
+    Redirect,
     ServerAcknowledgement,
     State,
     TypedFrame,
@@ -24,7 +25,7 @@ from bbmq.protocol import (
 class Inbox:
     """One connection's protocol state and the frames received and checked, not yet read."""
 
-    __slots__ = ("broken", "connection", "events")
+    __slots__ = ("broken", "connection", "events", "redirect")
 
     def __init__(self) -> None:
         self.connection = ClientConnection()
@@ -32,21 +33,29 @@ class Inbox:
         self.events: deque[TypedFrame] = deque()
         #: Why the stream broke, once the frames before the break have been read.
         self.broken: ProtocolError | None = None
+        #: The REDIRECT that ended the connection (PROTOCOL.md 4.7), once the frames before
+        #: it have been read: reading on raises Redirected, which says where to go.
+        self.redirect: Redirect | None = None
 
     def receive(self, data: bytes) -> bool:
-        """Take ``data`` and every event it completes; False if the stream broke in it.
+        """Take ``data`` and every event it completes; False if the stream ended in it (a
+        broken frame, or a REDIRECT: the server closes the connection after one).
 
         Events are taken until NEED_DATA in one C loop (a client connection never
-        says PAUSED: that is the server's side).  What came before a broken frame is
-        kept, in order.
+        says PAUSED: that is the server's side).  What came before a broken frame or
+        a REDIRECT is kept, in order.
         """
         connection = self.connection
         connection.receive_data(data)
         events = cast("Iterator[TypedFrame]", iter(connection.next_event, NEED_DATA))
+        queued = self.events
         try:
-            self.events.extend(events)
+            queued.extend(events)
         except ProtocolError as error:
             self.broken = error
+            return False
+        if queued and type(queued[-1]) is Redirect:  # nothing follows one: the state is CLOSED
+            self.redirect = cast("Redirect", queued.pop())
             return False
         return True
 
@@ -57,7 +66,9 @@ class Inbox:
         return frames
 
     def broken_error(self) -> ConnectionLost | None:
-        """What to raise once the frames before a broken one have been read."""
+        """What to raise once the frames before a broken one (or a REDIRECT) have been read."""
+        if self.redirect is not None:
+            return Redirected(self.redirect)
         if self.broken is None:
             return None
         return ConnectionLost(f"broker sent an invalid frame: {self.broken.text}")

@@ -17,7 +17,7 @@ from bbmq.client.arguments import checked_name
 from bbmq.client.base import Client, never_reached
 from bbmq.client.errors import BrokerError, ConnectionLost, PublishError
 from bbmq.client.publishing import MsgIds, PublishJob, PublishWindow, publish_frames
-from bbmq.client.retry import comes_back
+from bbmq.client.retry import comes_back, interrupted_level
 from bbmq.protocol import ClientPublisher, TypedFrame
 
 log = logging.getLogger("bbmq.client")
@@ -26,20 +26,27 @@ log = logging.getLogger("bbmq.client")
 class Producer(Client):
     """Publishes to one topic.  ``publish`` waits for the broker's ack; ``publish_many`` pipelines.
 
+    ``brokers`` (``["h1:p1", "h2:p2"]``, or BBMQ_BROKERS) lists the brokers of a
+    cluster, instead of one ``host``/``port``: the producer connects to the one
+    that serves the topic, following REDIRECTs, and when the topic moves (or its
+    broker goes), it resends every message not yet confirmed, with its msgid,
+    to the new one, which stores it once.
+
     ``retry_for`` (seconds, default 30) is how long a publish keeps trying
     (reconnecting, resending with the same msgid) through lost connections,
     STORE_UNAVAILABLE and SERVER_BUSY before it raises.  It is for a broker
-    that worked and went away (a restart): when the very first connection
-    cannot be opened, :class:`CannotConnect` is raised at once, naming the address.
+    that worked and went away (a restart): when no broker can be reached on the
+    very first connect, :class:`CannotConnect` is raised at once, naming them.
     """
 
     def __init__(self, topic: str, host: str | None = None, port: int | None = None, *,
-                 name: str | None = None, token: str | None = None,
-                 tls: bool | ssl.SSLContext = False, ca_file: str | None = None,
-                 timeout: float = 30.0, retry_for: float = 30.0) -> None:
-        super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
-                         timeout=timeout)
+                 brokers: str | Iterable[str] | None = None, name: str | None = None,
+                 token: str | None = None, tls: bool | ssl.SSLContext = False,
+                 ca_file: str | None = None, timeout: float = 30.0,
+                 retry_for: float = 30.0) -> None:
         self.topic = checked_name("topic", topic)
+        super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
+                         timeout=timeout, brokers=brokers, topic=self.topic)
         self.retry_for = retry_for
         self._msgids = MsgIds()
 
@@ -75,9 +82,11 @@ class Producer(Client):
                 if (isinstance(error, PublishError) or not comes_back(error)
                         or never_reached(self, error)):
                     raise
-                self._channel = None
+                if self._channel is not None:
+                    self._channel.close()  # the next pass connects again (where a REDIRECT says)
                 pause = job.after_loss(error, time.monotonic())
-                log.warning("publish interrupted (%s); reconnecting to resend", error)
+                log.log(interrupted_level(error), "publish interrupted (%s); reconnecting to "
+                        "resend", error)
             else:
                 pause = job.after_pass(publish_pass, time.monotonic())
             if pause:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 from bbmq.client.arguments import checked_name, milliseconds
 from bbmq.client.errors import BrokerError, InvalidArgument, PublishError
-from bbmq.client.retry import RESEND_LATER, Backoff
+from bbmq.client.retry import RESEND_LATER, Backoff, Reconnect
 from bbmq.protocol import Error, ErrorCode, ProducerAckMessage, Publish, TypedFrame
 
 
@@ -132,7 +132,8 @@ class PublishJob:
     """One ``publish_many`` call across passes and connections: what is left to send, how
     long to wait before the next pass, and when ``retry_for`` has run out."""
 
-    __slots__ = ("_backoff", "_deadline", "_frames", "_last", "_window", "ids")
+    __slots__ = ("_backoff", "_confirmed", "_deadline", "_frames", "_last", "_reconnect",
+                 "_window", "ids")
 
     def __init__(self, frames: list[Publish], *, window: int, retry_for: float,
                  now: float) -> None:
@@ -140,8 +141,11 @@ class PublishJob:
         self._window = window
         self._deadline = now + retry_for
         self._backoff = Backoff.resend()
+        self._reconnect = Reconnect(self._backoff)
         self._last: BrokerError | None = None
         self.ids = [0] * len(frames)
+        #: Messages confirmed when the connection was last lost (see after_loss).
+        self._confirmed = 0
 
     def next_pass(self) -> PublishWindow | None:
         """A pass over the messages not acked yet, or None when all are."""
@@ -156,12 +160,18 @@ class PublishJob:
         return self._pause(now)
 
     def after_loss(self, error: BrokerError, now: float) -> float:
-        """The connection went away: seconds to pause before reconnecting, or ``error`` raised
-        when ``retry_for`` has run out."""
+        """The connection went away: seconds to pause before reconnecting (none after a
+        REDIRECT or a first loss: see retry.Reconnect), or ``error`` raised when
+        ``retry_for`` has run out.  The messages it did not confirm go in the next pass,
+        with their msgids, to whichever broker the connect reaches."""
         if now >= self._deadline:
             raise error
         self._last = error
-        return self._pause(now)
+        ids = self.ids
+        if (confirmed := len(ids) - ids.count(0)) > self._confirmed:
+            self._confirmed = confirmed
+            self._reconnect.reset()  # it worked since the last loss: this one is a fresh one
+        return self._reconnect.pause(error) if confirmed < len(ids) else 0.0
 
     def _pause(self, now: float) -> float:
         if all(self.ids):

@@ -4,36 +4,64 @@ from __future__ import annotations
 
 import os
 import ssl
+from collections.abc import Iterable
 from typing import Any
 
-from bbmq.client.arguments import default_address
+from bbmq.client.cluster import Cluster, ConnectPlan, format_address, seed_brokers
+from bbmq.client.inbox import Inbox
 
 
 class ConnectionSettings:
     """Where a client connects and how it introduces itself: what the blocking and the
     asyncio clients share before any socket is opened.
 
-    Unset values come from BBMQ_HOST, BBMQ_PORT and BBMQ_TOKEN, then the defaults.
+    ``brokers`` (``["h1:p1", "h2:p2"]`` or ``"h1:p1,h2:p2"``) lists the brokers of a
+    cluster; ``host``/``port`` name a single one.  Unset, they come from
+    BBMQ_BROKERS, then BBMQ_HOST and BBMQ_PORT, then the defaults; BBMQ_TOKEN
+    gives the token.  ``topic`` is the topic the client's handshake opens (None
+    for the admin client): a cluster redirects it to the broker that serves it.
     """
 
     def __init__(self, host: str | None, port: int | None, *, name: str | None,
                  token: str | None, tls: bool | ssl.SSLContext, ca_file: str | None,
-                 timeout: float) -> None:
-        default_host, default_port = default_address()
-        self.host = host or default_host
-        self.port = port or default_port
+                 timeout: float, brokers: str | Iterable[str] | None = None,
+                 topic: str | None = None) -> None:
+        self.cluster = Cluster(seed_brokers(brokers, host, port))
+        #: The broker of the current (or the last) connection; the first listed before any.
+        self.host, self.port = self.cluster.seeds[0]
         self.name = name
         self.token = token if token is not None else os.environ.get("BBMQ_TOKEN")
         self.tls = tls
         self.ca_file = ca_file
         self.timeout = timeout
+        self._cluster_topic = topic
         #: What the broker said of itself in its SERVER_ACKNOWLEDGEMENT.
         self.server_info: dict[str, Any] = {}
         #: A handshake has succeeded once: a connection that fails from now on was lost
         #: (worth retrying), while one that never opened is the caller's to hear of at once.
         self.was_connected = False
 
+    @property
+    def brokers(self) -> list[str]:
+        """Every broker this client knows of (``host:port``): those it was given, then
+        those the cluster told it of."""
+        return [format_address(address) for address in self.cluster.brokers]
+
     def _options(self) -> dict[str, Any]:
         """The handshake's options: this client's name and token, where given."""
         return {key: value for key, value in (("name", self.name), ("token", self.token))
                 if value is not None}
+
+    def _connect_plan(self, ended: Inbox | None, now: float) -> ConnectPlan:
+        """The walk of one connect over the brokers; ``ended`` is the inbox of the last
+        connection, whose REDIRECT (if it ended with one) says where to go first."""
+        return ConnectPlan(self.cluster, self._cluster_topic, now=now, patience=self.timeout,
+                           ended_by=None if ended is None else ended.redirect)
+
+    def _granted(self, plan: ConnectPlan, address: tuple[str, int],
+                 info: dict[str, Any]) -> None:
+        """The handshake at ``address`` was granted with ``info``."""
+        plan.connected(address, info)
+        self.host, self.port = address
+        self.server_info = info
+        self.was_connected = True

@@ -11,12 +11,13 @@ within seconds rather than a hang.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Final
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import pymysql
+from pymysql.constants import CLIENT
 
 from bbmq.store.schema import Column, Table
 from bbmq.store.sql import (
@@ -36,7 +37,7 @@ DEFAULT_IO_TIMEOUT_S: Final = 5.0
 #: characters; 204 leaves room for the ".dlq" of a dead-letter topic.
 _TYPES: Final = {
     "int": "BIGINT", "name": "VARCHAR(204)", "msgid": "VARCHAR(100)", "key": "VARCHAR(64)",
-    "text": "TEXT", "blob": "LONGBLOB",
+    "text": "TEXT", "blob": "LONGBLOB", "time": "DATETIME(6)",
 }
 _TABLE_OPTIONS: Final = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
 #: Refuse to store a value that does not fit instead of truncating it.
@@ -183,21 +184,31 @@ class MySQLStore(SQLStore):
         )
 
     def _connect(self) -> Connection:
-        p = self.params
-        conn: Connection = pymysql.connect(
-            host=p.host,
-            port=p.port,
-            user=p.user,
-            password=p.password,
-            database=p.database,
-            charset="utf8mb4",
-            autocommit=False,
-            sql_mode=_SQL_MODE,
-            connect_timeout=self.connect_timeout_s,
-            read_timeout=self.io_timeout_s,
-            write_timeout=self.io_timeout_s,
-        )
+        conn: Connection = self.connector()()
         return conn
+
+    def connector(self) -> Callable[[], pymysql.connections.Connection]:
+        """Makes connections to this store's database as the store makes its own: autocommit
+        off, strict SQL mode, short timeouts, and rowcounts that count matched rows
+        (``CLIENT.FOUND_ROWS``), as :class:`bbmq.store.leases.LeaseTable` needs."""
+        p = self.params
+
+        def connect() -> pymysql.connections.Connection:
+            return pymysql.connect(
+                host=p.host,
+                port=p.port,
+                user=p.user,
+                password=p.password,
+                database=p.database,
+                charset="utf8mb4",
+                autocommit=False,
+                sql_mode=_SQL_MODE,
+                connect_timeout=self.connect_timeout_s,
+                read_timeout=self.io_timeout_s,
+                write_timeout=self.io_timeout_s,
+                client_flag=CLIENT.FOUND_ROWS,
+            )
+        return connect
 
     def _unavailable(self, error: BaseException) -> bool:
         # OperationalError covers lost connections (2006, 2013), refused ones

@@ -14,7 +14,14 @@ The tables (``<prefix>`` defaults to ``bbmq_``):
   older than the dedup window;
 * ``groups`` -- consumer groups and the id after which they receive messages;
 * ``deliveries`` -- ``(message_id, group) -> attempts`` and whether acked.
-  A group that never saw a message has no row: it owes it with 0 attempts.
+  A group that never saw a message has no row: it owes it with 0 attempts;
+* ``brokers`` -- the brokers using the database (cluster or not): id, advertised
+  address, mode, when they started and last heartbeated (the database's clock), draining;
+* ``leases`` -- which broker serves each topic in a cluster: owner ('' for nobody),
+  epoch (grows on every change of owner), lease_until (the database's clock), and
+  ``writes``, which every fenced transaction increments (see bbmq.store.fencing).
+  Only a MySQL store uses these two (:mod:`bbmq.store.leases`); SQLite has them
+  too so that every database has one schema.
 
 A database records the version of the schema it has (``meta.schema_version``);
 :meth:`bbmq.store.sql.SQLStore.open` creates the tables of an empty one and
@@ -53,6 +60,30 @@ class Table:
 
 ONLY_GROUP: Final = Column("only_group", "name", nullable=True)
 RETRY_AT: Final = Column("retry_at_ms", "int", nullable=True)
+BROKERS: Final = Table(
+    "brokers",
+    (
+        Column("id", "key"),
+        Column("address", "name"),
+        Column("mode", "key"),
+        Column("started_at", "time"),
+        Column("heartbeat_at", "time"),
+        Column("draining", "int"),
+    ),
+    ("id",),
+)
+LEASES: Final = Table(
+    "leases",
+    (
+        Column("topic", "name"),
+        Column("owner", "key"),
+        Column("epoch", "int"),
+        Column("lease_until", "time"),
+        Column("writes", "int"),
+    ),
+    ("topic",),
+    indexes=(("owner",),),
+)
 
 TABLES: Final = (
     Table("meta", (Column("name", "key"), Column("value", "text")), ("name",)),
@@ -107,6 +138,8 @@ TABLES: Final = (
         ),
         ("message_id", "grp"),
     ),
+    BROKERS,
+    LEASES,
 )
 
 
@@ -120,9 +153,13 @@ class Dialect(Protocol):
         """The ALTER TABLE that adds ``column`` to ``table`` (given without the prefix)."""
         ...
 
+    def create_table(self, table: Table) -> list[str]:
+        """``CREATE TABLE IF NOT EXISTS`` (and index) statements for ``table``."""
+        ...
+
 
 #: The schema this code writes.  Bump it together with an entry in UPGRADES.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: ``UPGRADES[v](dialect)`` returns the statements that take a schema from version
 #: ``v`` to ``v + 1``; open() runs them in order.  Version 1 is the first.
 UPGRADES: dict[int, Callable[[Dialect], list[str]]] = {
@@ -130,4 +167,6 @@ UPGRADES: dict[int, Callable[[Dialect], list[str]]] = {
     # deliveries.retry_at_ms, for NACK delays that survive a restart.
     1: lambda dialect: [dialect.add_column("messages", ONLY_GROUP),
                         dialect.add_column("deliveries", RETRY_AT)],
+    # 3: the cluster's brokers and topic leases (IF NOT EXISTS: harmless to repeat).
+    2: lambda dialect: [*dialect.create_table(BROKERS), *dialect.create_table(LEASES)],
 }

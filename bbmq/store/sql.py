@@ -133,6 +133,10 @@ class SQLStore(ABC):
     def _duplicate_column(self, error: Exception) -> bool:
         """Whether ``error`` says that a column being added is there already."""
 
+    def create_table(self, table: Table) -> list[str]:
+        """The statements that create ``table`` if it is missing (for schema upgrades)."""
+        return self._create_table(table)
+
     def add_column(self, table: str, column: Column) -> str:
         """The ALTER TABLE that adds ``column`` (nullable, for rows that predate it)."""
         return f"ALTER TABLE {self.prefix}{table} ADD COLUMN {self._column(column)}"

@@ -32,7 +32,7 @@ _UNAVAILABLE_CODES: Final = frozenset({
 #: SQL types of the column kinds in bbmq.store.schema.TABLES.
 _TYPES: Final = {
     "int": "INTEGER", "name": "TEXT", "msgid": "TEXT", "key": "TEXT", "text": "TEXT",
-    "blob": "BLOB",
+    "blob": "BLOB", "time": "TEXT",
 }
 #: How long to wait for another process's write lock before giving up.
 _BUSY_TIMEOUT_S: Final = 5.0
