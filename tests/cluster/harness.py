@@ -210,7 +210,7 @@ class ConfirmStorm:
                                           name=f"storm-{topic}-{n}") for n in range(threads)]
 
     def _run(self, number: int) -> None:
-        producer = Producer(self.topic, brokers=self.brokers,  # type: ignore[call-arg]
+        producer = Producer(self.topic, brokers=self.brokers,
                             timeout=self.timeout_s, retry_for=self.retry_for_s)
         sequence = 0
         while not self._stop.is_set():
@@ -282,7 +282,7 @@ def confirm_storm(brokers: list[str], topic: str, **options: Any) -> Iterator[Co
 def drain(brokers: list[str], topic: str, *, quiet_s: float = 3.0) -> list[bytes]:
     """Every message of ``topic`` the default group still has, acked as it is read."""
     bodies: list[bytes] = []
-    with Consumer(topic, brokers=brokers, timeout=30,  # type: ignore[call-arg]
+    with Consumer(topic, brokers=brokers, timeout=30,
                   prefetch=500) as consumer:
         while (message := consumer.fetch(timeout=quiet_s)) is not None:
             bodies.append(message.body)

@@ -42,7 +42,7 @@ class ConsumerThread:
         self._thread = threading.Thread(target=self._run, daemon=True, name=f"consume-{topic}")
 
     def _run(self) -> None:
-        consumer = Consumer(self.topic, brokers=self.brokers,  # type: ignore[call-arg]
+        consumer = Consumer(self.topic, brokers=self.brokers,
                             timeout=10, prefetch=50)
         while not self._stop.is_set():
             try:
