@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import logging.handlers
@@ -21,19 +22,27 @@ import signal
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final, Literal
 
 from bbmq._version import __version__
 from bbmq.auth import Authorizer
+from bbmq.cluster.joining import new_broker_id
+from bbmq.cluster.member import ClusterMember
+from bbmq.cluster.seat import CoreSeat
 from bbmq.config import Config
 from bbmq.core import Broker, BrokerConfig
 from bbmq.dashboard import DashboardSources, HttpServer, start_http
 from bbmq.dlq_replay import ReplayOutcome, replay_dead_letters
 from bbmq.metrics import MetricsSources
-from bbmq.server import BrokerServer, ConnectionInfo, TransportConfig
-from bbmq.store import open_store
+from bbmq.server import BrokerServer
+from bbmq.server_facts import ConnectionInfo, TransportConfig
+from bbmq.store import MySQLStore, open_store
+from bbmq.store.leases import LeaseTable
 from bbmq.store.worker import StoreWorker
 
+#: Ids a cluster broker reserves at a time (and afresh with each topic it takes), so that
+#: brokers do not contend on one sequence row.
+ID_BLOCK_SIZE: Final = 10_000
 #: The broker process's own lines (signals, start and stop) keep the server's logger name.
 log = logging.getLogger("bbmq.server")
 
@@ -44,8 +53,15 @@ def wall_clock_ms() -> int:
 
 
 def build_server(config: Config, clock: Callable[[], int] = wall_clock_ms) -> BrokerServer:
-    """A broker for ``config``, wired but not started: nothing is opened or bound yet."""
+    """A broker for ``config``, wired but not started: nothing is opened or bound yet.
+
+    On a mysql:// store a :class:`~bbmq.cluster.member.ClusterMember` joins it: a
+    cluster broker's (``--cluster``) leases its topics and fences the store's
+    writes; a single broker's only registers and heartbeats, so that no second
+    broker uses the same database unnoticed.
+    """
     broker = Broker(BrokerConfig(
+        cluster=config.cluster,
         version=__version__,
         max_message_bytes=config.max_message_size,
         ack_timeout_ms=int(config.ack_timeout * 1000),
@@ -64,12 +80,37 @@ def build_server(config: Config, clock: Callable[[], int] = wall_clock_ms) -> Br
                        connect_timeout_s=config.store_connect_timeout,
                        io_timeout_s=config.store_io_timeout)
     worker = StoreWorker(store, clock=clock, max_batch=config.max_batch)
+    member = (build_member(config, broker, worker, store, clock)
+              if isinstance(store, MySQLStore) else None)
     transport = TransportConfig(
         host=config.host, port=config.port, max_message_size=config.max_message_size,
         max_connections=config.max_connections, max_output_bytes=config.max_output_bytes,
         handshake_timeout=config.handshake_timeout, idle_timeout=config.idle_timeout,
         tls_cert=config.tls_cert, tls_key=config.tls_key)
-    return BrokerServer(broker, worker, clock, transport)
+    return BrokerServer(broker, worker, clock, transport, membership=member,
+                        topic_requests=member.request_topics if config.cluster and member
+                        else None)
+
+
+def build_member(config: Config, broker: Broker, worker: StoreWorker, store: MySQLStore,
+                 clock: Callable[[], int]) -> ClusterMember:
+    """The broker's member of the brokers and leases tables, with connections of its own:
+    one for the lease table, one store to load the topics it takes."""
+    mode: Literal["single", "cluster"] = "cluster" if config.cluster else "single"
+    own_store = MySQLStore(config.store, password=config.store_password, causal_reads=True,
+                           connect_timeout_s=store.connect_timeout_s,
+                           io_timeout_s=store.io_timeout_s, table_prefix=store.prefix)
+    member = ClusterMember(
+        table=LeaseTable(store.connector(), store.prefix, config.lease_ttl_ms), store=own_store,
+        seat=CoreSeat(broker, worker, clock), broker_id=new_broker_id(),
+        address=config.advertised_address(config.port), mode=mode,
+        ttl_ms=config.lease_ttl_ms,
+        fresh_id_block=store.fresh_id_block if config.cluster else None)
+    broker.admin.commands.update(drain=member.drain, cluster=member.status)
+    if config.cluster:
+        store.use_id_blocks(ID_BLOCK_SIZE)
+        worker.fence, worker.on_fenced = member.fence, member.on_fenced
+    return member
 
 
 def collect_rarely() -> None:
@@ -160,7 +201,15 @@ def dashboard_sources(server: BrokerServer, config: Config) -> DashboardSources:
         admin_command=server.admin_command, replay=replay,
         authorizer=server.broker.config.authorizer, read_only=config.dashboard_read_only,
         metrics=MetricsSources(server.broker.snapshot, lambda: len(server.connections),
-                               server.worker))
+                               server.worker, cluster_counters(server)))
+
+
+def cluster_counters(server: BrokerServer) -> Callable[[], dict[str, int]] | None:
+    """What the metrics read of a cluster broker's membership; None outside a cluster."""
+    member = server.membership
+    if not isinstance(member, ClusterMember) or not member.clustered:
+        return None
+    return lambda: dataclasses.asdict(member.counters)
 
 
 def connection_row(info: ConnectionInfo) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from bbmq.client import (
     ping,
 )
 from bbmq.client.retry import Backoff, comes_back
+from bbmq.cluster_cli import add_cluster_commands
 from bbmq.daemon import add_server_commands, describe_failure, load_config
 from bbmq.pidfile import AlreadyRunning, PidFile
 from bbmq.store import SchemaVersionError, StoreUnavailable
@@ -232,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_arguments(run)
     run.set_defaults(func=_run)
     add_server_commands(server_commands)
+    add_cluster_commands(commands, server_commands)
 
     publish = commands.add_parser(
         "publish", help="publish messages (arguments, or stdin lines); prints their ids")

@@ -99,6 +99,18 @@ def _optional_str(text: str) -> str | None:
     return text or None
 
 
+def _address(text: str) -> str | None:
+    """``host:port`` (``[v6]:port`` for an IPv6 host), as a broker advertises itself."""
+    if not text:
+        return None
+    host, separator, port = text.rpartition(":")
+    host = host.removeprefix("[").removesuffix("]")
+    if not separator or not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT (the address clients reach this broker at), "
+                         f"got {text!r}")
+    return text
+
+
 def _auth_tokens(text: str) -> str:
     Authorizer.parse(text)  # refuse a malformed list at start-up, not at the first client
     return text
@@ -158,6 +170,15 @@ SETTINGS: Final[tuple[Setting, ...]] = (
             "(permissions publish, subscribe, admin); empty: no authentication", secret=True),
     Setting("tls_cert", None, _optional_str, "PEM certificate to serve TLS"),
     Setting("tls_key", None, _optional_str, "PEM private key for --tls-cert"),
+    Setting("cluster", False, _bool,
+            "serve as one broker of a cluster sharing the mysql:// store: topics are leased, "
+            "clients redirected to their owner (docs/CLUSTER.md)"),
+    Setting("advertise", None, _address,
+            "HOST:PORT clients and the other brokers reach this broker at (default: --host "
+            "and the port listened on; required when --host is 0.0.0.0 or ::)"),
+    Setting("lease_ttl_ms", 5000, _positive_int,
+            "milliseconds a topic lease (and a broker's heartbeat) lasts without a renew; "
+            "renewed every third of it"),
 )
 BY_NAME: Final = {setting.name: setting for setting in SETTINGS}
 
@@ -196,6 +217,9 @@ class Config:
     auth_tokens: str
     tls_cert: str | None
     tls_key: str | None
+    cluster: bool
+    advertise: str | None
+    lease_ttl_ms: int
     sources: Mapping[str, str]
 
     @property
@@ -209,6 +233,19 @@ class Config:
         if self.metrics_port is not None and self.sources["http_port"] == "default":
             return self.metrics_port
         return self.http_port
+
+    @property
+    def uses_mysql(self) -> bool:
+        """The store is a MySQL/MariaDB database, which other brokers may share."""
+        return self.store.startswith("mysql://")
+
+    def advertised_address(self, port: int) -> str:
+        """Where clients and the other brokers reach this broker, once it listens on ``port``
+        (``--advertise``, else ``--host`` and that port)."""
+        if self.advertise:
+            return self.advertise
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{port}"
 
     @property
     def pid_path(self) -> Path:
@@ -319,4 +356,24 @@ def load(flags: Mapping[str, Any] | None = None, environ: Mapping[str, str] | No
         except ValueError as error:
             raise ConfigError(f"{setting.name} from {source}: {error}") from None
         sources[setting.name] = source
-    return Config(**values, sources=sources)
+    config = Config(**values, sources=sources)
+    check_cluster(config)
+    return config
+
+
+#: Listen addresses that name no one host, so they cannot be advertised to clients.
+WILDCARD_HOSTS: Final = ("0.0.0.0", "::", "")
+
+
+def check_cluster(config: Config) -> None:
+    """Refuse cluster settings that cannot work, saying what to pass instead."""
+    if not config.cluster:
+        return
+    if not config.uses_mysql:
+        raise ConfigError(f"cluster from {config.sources['cluster']} needs a shared "
+                          "mysql://user@host/db store (--store), where the brokers lease "
+                          f"their topics; the store is {mask('store', config.store) or 'sqlite'}")
+    if config.advertise is None and config.host in WILDCARD_HOSTS:
+        raise ConfigError(f"cluster: --host {config.host or '(every address)'} is not an "
+                          "address the other brokers and clients can reach; pass --advertise "
+                          "HOST:PORT (e.g. this machine's name and --port)")

@@ -19,7 +19,7 @@ the server that runs it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Final
 
@@ -50,6 +50,9 @@ class MetricsSources:
     connections: Callable[[], int]
     #: The store thread: whether the store accepts writes, and where commit times go.
     store: StoreWorker
+    #: A cluster broker's membership counters (bbmq/cluster/member.py), by name:
+    #: lease_acquisitions, lease_losses, fenced_writes; None outside a cluster.
+    cluster: Callable[[], Mapping[str, int]] | None = None
 
 
 class BrokerCollector:
@@ -98,6 +101,28 @@ class BrokerCollector:
         yield GaugeMetricFamily("bbmq_store_available",
                                 "1 while the store accepts writes, 0 during an outage",
                                 value=int(sources.store.available))
+        if sources.cluster is not None:
+            yield from cluster_metrics(sources.cluster(), snapshot)
+
+
+#: The membership's counters, as ``bbmq_cluster_<name>_total``, and what each counts.
+CLUSTER_COUNTERS: Final = {
+    "lease_acquisitions": "Topic leases this broker took (acquired, or taken over)",
+    "lease_losses": "Topic leases this broker lost (taken, expired, or not renewed in time)",
+    "fenced_writes": "Store writes refused because a topic's lease was no longer this "
+                     "broker's",
+}
+
+
+def cluster_metrics(counters: Mapping[str, int], snapshot: BrokerSnapshot) -> Iterator[Metric]:
+    """A cluster broker's counters: the membership's, and the core's redirects."""
+    for name, text in CLUSTER_COUNTERS.items():
+        yield CounterMetricFamily(f"bbmq_cluster_{name}", text, value=counters[name])
+    core = snapshot.cluster
+    yield CounterMetricFamily("bbmq_cluster_redirects", "Clients sent to another broker "
+                              "(REDIRECT)", value=0 if core is None else core.redirects_sent)
+    yield GaugeMetricFamily("bbmq_cluster_topics_served", "Topics whose lease this broker "
+                            "holds and serves", value=0 if core is None else core.topics_served)
 
 
 def build_registry(sources: MetricsSources,

@@ -13,7 +13,6 @@ the others back.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import itertools
 import logging
 import os
@@ -22,62 +21,27 @@ import ssl
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from bbmq import protocol
 from bbmq._version import __version__
-from bbmq.core import Broker, PendingPublish, SessionSnapshot
+from bbmq.core import Broker, PendingPublish
 from bbmq.handover import FRAMES_PER_TURN, MAX_OWED_REPLIES, hand_over
 from bbmq.heap import CHECK_INTERVAL_S, MemoryReleaser
 from bbmq.protocol import ErrorCode
+from bbmq.server_facts import (
+    ConnectionInfo,
+    Membership,
+    TransportConfig,
+    is_loopback,
+    log_destination,
+)
 from bbmq.store.base import RecoveredMessage, StoredId
 from bbmq.store.worker import StoreWorker
 
 log = logging.getLogger("bbmq.server")
 
 RECOVERY_CHUNK = 20_000
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
-@dataclass(frozen=True, slots=True)
-class ConnectionInfo:
-    """One open connection as the dashboard lists it: the transport's facts (address, since
-    when, bytes each way) and the core's (role, topic, group, name, unacked)."""
-
-    id: int
-    peer: str
-    connected_ms: int
-    bytes_in: int
-    bytes_out: int
-    session: SessionSnapshot | None
-
-
-@dataclass(frozen=True, slots=True)
-class TransportConfig:
-    """What the transport itself needs to know: where to listen, and its per-connection limits.
-
-    The broker core has its own :class:`bbmq.core.BrokerConfig`; :mod:`bbmq.app`
-    derives both from the user's settings.
-    """
-
-    host: str
-    port: int
-    #: The decoder refuses a frame whose body is larger, before buffering it.
-    max_message_size: int
-    max_connections: int
-    #: The write buffer's high-water mark: above it, deliveries to the connection pause.
-    max_output_bytes: int
-    handshake_timeout: float
-    idle_timeout: float
-    tls_cert: str | None = None
-    tls_key: str | None = None
 
 
 class Connection(asyncio.Protocol):
@@ -230,9 +194,16 @@ class BrokerServer:
     """
 
     def __init__(self, broker: Broker, worker: StoreWorker, clock: Callable[[], int],
-                 config: TransportConfig) -> None:
+                 config: TransportConfig, *,
+                 topic_requests: Callable[[list[str]], None] | None = None,
+                 membership: Membership | None = None) -> None:
         self.config = config
+        #: Registers before recovery, renews while serving, leaves after the store's last write.
+        self.membership = membership
         self.broker = broker
+        #: A cluster's membership (bbmq/app.py wires it; None for a single broker): it is
+        #: handed the topics handshakes wait for after each turn, as the store its work.
+        self.topic_requests = topic_requests
         self.store = worker.store
         self.clock = clock
         self.broker.status_provider = self.status
@@ -264,7 +235,10 @@ class BrokerServer:
         await asyncio.wrap_future(
             self.worker.start(loop.call_soon_threadsafe, self._stored, self._store_failed))
         log.info("store %s opened", self.store.description)
+        membership = self.membership
         try:
+            if membership is not None:  # before recovery: a refused broker loads nothing
+                await loop.run_in_executor(None, membership.join)
             await self._recover()
             self._server = await loop.create_server(
                 lambda: Connection(self, next(self._ids)),
@@ -272,15 +246,21 @@ class BrokerServer:
                 reuse_address=True, backlog=1024)
         except BaseException:
             await loop.run_in_executor(None, self.worker.stop)  # close the store we opened
+            if membership is not None:
+                await loop.run_in_executor(None, membership.leave)
             raise
+        if membership is not None:
+            membership.start(loop, self.flush)
         host, port = self.address
         log.info("bbmq %s listening on %s:%d", __version__, host, port)
         self._check_memory()
-        if not self.broker.config.authorizer.enabled and not _is_loopback(self.config.host):
+        if not self.broker.config.authorizer.enabled and not is_loopback(self.config.host):
             log.warning("listening on %s WITHOUT authentication: anyone who can reach this "
                         "port can publish and consume; set --auth-tokens", self.config.host)
 
     async def _recover(self) -> None:
+        if self.broker.config.cluster:
+            return  # a cluster broker loads each topic as it acquires it (Broker.topic_acquired)
         worker = self.worker
         total = await asyncio.wrap_future(worker.call(self.store.count_pending))
         groups = await asyncio.wrap_future(worker.call(self.store.groups))
@@ -313,12 +293,15 @@ class BrokerServer:
         broker = self.broker
         while True:
             for session_id, frames, close in broker.take_output():
-                self._write(session_id, frames, close)
+                if self._write(session_id, frames, close) and not close:
+                    self._hand_over_later(session_id)
             if not broker.resume_throttled(self.clock()):
                 break
         publishes, changes = broker.take_store_work()
         if publishes or len(changes):
             self.worker.submit(publishes, changes)
+        if self.topic_requests is not None and (topics := broker.take_topic_requests()):
+            self.topic_requests(topics)
         self._arm_timer()
         if self.backlogged:
             self._resume_caught_up()
@@ -337,17 +320,35 @@ class BrokerServer:
         self._write(session_id, frames, close)
         return not close
 
-    def _write(self, session_id: int, frames: list[protocol.TypedFrame], close: bool) -> None:
-        """Encode ``frames`` through the connection's protocol state, write them, maybe close."""
+    def _write(self, session_id: int, frames: list[protocol.TypedFrame], close: bool) -> bool:
+        """Encode ``frames`` through the connection's protocol state, write them, maybe close;
+        True if they answered a handshake that had waited (``flush`` hands over what follows)."""
         connection = self.connections.get(session_id)
         if connection is None or connection.transport is None:
-            return
+            return False
+        answered = False
         if frames:
+            answered = connection.protocol.state is protocol.State.AWAITING_ACK
             encoded = connection.protocol.send_all(frames)
             connection.bytes_out += len(encoded)
             connection.transport.write(encoded)
         if close:
             connection.transport.close()
+        return answered and connection.protocol.state is not protocol.State.AWAITING_ACK
+
+    def _hand_over_later(self, session_id: int) -> None:
+        """A handshake answered after a wait (in a cluster, for its topic to be loaded): hand
+        the core the frames that waited behind it, on the next turn."""
+        connection = self.connections[session_id]
+        if connection.continuation is None and connection not in self.backlogged:
+            assert self._loop is not None
+            connection.continuation = self._loop.call_soon(connection.hand_over)
+
+    def call_core(self, call: Callable[[Broker, int], None]) -> None:
+        """Run ``call(broker, now_ms)`` and send what it caused: how a cluster's membership
+        thread changes the core (``loop.call_soon_threadsafe(server.call_core, ...)``)."""
+        call(self.broker, self.clock())
+        self.flush()
 
     def _arm_timer(self) -> None:
         deadline = self.broker.next_deadline()
@@ -386,6 +387,8 @@ class BrokerServer:
         log.info("shutting down: %d connections", len(self.connections))
         if self._server is not None:
             self._server.close()
+        if self.membership is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.membership.stop)
         self.broker.accepting = False
         deadline = time.monotonic() + grace
         worker = self.worker
@@ -405,6 +408,8 @@ class BrokerServer:
         if self._memory_check is not None:
             self._memory_check.cancel()
         stopped = await asyncio.get_running_loop().run_in_executor(None, worker.stop, grace)
+        if self.membership is not None:  # releases the leases: the others take them at once
+            await asyncio.get_running_loop().run_in_executor(None, self.membership.leave)
         if not stopped:
             log.error("store thread did not finish within %.0f s: writes not yet committed "
                       "(acks, deliveries) are lost and those messages will be redelivered", grace)
@@ -431,15 +436,7 @@ class BrokerServer:
         return {"pid": os.getpid(), "address": f"{host}:{port}", "store": self.store.description,
                 "uptime_s": round((self.clock() - self.started_at_ms) / 1000, 1),
                 "connections": len(self.connections), "store_available": self.worker.available,
-                "log": _log_destination()}
-
-
-def _log_destination() -> str:
-    """Where this process's log lines go: the log file, or stderr (a foreground run)."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
-            return handler.baseFilename
-    return "stderr"
+                "log": log_destination()}
 
 
 if __name__ == "__main__":

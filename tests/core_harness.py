@@ -102,6 +102,10 @@ class CoreHarness:
         self.broker.disconnect(session, self.now)
         self._collect()
 
+    def collect(self) -> None:
+        """Take what the broker sent after a call made on it directly (a cluster's membership)."""
+        self._collect()
+
     def take(self, session: int) -> list[protocol.TypedFrame]:
         frames = self.inbox.pop(session, [])
         return frames
@@ -112,16 +116,24 @@ class CoreHarness:
         return [f.id for f in self.take(session) if isinstance(f, protocol.ProducerAckMessage)]
 
     def _collect(self) -> None:
+        answered = []
         for session, frames, close in self.broker.take_output():
-            self._deliver(session, frames, close)
+            if self._deliver(session, frames, close) and not close:
+                answered.append(session)
+        for session in answered:  # as the server does: the frames behind it go on now
+            self.feed(session, b"")
 
-    def _deliver(self, session: int, frames: list[protocol.TypedFrame], close: bool) -> None:
-        """Frames to the client, through the wire format and the protocol's state."""
-        data = self._connections[session].send_all(frames)
+    def _deliver(self, session: int, frames: list[protocol.TypedFrame], close: bool) -> bool:
+        """Frames to the client, through the wire format and the protocol's state; True if
+        they answered a handshake that had waited (a cluster's topic being loaded)."""
+        connection = self._connections[session]
+        waited = bool(frames) and connection.state is protocol.State.AWAITING_ACK
+        data = connection.send_all(frames)
         for frame in self._decoders[session].feed(data):
             self.inbox[session].append(protocol.parse(frame, protocol.SERVER_FRAMES))
         if close:
             self.closed.add(session)
+        return waited and connection.state is not protocol.State.AWAITING_ACK
 
 
 def messages(frames: list[protocol.TypedFrame]) -> list[tuple[int, int, bytes]]:

@@ -9,83 +9,18 @@ database's own times behind the table's back, never by sleeping.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pymysql
 import pytest
 
-from bbmq.store import MySQLStore
 from bbmq.store.leases import BrokerConflict, LeaseTable
 
-from .mysql_support import connect, drop_tables, require_mysql, unique_table_prefix
+from .lease_support import TTL_MS, Database, db_fixture, shared_db_fixture  # noqa: F401
 
 pytestmark = pytest.mark.mysql
-
-TTL_MS = 5000
-
-
-class Database:
-    """One prefix of the test server, with the bbmq schema, and raw SQL on it."""
-
-    def __init__(self) -> None:
-        self.url = require_mysql()
-        self.prefix = unique_table_prefix()
-        self.store = MySQLStore(self.url, table_prefix=self.prefix)
-        self.store.open()
-        self.tables: list[LeaseTable] = []
-
-    def table(self, ttl_ms: int = TTL_MS) -> LeaseTable:
-        """A lease table on a connection of its own."""
-        table = LeaseTable(self.store.connector(), self.prefix, ttl_ms)
-        self.tables.append(table)
-        return table
-
-    def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
-        """Rows of ``query``, written with ``p_`` for the prefix."""
-        conn = connect(self.url)
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute(query.replace("p_", self.prefix), params)
-                return list(cursor.fetchall())
-        finally:
-            conn.close()
-
-    def age_heartbeat(self, broker_id: str, ms: int) -> None:
-        self.sql("UPDATE p_brokers SET heartbeat_at = UTC_TIMESTAMP(6) - INTERVAL %s "
-                 "MICROSECOND WHERE id = %s", ms * 1000, broker_id)
-
-    def expire(self, topic: str) -> None:
-        self.sql("UPDATE p_leases SET lease_until = UTC_TIMESTAMP(6) - INTERVAL 1 SECOND"
-                 " WHERE topic = %s", topic)
-
-    def clear(self) -> None:
-        """Back to no brokers and no leases, for the next test."""
-        for table in self.tables:
-            table.close()
-        self.tables.clear()
-        self.sql("DELETE FROM p_brokers")
-        self.sql("DELETE FROM p_leases")
-
-    def close(self) -> None:
-        self.clear()
-        self.store.close()
-        drop_tables(self.url, self.prefix)
-
-
-@pytest.fixture(scope="module")
-def shared_db() -> Iterator[Database]:
-    """One schema for the module (creating it is most of a test's time)."""
-    database = Database()
-    yield database
-    database.close()
-
-
-@pytest.fixture
-def db(shared_db: Database) -> Iterator[Database]:
-    yield shared_db
-    shared_db.clear()
 
 
 def race(n: int, attempt: Callable[[int], Any]) -> list[Any]:

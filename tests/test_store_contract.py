@@ -461,6 +461,32 @@ def test_recover_streams_many_pages_in_id_order(store: Store) -> None:
     assert result == expected
     bodies = [m.body for m in store.recover()]
     assert bodies[:3] == [b"2", b"5", b"8"]
+    # One topic's pages, as a cluster's broker loads a topic it takes.
+    mine = list(store.recover("a"))
+    assert [m.id for m in mine] == [i for n, i in enumerate(ids) if n % 3 == 0 and i in expected]
+    assert {m.topic for m in mine} == {"a"}
+    assert store.count_pending("a") == len(mine) == 3_000
+
+
+def test_groups_recover_and_count_pending_of_one_topic(store: Store) -> None:
+    store.write(Batch(groups=[GroupRecord("b", "h", 0, 1), GroupRecord("a", "g", 0, 1),
+                              GroupRecord("b", "g", 0, 1)]), NOW_MS)
+    a1, b1, dead, backlog, a2 = publish(store, msg("a"), msg("b"), msg("a.dlq"), msg("c"),
+                                        msg("a"))
+    store.write(Batch(acks=[AckRecord(a1, "g", 2)], deliveries=[DeliveryRecord(a2, "g", 3, 2)]),
+                NOW_MS)
+    assert [(g.topic, g.group) for g in store.groups("b")] == [("b", "g"), ("b", "h")]
+    assert [(g.topic, g.group) for g in store.groups("a")] == [("a", "g")]
+    assert store.groups("c") == [] and store.groups("nothing") == []
+    assert len(store.groups()) == 3
+    assert [(m.id, m.pending) for m in store.recover("a")] == [(a2, {"g": 3})]
+    assert [(m.id, m.pending) for m in store.recover("b")] == [(b1, {"g": 0, "h": 0})]
+    assert [(m.id, m.pending) for m in store.recover("a.dlq")] == [(dead, {})]
+    assert [(m.id, m.pending) for m in store.recover("c")] == [(backlog, {})]
+    assert list(store.recover("nothing")) == []
+    counts = {t: store.count_pending(t) for t in ("a", "b", "a.dlq", "c", "nothing")}
+    assert counts == {"a": 1, "b": 1, "a.dlq": 1, "c": 1, "nothing": 0}
+    assert store.count_pending() == 4
 
 
 BODIES = {

@@ -12,6 +12,7 @@ from bbmq.core.engine import LEASE_FIFO_MIN
 from bbmq.core.records import PendingPublish, Session
 from bbmq.core.snapshot import (
     BrokerSnapshot,
+    ClusterCounters,
     CounterSnapshot,
     GroupSnapshot,
     SessionSnapshot,
@@ -23,6 +24,7 @@ __all__ = [
     "Broker",
     "BrokerConfig",
     "BrokerSnapshot",
+    "ClusterCounters",
     "CounterSnapshot",
     "GroupSnapshot",
     "PendingPublish",

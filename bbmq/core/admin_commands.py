@@ -21,6 +21,7 @@ from bbmq.core.engine import QueueEngine
 from bbmq.core.outbox import Outboxes
 from bbmq.core.records import Group, QueuedMessage, Topic
 from bbmq.core.snapshot import BrokerSnapshot
+from bbmq.defaults import lease_topic
 from bbmq.protocol import ErrorCode, ProtocolError
 
 #: Most messages one ADMIN peek returns (its answer is one frame, bodies included).
@@ -30,17 +31,23 @@ MAX_PEEK: Final = 1000
 class AdminCommands:
     """Answers one ADMIN command at a time against the queue engine."""
 
-    def __init__(self, engine: QueueEngine, outboxes: Outboxes) -> None:
+    def __init__(self, engine: QueueEngine, outboxes: Outboxes,
+                 snapshot: Callable[[], BrokerSnapshot]) -> None:
         self.engine = engine
         self.outboxes = outboxes
+        #: The broker's one snapshot (Broker.snapshot), cluster counters included.
+        self.snapshot = snapshot
         #: Server-level facts (uptime, store, connections) for ``stats``; set by the server.
         self.status_provider: Callable[[], dict[str, Any]] = dict
+        #: Commands answered outside the core (the cluster's ``drain`` and ``cluster``, from
+        #: bbmq/cluster/member.py), by name; set by the composition root.
+        self.commands: dict[str, Callable[[dict[str, Any]], Any]] = {}
 
     def answer(self, command: str, params: dict[str, Any], now_ms: int) -> Any:
         """The JSON-ready result of one command; a bad one raises ProtocolError."""
         match command:
             case "stats":
-                return self.stats(self.engine.snapshot())
+                return self.stats(self.snapshot())
             case "topics":
                 return sorted(self.engine.topics)
             case "purge":
@@ -60,24 +67,31 @@ class AdminCommands:
                 topic = self._param_topic(params)
                 group = self._param_group(topic, params).name if "group" in params else None
                 return self.peek(topic.name, group, count)
+        if (extra := self.commands.get(command)) is not None:
+            return extra(params)
+        known = ", ".join(["stats", "topics", "purge", "group_delete", "peek", *self.commands])
         raise ProtocolError(ErrorCode.INVALID_PROTOCOL,
-                            f"unknown admin command {command[:40]!r} "
-                            "(known: stats, topics, purge, group_delete, peek)")
+                            f"unknown admin command {command[:40]!r} (known: {known})")
 
     def stats(self, snapshot: BrokerSnapshot) -> dict[str, Any]:
         """The ``stats`` answer: the server's status, then the snapshot, topics and groups
-        sorted by name (the CLI and the tests read this shape)."""
-        return {"server": self.status_provider(), "queued_bytes": snapshot.queued_bytes,
-                "topics": {topic.name: {
-                    **asdict(topic.counters),
-                    "publishers": topic.publishers,
-                    "backlog": topic.backlog,
-                    "groups": {group.name: {"ready": group.ready, "delayed": group.delayed,
-                                            "inflight": group.inflight,
-                                            "consumers": group.consumers,
-                                            **asdict(group.counters)}
-                               for group in topic.groups},
-                } for topic in snapshot.topics}}
+        sorted by name (the CLI and the tests read this shape); a cluster broker's answer
+        has ``cluster`` too (redirects sent, topics served and waited for)."""
+        answer: dict[str, Any] = {"server": self.status_provider(),
+                                  "queued_bytes": snapshot.queued_bytes}
+        if snapshot.cluster is not None:
+            answer["cluster"] = asdict(snapshot.cluster)
+        answer["topics"] = {topic.name: {
+            **asdict(topic.counters),
+            "publishers": topic.publishers,
+            "backlog": topic.backlog,
+            "groups": {group.name: {"ready": group.ready, "delayed": group.delayed,
+                                    "inflight": group.inflight,
+                                    "consumers": group.consumers,
+                                    **asdict(group.counters)}
+                       for group in topic.groups},
+        } for topic in snapshot.topics}
+        return answer
 
     @staticmethod
     def _param_text(params: dict[str, Any], key: str) -> str:
@@ -127,6 +141,8 @@ class AdminCommands:
                 purged.add(message.id)
                 engine.batch.done.append(message.id)
                 engine.let_go(message.topic, message.body)
+            if topic.backlog:
+                engine.batch.topics.add(lease_topic(topic_name))
             topic.backlog.clear()
         return len(purged)
 
@@ -152,6 +168,7 @@ class AdminCommands:
             queue.clear()
         del topic.groups[group_name]
         engine.batch.deleted_groups.append((topic_name, group_name))
+        engine.batch.topics.add(group.lease)
 
     def peek(self, topic_name: str, group_name: str | None, count: int) -> list[dict[str, Any]]:
         """The next ``count`` messages a group (or the backlog) would deliver; changes nothing."""

@@ -17,22 +17,35 @@ commands (admin_commands.py), recovery at start (recovery.py), the outboxes
 (outbox.py), over the records they share (records.py).  This class holds
 them together with the table of sessions, and answers the transport's few
 questions about a session so that it never reads the core's records.
+
+In a cluster (``BrokerConfig(cluster=True)``, docs/CLUSTER.md) the broker
+serves only the topics whose lease it holds (ownership.py).  A handshake for
+another topic waits, and the topic goes to the membership thread through
+:meth:`Broker.take_topic_requests` (the transport passes them on after each
+turn, as it passes store work to the store thread); the membership answers
+on the event loop with :meth:`Broker.topic_acquired` or
+:meth:`Broker.topic_elsewhere`, and takes a topic away with
+:meth:`Broker.topic_lost` (eviction.py forgets it).  In single mode none of
+this is used and nothing changes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Protocol, TypeVar
 
 from bbmq import protocol
 from bbmq.core.admin_commands import AdminCommands
 from bbmq.core.config import BrokerConfig
 from bbmq.core.engine import QueueEngine
+from bbmq.core.eviction import evict
 from bbmq.core.outbox import Outboxes
+from bbmq.core.ownership import TopicOwnership
 from bbmq.core.records import PendingPublish, Session
 from bbmq.core.recovery import recover
 from bbmq.core.roles import Roles
-from bbmq.core.snapshot import BrokerSnapshot, SessionSnapshot
+from bbmq.core.snapshot import BrokerSnapshot, SessionSnapshot, take_snapshot
+from bbmq.defaults import lease_topic
 from bbmq.protocol import ErrorCode, Role
 from bbmq.store.base import Batch, GroupRecord, RecoveredMessage, StoredId
 
@@ -45,8 +58,10 @@ class Broker:
         self.sessions: dict[int, Session] = {}
         self.outboxes = Outboxes(self.config.max_output_bytes)
         self.engine = QueueEngine(self.config, self.outboxes)
-        self.admin = AdminCommands(self.engine, self.outboxes)
-        self.roles = Roles(self.config, self.sessions, self.engine, self.outboxes, self.admin)
+        self.ownership = TopicOwnership(self.config, self.outboxes)
+        self.admin = AdminCommands(self.engine, self.outboxes, self.snapshot)
+        self.roles = Roles(self.config, self.sessions, self.engine, self.outboxes, self.admin,
+                           ownership=self.ownership)
 
     @property
     def accepting(self) -> bool:
@@ -101,6 +116,8 @@ class Broker:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return
+        if session.role is Role.NONE and session.lease:
+            self.ownership.unpark(session)  # its handshake was waiting for its topic
         self.engine.release(session, now_ms)
         self.outboxes.forget(session)
 
@@ -110,7 +127,7 @@ class Broker:
         if session is None or session.writable == writable:
             return
         session.writable = writable
-        if writable and session.role is Role.SUBSCRIBER:
+        if writable and session.role is Role.SUBSCRIBER and not session.closed:
             self.engine.dispatch(self.engine.group_of(session), now_ms)
 
     def handshaken(self, session_id: int) -> bool:
@@ -147,7 +164,7 @@ class Broker:
         Returns True if that produced output (flush again).
         """
         for session in self.outboxes.take_throttled():
-            if session.role is Role.SUBSCRIBER and session.writable:
+            if session.role is Role.SUBSCRIBER and session.writable and not session.closed:
                 self.engine.dispatch(self.engine.group_of(session), now_ms)
         return self.outboxes.pending()
 
@@ -175,15 +192,25 @@ class Broker:
 
     def next_deadline(self) -> int | None:
         """When :meth:`tick` next has work, in the same milliseconds as ``now_ms``."""
-        return self.engine.next_deadline()
+        deadlines = [deadline for deadline in (self.engine.next_deadline(),
+                                               self.ownership.next_deadline())
+                     if deadline is not None]
+        return min(deadlines) if deadlines else None
 
     def tick(self, now_ms: int) -> None:
-        """Run every timer that is due: ack timeouts, long-poll ends, delayed messages."""
+        """Run every timer that is due: ack timeouts, long-poll ends, delayed messages, and in
+        a cluster the handshakes that waited ``topic_wait_ms`` for their topic in vain."""
         self.engine.tick(now_ms)
+        for entry in self.ownership.overdue(now_ms):
+            self.ownership.redirect(entry.session, None, None, self.config.topic_retry_ms,
+                                    f"topic {entry.session.topic!r} is not served by any "
+                                    "broker yet; try again")
 
     def snapshot(self) -> BrokerSnapshot:
-        """Counters and queue sizes now, as immutable values (``stats`` and metrics read it)."""
-        return self.engine.snapshot()
+        """Counters and queue sizes now, as immutable values (``stats`` and metrics read it);
+        a cluster broker's counters too (``BrokerSnapshot.cluster``)."""
+        return take_snapshot(self.engine.topics, self.engine.queued_bytes,
+                             self.ownership.counters() if self.config.cluster else None)
 
     def describe_session(self, session_id: int) -> SessionSnapshot | None:
         """One connection's role, topic, group, name and unacked count (None if unknown)."""
@@ -194,3 +221,162 @@ class Broker:
         """Run one ADMIN command outside any connection (the dashboard's actions): the same
         answers, checks and errors (ProtocolError) as an ``ADMIN`` frame gets."""
         return self.admin.answer(command, params, now_ms)
+
+    # ------------------------------------------------------------------ cluster
+
+    @property
+    def draining(self) -> bool:
+        """Cluster: the broker is handing its topics off before a stop (``bbmq server drain``).
+
+        Set by the membership on the event loop.  A draining broker asks for no
+        topic: a handshake for one it does not serve is answered at once with
+        REDIRECT to the owner the membership last named (or to try again later),
+        and so are the handshakes waiting when draining starts.  The topics it
+        still serves keep working until :meth:`topic_lost` hands each one off.
+        """
+        return self.ownership.draining
+
+    @draining.setter
+    def draining(self, draining: bool) -> None:
+        self._require_cluster()
+        self.ownership.draining = draining
+        if draining:
+            for lease in list(self.ownership.waiting):
+                for entry in self.ownership.answered(lease):
+                    self.ownership.redirect_to_owner(entry.session, "this broker is draining")
+
+    def set_cluster_brokers(self, addresses: tuple[str, ...]) -> None:
+        """Cluster: the live brokers' addresses (``host:port``), which every
+        SERVER_ACKNOWLEDGEMENT and REDIRECT lists.  Called by the membership on the event
+        loop whenever its renew finds the list changed."""
+        self._require_cluster()
+        self.ownership.brokers = tuple(addresses)
+
+    def served_topics(self) -> dict[str, int]:
+        """Cluster: the topics this broker serves, with the epoch of its lease on each (a
+        ``<t>.dlq`` topic is served with ``<t>`` and not listed).  The membership compares it
+        with what its renew found, and the fence of each write is made from it."""
+        return dict(self.ownership.served)
+
+    def take_topic_requests(self) -> list[str]:
+        """Cluster: the topics handshakes now wait for, each returned once until it is
+        answered (:meth:`topic_acquired` or :meth:`topic_elsewhere`) or nobody waits for it
+        any more.  The transport calls it after each turn and passes the topics to the
+        membership (BrokerServer's ``topic_requests``), as it passes store work on.
+        Always empty for a single broker and a draining one."""
+        return self.ownership.take_requests()
+
+    def topic_acquired(self, topic: str, epoch: int, groups: Iterable[GroupRecord],
+                       messages: Iterable[RecoveredMessage], now_ms: int) -> None:
+        """Cluster: this broker now holds the lease of ``topic`` under ``epoch``: serve it.
+
+        Called by the membership on the event loop after it acquired, took over or
+        was handed the lease and read the topic's state from the store: the groups
+        and unfinished messages of ``topic`` and of its dead-letter topic
+        ``<topic>.dlq``, which travels with it (a record of any other topic is a
+        ValueError).  They are queued as at a start (recovery.py): a delivery of an
+        older epoch is ready again at once.  Then every handshake waiting for the
+        topic is answered SERVER_ACKNOWLEDGEMENT, whose info carries ``epoch`` and
+        ``brokers``.  For a topic already served under ``epoch`` nothing is loaded
+        again; under another epoch its state is dropped (its clients redirected to
+        try again) and loaded anew.
+        """
+        self._require_cluster()
+        lease = self._lease_name(topic)
+        served = self.ownership.served
+        if served.get(lease, epoch) != epoch:
+            self._drop(lease, None, None, self.config.topic_retry_ms,
+                       f"topic {lease!r} is being reloaded; try again")
+        if lease not in served:
+            recover(self.engine, _of_lease(lease, messages), _of_lease(lease, groups), now_ms)
+        served[lease] = epoch
+        self.ownership.owners.pop(lease, None)
+        for entry in self.ownership.answered(lease):
+            if not entry.session.closing:  # not timed out by the transport meanwhile
+                self.roles.accept_handshake(entry.session, entry.handshake, now_ms)
+
+    def topic_elsewhere(self, topic: str, owner: str | None, epoch: int | None,
+                        retry_ms: int | None, now_ms: int) -> None:
+        """Cluster: another broker serves ``topic`` (``owner``, its address, under ``epoch``),
+        or none can yet (``owner`` None: try again after ``retry_ms``).
+
+        Called by the membership on the event loop in answer to a topic requested by
+        :meth:`take_topic_requests` that it did not acquire: every handshake waiting
+        for the topic is answered REDIRECT and its connection closes.  The owner is
+        remembered for a draining broker's answers.  A topic this broker serves is
+        not touched (:meth:`topic_lost` takes one away).
+        """
+        self._require_cluster()
+        lease = self._lease_name(topic)
+        if owner is not None:
+            self.ownership.owners[lease] = (owner, epoch)
+        reason = (f"topic {lease!r} is served by {owner}" if owner is not None
+                  else f"topic {lease!r} is not served by any broker yet; try again")
+        for entry in self.ownership.answered(lease):
+            if not entry.session.closing:
+                self.ownership.redirect(entry.session, owner, epoch, retry_ms, reason)
+
+    def topic_lost(self, topic: str, owner: str | None, epoch: int | None,
+                   retry_ms: int | None, now_ms: int) -> None:
+        """Cluster: this broker no longer serves ``topic`` (and its ``.dlq`` topic).
+
+        Called by the membership on the event loop when a renew finds the lease gone
+        or under another epoch, its local validity ran out, a write was fenced, or
+        before it hands the topic off (``owner`` the target).  Every session of the
+        topic gets REDIRECT (to ``owner``/``epoch``, or to try again after
+        ``retry_ms``) and is closed; the PUBLISH replies it was owed are dropped (the
+        client resends with its msgid, PROTOCOL.md 4.7).  All the topic held in
+        memory is forgotten without store work (eviction.py); publishes of it still
+        in the store thread are failed there, or if they commit, are only let go
+        (``stored``).  Handshakes waiting for it are redirected too.
+        """
+        self._require_cluster()
+        lease = self._lease_name(topic)
+        if owner is not None:
+            self.ownership.owners[lease] = (owner, epoch)
+        reason = (f"topic {lease!r} moved to {owner}" if owner is not None
+                  else f"this broker no longer serves topic {lease!r}; try again")
+        self._drop(lease, owner, epoch, retry_ms, reason)
+        for entry in self.ownership.answered(lease):
+            if not entry.session.closing:
+                self.ownership.redirect(entry.session, owner, epoch, retry_ms, reason)
+
+    def _drop(self, lease: str, owner: str | None, epoch: int | None, retry_ms: int | None,
+              reason: str) -> None:
+        """Redirect the sessions of ``lease`` and forget the topic."""
+        bound = [session for session in self.sessions.values()
+                 if session.lease == lease and not session.closing
+                 and session.role in (Role.PUBLISHER, Role.SUBSCRIBER)]
+        for session in bound:
+            self.ownership.redirect(session, owner, epoch, retry_ms, reason)
+        evict(self.engine, lease, bound)
+        self.ownership.served.pop(lease, None)
+
+    def _require_cluster(self) -> None:
+        if not self.config.cluster:
+            raise RuntimeError("topic ownership is for a cluster broker: "
+                               "make its BrokerConfig with cluster=True")
+
+    @staticmethod
+    def _lease_name(topic: str) -> str:
+        if lease_topic(topic) != topic:
+            raise ValueError(f"{topic!r} has no lease of its own: it is served with "
+                             f"{lease_topic(topic)!r}; name that topic")
+        return topic
+
+
+class _OfTopic(Protocol):
+    @property
+    def topic(self) -> str: ...
+
+
+RecordT = TypeVar("RecordT", bound=_OfTopic)
+
+
+def _of_lease(lease: str, records: Iterable[RecordT]) -> Iterator[RecordT]:
+    """``records``, checked to belong to ``lease`` (the topic or its dead-letter topic)."""
+    for record in records:
+        if lease_topic(record.topic) != lease:
+            raise ValueError(f"topic_acquired({lease!r}) was given a record of topic "
+                             f"{record.topic!r}: load {lease!r} and {lease + '.dlq'!r} only")
+        yield record

@@ -40,3 +40,11 @@ class BrokerConfig:
     max_output_bytes: int = 4 * 1024 * 1024
     #: Who may do what; the default has no tokens and allows everything.
     authorizer: Authorizer = field(default_factory=lambda: Authorizer([]))
+    #: One broker of a cluster (docs/CLUSTER.md): it serves only the topics whose lease it
+    #: holds (bbmq/core/ownership.py); False: a single broker serving every topic.
+    cluster: bool = False
+    #: Cluster: how long a handshake waits for its topic to be loaded (or found elsewhere)
+    #: before it is answered with REDIRECT and ``topic_retry_ms``.
+    topic_wait_ms: int = 5000
+    #: Cluster: the ``retry_ms`` of a REDIRECT that names no owner (none is known yet).
+    topic_retry_ms: int = 500

@@ -6,7 +6,7 @@ messages to the sessions with an open FETCH, round robin; a delivery becomes a
 :class:`~bbmq.core.records.Lease` until it is acked, and a lease that ends
 otherwise (NACK, disconnect, ack deadline) puts the message back on the
 group's retry heap, its delayed heap, or, out of attempts, in the dead-letter
-topic.  Every change the store must learn goes into :attr:`QueueEngine.batch`.
+topic.  Every change for the store goes into ``batch``, its lease topic into ``batch.topics``.
 
 Time comes in as ``now_ms``.  Two structures hold what is due later: the ack
 deadlines, a FIFO because every lease gets the same timeout, and a heap for
@@ -44,8 +44,7 @@ from bbmq.core.records import (
     Session,
     Topic,
 )
-from bbmq.core.snapshot import BrokerSnapshot, take_snapshot
-from bbmq.defaults import DLQ_SUFFIX
+from bbmq.defaults import DLQ_SUFFIX, lease_topic
 from bbmq.protocol import Role
 from bbmq.store.base import AckRecord, Batch, DeliveryRecord, GroupRecord, NewMessage, WriteRequest
 
@@ -113,10 +112,6 @@ class QueueEngine:
         self.to_store, self.batch = [], Batch()
         return publishes, batch
 
-    def snapshot(self) -> BrokerSnapshot:
-        """The counters and queue sizes now, for ``stats`` and the metrics page alike."""
-        return take_snapshot(self.topics, self.queued_bytes)
-
     # ------------------------------------------------------------------ topics and groups
 
     def topic(self, name: str) -> Topic:
@@ -137,6 +132,7 @@ class QueueEngine:
         # The first group inherits the backlog; later ones start from now.
         start_id = 0 if len(topic.groups) == 1 else topic.last_id
         self.batch.groups.append(GroupRecord(topic_name, name, start_id, now_ms))
+        self.batch.topics.add(group.lease)
         while topic.backlog:
             message = topic.backlog.popleft()
             message.refs += 1
@@ -158,6 +154,7 @@ class QueueEngine:
             groups = [topic.groups[new.group]] if new.group in topic.groups else []
             if not groups:
                 self.batch.done.append(message_id)
+                self.batch.topics.add(lease_topic(new.topic))
                 self.let_go(new.topic, new.body)
         else:
             groups = list(topic.groups.values())
@@ -244,6 +241,7 @@ class QueueEngine:
             delivered_ms = lease.deadline_ms - self.config.ack_timeout_ms
             self.batch.deliveries.append(DeliveryRecord(
                 message.id, group.name, lease.attempts, delivered_ms, retry_at_ms=due))
+            self.batch.topics.add(group.lease)
         else:
             heapq.heappush(group.retry, (message.id, message, lease.attempts))
 
@@ -300,6 +298,7 @@ class QueueEngine:
     def finish(self, group: Group, message: QueuedMessage, now_ms: int) -> None:
         """``group`` is done with ``message``; the store forgets it once every group is."""
         self.batch.acks.append(AckRecord(message.id, group.name, now_ms))
+        self.batch.topics.add(group.lease)
         message.refs -= 1
         if message.refs == 0:
             self.batch.done.append(message.id)
@@ -376,6 +375,7 @@ class QueueEngine:
             if len(leases) >= self._compact_leases_at:
                 self._compact_lease_deadlines()
         self.batch.deliveries.append(DeliveryRecord(message.id, group.name, attempt, now_ms))
+        self.batch.topics.add(group.lease)
         group.counters.delivered += 1
         group.topic_counters.delivered += 1
         self.outboxes.send(session, message.frame(attempt),

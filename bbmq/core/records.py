@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from bbmq import protocol
+from bbmq.defaults import lease_topic
 from bbmq.protocol import Role
 from bbmq.store.base import ReplySlot, WriteRequest
 
@@ -38,6 +39,8 @@ class Session:
     #: Granted by the handshake (the protocol's table says what each role may send).
     role: Role = Role.NONE
     topic: str = ""
+    #: The topic whose cluster lease covers ``topic`` (bbmq.defaults.lease_topic).
+    lease: str = ""
     group: str = ""
     sender: str | None = None
     requests: deque[FetchRequest] = field(default_factory=deque)
@@ -144,6 +147,11 @@ class Group:
     expiry_due_ms: int | None = None
     #: When it last ran: sweeps are at least EXPIRY_SWEEP_MS apart.
     swept_ms: int = 0
+    #: The topic whose cluster lease covers this group's rows (what a batch is fenced on).
+    lease: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lease = lease_topic(self.topic)
 
     @property
     def ready(self) -> int:

@@ -21,7 +21,9 @@ from bbmq.core.admin_commands import AdminCommands
 from bbmq.core.config import SERVER_NAME, BrokerConfig
 from bbmq.core.engine import MESSAGE_OVERHEAD_BYTES, QueueEngine
 from bbmq.core.outbox import Outboxes
+from bbmq.core.ownership import TopicOwnership
 from bbmq.core.records import FetchRequest, PendingPublish, Session, Topic
+from bbmq.defaults import lease_topic
 from bbmq.protocol import ErrorCode, ProtocolError, Role
 from bbmq.store.base import NewMessage, ReplySlot, StoredId, WriteRequest
 
@@ -33,12 +35,13 @@ class Roles:
     """Handles each frame a session sends, as its role allows."""
 
     def __init__(self, config: BrokerConfig, sessions: dict[int, Session], engine: QueueEngine,
-                 outboxes: Outboxes, admin: AdminCommands) -> None:
+                 outboxes: Outboxes, admin: AdminCommands, *, ownership: TopicOwnership) -> None:
         self.config = config
         self.sessions = sessions
         self.engine = engine
         self.outboxes = outboxes
         self.admin = admin
+        self.ownership = ownership
         #: False once the server is shutting down: new publishes get SERVER_CLOSING.
         self.accepting = True
 
@@ -107,9 +110,25 @@ class Roles:
         if name is not None and not isinstance(name, str):
             raise ProtocolError(ErrorCode.BAD_NAME, "handshake 'name' must be a JSON string")
         session.sender = protocol.check_sender(name) if name is not None else None
+        if self.config.cluster and not isinstance(frame, protocol.ClientAdmin):
+            session.topic, session.lease = frame.topic, lease_topic(frame.topic)
+            ownership = self.ownership
+            if session.lease not in ownership.served:  # answered once the membership knows
+                if ownership.draining:
+                    ownership.redirect_to_owner(
+                        session, f"this broker is draining and does not serve {frame.topic!r}")
+                else:
+                    ownership.park(session, frame, now_ms)
+                return
+        self.accept_handshake(session, frame, now_ms)
+
+    def accept_handshake(self, session: Session, frame: Handshake, now_ms: int) -> None:
+        """Grant the role the handshake asked for and answer SERVER_ACKNOWLEDGEMENT (authorized
+        already; in a cluster, the topic is served)."""
         match frame:
             case protocol.ClientPublisher():
                 session.role, session.topic = Role.PUBLISHER, frame.topic
+                session.lease = lease_topic(frame.topic)
                 self.engine.topic(frame.topic).publishers += 1
             case protocol.ClientSubscriber():
                 session.role, session.topic, session.group = (
@@ -117,10 +136,11 @@ class Roles:
                     frame.topic,
                     frame.group,
                 )
+                session.lease = lease_topic(frame.topic)
                 self.engine.ensure_group(frame.topic, frame.group, now_ms).consumers.add(session)
             case protocol.ClientAdmin():
                 session.role = Role.ADMIN
-        self.outboxes.send(session, protocol.ServerAcknowledgement(self.server_info()))
+        self.outboxes.send(session, protocol.ServerAcknowledgement(self.server_info(session)))
 
     def _authorize(self, frame: Handshake) -> None:
         topic: str | None
@@ -141,10 +161,12 @@ class Roles:
                 fatal=True,
             )
 
-    def server_info(self) -> dict[str, Any]:
-        """What the handshake's SERVER_ACKNOWLEDGEMENT tells a client about this broker."""
+    def server_info(self, session: Session | None = None) -> dict[str, Any]:
+        """What the handshake's SERVER_ACKNOWLEDGEMENT tells a client about this broker; in a
+        cluster also the live brokers and, for a topic's session, the epoch it is served
+        under (PROTOCOL.md 4.7)."""
         config = self.config
-        return {
+        info: dict[str, Any] = {
             "server": SERVER_NAME,
             "version": config.version,
             "max_message_bytes": config.max_message_bytes,
@@ -152,6 +174,11 @@ class Roles:
             "max_attempts": config.max_attempts,
             "idle_timeout_ms": config.idle_timeout_ms,
         }
+        if config.cluster:
+            info["brokers"] = list(self.ownership.brokers)
+            if session is not None and session.lease in self.ownership.served:
+                info["epoch"] = self.ownership.served[session.lease]
+        return info
 
     def _on_shutdown(self, session: Session, now_ms: int) -> None:
         """Goodbye: CLOSE_CONNECTION_SIGNAL goes after the replies still owed, then close."""
@@ -184,6 +211,7 @@ class Roles:
         if frame.group is not None:  # created now, so it is stored with (or before) the message
             engine.ensure_group(session.topic, frame.group, now_ms)
         engine.hold(session.topic, frame.body)
+        engine.batch.topics.add(session.lease)
         expires = now_ms + frame.ttl_ms if frame.ttl_ms is not None else None
         pending: PendingPublish = WriteRequest(
             session,
@@ -206,7 +234,14 @@ class Roles:
         engine = self.engine
         touched: set[Topic] = set()
         publishers: dict[int, Session] = {}
+        served = self.ownership.served if self.config.cluster else None
         for pending, stored_id in zip(publishes, ids, strict=True):
+            if pending.answer is not None or (
+                    served is not None and lease_topic(pending.message.topic) not in served):
+                # Its topic was lost meanwhile (bbmq/core/eviction.py): the publisher was
+                # redirected and resends it; the topic's new owner loads it from the store.
+                engine.let_go(pending.message.topic, pending.message.body)
+                continue
             if (session := pending.requester) is not None:
                 pending.answer = protocol.ProducerAckMessage(stored_id.id)
                 publishers[session.id] = session

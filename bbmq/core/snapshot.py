@@ -78,12 +78,30 @@ class TopicSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterCounters:
+    """A cluster broker's part in the cluster (bbmq/core/ownership.py), as counted now."""
+
+    #: REDIRECT frames sent since the start (handshakes and moved topics alike).
+    redirects_sent: int = 0
+    #: Topics whose lease this broker holds and serves (a ``.dlq`` topic counts with its parent).
+    topics_served: int = 0
+    #: Topics that handshakes wait for (being loaded, or asked of the membership).
+    topics_waiting: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class BrokerSnapshot:
-    """The whole core at one moment: the bytes it holds, and every topic."""
+    """The whole core at one moment: the bytes it holds, and every topic.
+
+    ``topics`` lists what the broker holds in memory: in a cluster, the topics it serves
+    (and their ``.dlq`` topics), never those it lost.
+    """
 
     #: Message bytes held in memory: queued, and on their way to the store.
     queued_bytes: int
     topics: tuple[TopicSnapshot, ...]
+    #: A cluster broker's counters; None for a single broker (BrokerConfig.cluster False).
+    cluster: ClusterCounters | None = None
 
     def topic(self, name: str) -> TopicSnapshot:
         """The topic called ``name`` (KeyError if there is none)."""
@@ -114,7 +132,9 @@ class SessionSnapshot:
                    len(session.leases))
 
 
-def take_snapshot(topics: Mapping[str, Topic], queued_bytes: int) -> BrokerSnapshot:
-    """Copy what the core counts into a :class:`BrokerSnapshot`."""
+def take_snapshot(topics: Mapping[str, Topic], queued_bytes: int,
+                  cluster: ClusterCounters | None = None) -> BrokerSnapshot:
+    """Copy what the core counts into a :class:`BrokerSnapshot` (``cluster``: None for a
+    single broker)."""
     return BrokerSnapshot(queued_bytes, tuple(TopicSnapshot.of(topic)
-                                              for _, topic in sorted(topics.items())))
+                                              for _, topic in sorted(topics.items())), cluster)

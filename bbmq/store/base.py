@@ -16,6 +16,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
+from bbmq.defaults import DLQ_SUFFIX
+
 AnswerT = TypeVar("AnswerT")
 RequesterT = TypeVar("RequesterT")
 
@@ -25,6 +27,14 @@ class StoreUnavailable(Exception):
 
     The caller retries later; the backend must be usable again (reconnecting
     on its own) once the database is back.
+    """
+
+
+class StoreConflict(StoreUnavailable):
+    """The transaction lost a conflict with another one and was rolled back: a deadlock
+    or lock wait timeout, or on Galera a certification failure at COMMIT (1213).
+
+    Nothing was written and the database is up: trying again at once may well work.
     """
 
 
@@ -45,10 +55,26 @@ class Fenced(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Fence:
-    """The leases a clustered broker writes under: its id and the epoch it holds per topic."""
+    """The leases a clustered broker writes under: its id and the epoch it holds per topic.
+
+    A dead-letter topic ``<t>.dlq`` has no lease of its own: it is written under the
+    lease of ``<t>`` (see :func:`lease_topic`), so ``epochs`` needs ``<t>``'s epoch.
+    """
 
     owner: str
     epochs: Mapping[str, int]
+
+
+def lease_topic(topic: str) -> str:
+    """The topic whose lease covers ``topic``: itself, or for a dead-letter topic
+    ``<t>.dlq`` (or ``<t>.dlq.dlq``) the topic ``<t>`` it came from.
+
+    The broker that owns ``<t>`` moves its dead letters to ``<t>.dlq`` in the same
+    transaction as the ack that retires them, so one lease covers both.
+    """
+    while topic.endswith(DLQ_SUFFIX) and len(topic) > len(DLQ_SUFFIX):
+        topic = topic[: -len(DLQ_SUFFIX)]
+    return topic
 
 
 @dataclass(slots=True)  # not frozen: one is made per PUBLISH, and frozen init is slower
@@ -225,16 +251,21 @@ class Store(Protocol):
         """
         ...
 
-    def groups(self) -> list[GroupRecord]:
-        """Every group of every topic."""
+    def groups(self, topic: str | None = None) -> list[GroupRecord]:
+        """Every group of ``topic``; with None, of every topic."""
         ...
 
-    def count_pending(self) -> int:
-        """How many messages :meth:`recover` will yield (for progress reports)."""
+    def count_pending(self, topic: str | None = None) -> int:
+        """How many messages ``recover(topic)`` will yield (for progress reports)."""
         ...
 
-    def recover(self) -> Iterator[RecoveredMessage]:
-        """Every message some group still owes an ack, or in a topic's backlog; by id."""
+    def recover(self, topic: str | None = None) -> Iterator[RecoveredMessage]:
+        """Every message of ``topic`` (None: of every topic) some group still owes an ack,
+        or in the topic's backlog; by id.
+
+        A cluster's broker loads one topic when it takes it over; the dead letters
+        of ``<topic>.dlq`` are another topic (under the same lease), read on their own.
+        """
         ...
 
     def prune(self, now_ms: int) -> int:

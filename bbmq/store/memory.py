@@ -110,26 +110,28 @@ class MemoryStore:
         self._messages[self._last_id] = _Stored(message)
         return StoredId(self._last_id)
 
-    def groups(self) -> list[GroupRecord]:
-        """Every group of every topic, by topic and name."""
+    def groups(self, topic: str | None = None) -> list[GroupRecord]:
+        """The groups of ``topic`` (None: of every topic), by topic and name."""
         self._check_open()
-        return [self._groups[key] for key in sorted(self._groups)]
+        return [self._groups[key] for key in sorted(self._groups)
+                if topic is None or key[0] == topic]
 
-    def count_pending(self) -> int:
+    def count_pending(self, topic: str | None = None) -> int:
         """Exactly how many messages :meth:`recover` will yield."""
-        return sum(1 for _ in self.recover())
+        return sum(1 for _ in self.recover(topic))
 
-    def recover(self) -> Iterator[RecoveredMessage]:
-        """Every pending or backlog message, by id (from a snapshot taken now)."""
+    def recover(self, topic: str | None = None) -> Iterator[RecoveredMessage]:
+        """Every pending or backlog message of ``topic`` (None: of every topic), by id
+        (from a snapshot taken now)."""
         self._check_open()
         owed: dict[str, dict[str, int]] = {}
         for group in self._groups.values():
             owed.setdefault(group.topic, {})[group.group] = group.start_id
         recovered: list[RecoveredMessage] = []
         for message_id, entry in self._messages.items():
-            if entry.done_ms is not None:
-                continue
             m = entry.message
+            if entry.done_ms is not None or (topic is not None and m.topic != topic):
+                continue
             state = self._deliveries.get(message_id, {})
             groups = owed.get(m.topic, {})
             if m.group is not None:  # owed by that one group, or by nobody

@@ -20,12 +20,8 @@ import pymysql
 from pymysql.constants import CLIENT
 
 from bbmq.store.schema import Column, Table
-from bbmq.store.sql import (
-    DEFAULT_DEDUP_WINDOW_MS,
-    Connection,
-    Cursor,
-    SQLStore,
-)
+from bbmq.store.sql import DEFAULT_DEDUP_WINDOW_MS, SQLStore
+from bbmq.store.sql_types import Connection, Cursor
 
 MYSQL_DEFAULT_PORT: Final = 3306
 DEFAULT_TABLE_PREFIX: Final = "bbmq_"
@@ -44,6 +40,11 @@ _TABLE_OPTIONS: Final = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_b
 _SQL_MODE: Final = "TRADITIONAL"
 #: ER_DUP_FIELDNAME: ALTER TABLE ... ADD COLUMN of a column that exists.
 _DUP_FIELDNAME: Final = 1060
+#: ER_LOCK_DEADLOCK (on Galera also a certification failure at COMMIT), ER_LOCK_WAIT_TIMEOUT.
+_DEADLOCK: Final = 1213
+_LOCK_WAIT_TIMEOUT: Final = 1205
+#: ER_UNKNOWN_SYSTEM_VARIABLE: a server without wsrep_sync_wait (MySQL, not MariaDB).
+_UNKNOWN_VARIABLE: Final = 1193
 #: The errors a new setup meets when it opens the store (see explain_open_failure).
 _BAD_DB: Final = 1049  # ER_BAD_DB_ERROR: no such database
 _ACCESS_DENIED: Final = 1045  # ER_ACCESS_DENIED_ERROR: wrong user or password
@@ -155,9 +156,15 @@ class MySQLStore(SQLStore):
     ``table_prefix`` (default: the URL's ``table_prefix`` option, else ``bbmq_``)
     lets several independent brokers or test runs share one database.  The
     timeouts, when not given, come from the URL's options, else the defaults.
+
+    ``causal_reads`` (a cluster broker's store): on MariaDB Galera, every read waits
+    until this node has applied what the cluster certified before it
+    (``wsrep_sync_wait = 1``), so a broker taking a topic over reads every commit of
+    the previous owner, whichever node that went to.  Set it before open().
     """
 
     PLACEHOLDER = "%s"
+    FENCES = True
 
     def __init__(
         self,
@@ -169,8 +176,10 @@ class MySQLStore(SQLStore):
         connect_timeout_s: float | None = None,
         io_timeout_s: float | None = None,
         password: str | None = None,
+        causal_reads: bool = False,
     ) -> None:
         self.params = parse_mysql_url(url)
+        self.causal_reads = causal_reads
         if password is not None:
             self.params = replace(self.params, password=password)
         self.connect_timeout_s = (connect_timeout_s or self.params.connect_timeout_s
@@ -184,8 +193,17 @@ class MySQLStore(SQLStore):
         )
 
     def _connect(self) -> Connection:
-        conn: Connection = self.connector()()
-        return conn
+        conn = self.connector()()
+        if self.causal_reads:
+            try:
+                with conn.cursor() as cursor:
+                    cursor.execute("SET SESSION wsrep_sync_wait = 1")
+            except pymysql.err.MySQLError as error:
+                if error.args[:1] != (_UNKNOWN_VARIABLE,):
+                    conn.close()
+                    raise
+        store_conn: Connection = conn
+        return store_conn
 
     def connector(self) -> Callable[[], pymysql.connections.Connection]:
         """Makes connections to this store's database as the store makes its own: autocommit
@@ -216,6 +234,10 @@ class MySQLStore(SQLStore):
         return isinstance(
             error, pymysql.err.OperationalError | pymysql.err.InterfaceError | OSError
         )
+
+    def _conflict(self, error: BaseException) -> bool:
+        return isinstance(error, pymysql.err.OperationalError) and error.args[:1] in (
+            (_DEADLOCK,), (_LOCK_WAIT_TIMEOUT,))
 
     def _begin(self, cursor: Cursor, *, write: bool) -> None:
         # With autocommit off the first statement opens the transaction.

@@ -14,20 +14,24 @@ import functools
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, ClassVar, Final, Protocol, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import ClassVar, Final, TypeVar
 
-from bbmq.store import schema
+from bbmq.store import schema, sql_reads
 from bbmq.store.base import (
     Batch,
     Fence,
     GroupRecord,
     NewMessage,
     RecoveredMessage,
+    StoreConflict,
     StoredId,
     StoreUnavailable,
 )
+from bbmq.store.fencing import check_fence
+from bbmq.store.id_blocks import DEFAULT_ID_BLOCK, IdBlocks
 from bbmq.store.schema import Column, SchemaVersionError, Table
+from bbmq.store.sql_types import Connection, Cursor
 from bbmq.store.statements import Statements
 
 DEFAULT_DEDUP_WINDOW_MS: Final = 24 * 3600 * 1000
@@ -35,40 +39,9 @@ DEFAULT_DEDUP_WINDOW_MS: Final = 24 * 3600 * 1000
 _PREFIX_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
 #: Rows per IN (...) list: far below SQLite's and MySQL's parameter limits.
 _CHUNK: Final = 500
-#: Recovery reads pages of at most this many messages ...
-_PAGE_ROWS: Final = 5000
-#: ... and shrinks pages so that one holds about this many body bytes.
-_PAGE_BYTES: Final = 16 * 1024 * 1024
 _SEQUENCE: Final = "message"
 
 T = TypeVar("T")
-
-
-class Cursor(Protocol):
-    """The part of a DB-API cursor the stores use (sqlite3 and PyMySQL both fit)."""
-
-    @property
-    def rowcount(self) -> int: ...
-
-    def execute(self, operation: str, parameters: Sequence[Any] = ..., /) -> object: ...
-
-    def executemany(self, operation: str, parameters: Iterable[Sequence[Any]], /) -> object: ...
-
-    def fetchone(self) -> Any: ...
-
-    def fetchall(self) -> Sequence[Any]: ...
-
-
-class Connection(Protocol):
-    """The part of a DB-API connection the stores use."""
-
-    def cursor(self) -> Cursor: ...
-
-    def commit(self) -> None: ...
-
-    def rollback(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 class SQLStore(ABC):
@@ -80,6 +53,8 @@ class SQLStore(ABC):
     """
 
     durable = True
+    #: Whether write() takes a Fence: only a store a cluster can share (MySQL).
+    FENCES: ClassVar[bool] = False
 
     #: The DB-API placeholder (``?`` or ``%s``); the statements are written with ``?``.
     PLACEHOLDER: ClassVar[str]
@@ -106,6 +81,8 @@ class SQLStore(ABC):
         self._conn: Connection | None = None
         self._open = False
         self._q = Statements(table_prefix, self.PLACEHOLDER, self._upsert_clause)
+        #: Ids in blocks (cluster mode); None: reserved in each batch's transaction.
+        self._id_blocks: IdBlocks | None = None
 
     # ------------------------------------------------------------------ dialect
 
@@ -116,6 +93,10 @@ class SQLStore(ABC):
     @abstractmethod
     def _unavailable(self, error: BaseException) -> bool:
         """Whether ``error`` means the database cannot be reached (retry later)."""
+
+    def _conflict(self, error: BaseException) -> bool:
+        """Whether ``error`` means the transaction lost a conflict (see StoreConflict)."""
+        return False
 
     @abstractmethod
     def _begin(self, cursor: Cursor, *, write: bool) -> None:
@@ -162,8 +143,11 @@ class SQLStore(ABC):
             conn.commit()
         except BaseException as error:
             unavailable = self._unavailable(error)
+            conflict = unavailable and self._conflict(error)
             if conn is not None:
-                self._abandon(conn, drop=unavailable)
+                self._abandon(conn, drop=unavailable and not conflict)
+            if conflict:
+                raise StoreConflict(f"{self.description}: {error}") from error
             if unavailable:
                 raise StoreUnavailable(f"{self.description}: {error}") from error
             raise
@@ -236,9 +220,21 @@ class SQLStore(ABC):
 
         If the connection breaks while the COMMIT is in flight the batch may
         have been written although StoreUnavailable is raised; publishing with
-        a msgid makes the retry harmless.
+        a msgid makes the retry harmless.  With a ``fence``, the transaction
+        begins with the lease check of :mod:`bbmq.store.fencing`.
         """
-        return self._run(lambda cursor: self._write(cursor, batch, now_ms), write=True)
+        if fence is not None and not self.FENCES:
+            raise ValueError(f"{self.description} cannot be shared by a cluster of brokers, "
+                             "so it takes no fence; a cluster needs a mysql:// store")
+        if self._id_blocks is not None and batch.messages:
+            self._id_blocks.make_room(len(batch.messages))
+        if fence is None:
+            return self._run(lambda cursor: self._write(cursor, batch, now_ms), write=True)
+
+        def fenced(cursor: Cursor) -> list[StoredId]:
+            check_fence(cursor, self._q.fence, fence, batch.topics)
+            return self._write(cursor, batch, now_ms)
+        return self._run(fenced, write=True)
 
     def _write(self, cursor: Cursor, batch: Batch, now_ms: int) -> list[StoredId]:
         stored = self._store_messages(cursor, batch.messages)
@@ -323,31 +319,54 @@ class SQLStore(ABC):
         return known
 
     def _reserve_ids(self, cursor: Cursor, n: int) -> int:
-        """Reserve ``n`` consecutive ids; the row lock serialises concurrent writers."""
+        """Reserve ``n`` consecutive ids: from the block (cluster mode), else from the
+        sequence row, whose row lock serialises concurrent writers."""
+        if self._id_blocks is not None:
+            return self._id_blocks.take(n)
         cursor.execute(self._q.reserve, (n, _SEQUENCE))
         cursor.execute(self._q.last_id, (_SEQUENCE,))
         last: int = cursor.fetchone()[0]
         return last - n + 1
 
+    # ----------------------------------------------------------- id blocks
+
+    def use_id_blocks(self, size: int = DEFAULT_ID_BLOCK) -> None:
+        """Reserve ids ``size`` at a time, each block in a short transaction of its own
+        (cluster mode; see :mod:`bbmq.store.id_blocks`).  Ids left in a block are never
+        used: gaps, never reuse."""
+        self._id_blocks = IdBlocks(size, self._reserve_block)
+
+    def fresh_id_block(self) -> None:
+        """Give up the rest of the current block and reserve a new one now, so that the
+        next id exceeds every id any store had reserved before this call."""
+        if self._id_blocks is None:
+            raise RuntimeError("fresh_id_block() needs use_id_blocks() first")
+        self._id_blocks.fresh()
+
+    def _reserve_block(self, size: int) -> int:
+        """Reserve ``size`` ids in a transaction of their own; the last of them."""
+        def work(cursor: Cursor) -> int:
+            cursor.execute(self._q.reserve, (size, _SEQUENCE))
+            cursor.execute(self._q.last_id, (_SEQUENCE,))
+            last: int = cursor.fetchone()[0]
+            return last
+        return self._run(work, write=True)
+
     # -------------------------------------------------------------------- reads
 
-    def groups(self) -> list[GroupRecord]:
-        """Every group of every topic, by topic and name."""
-        def work(cursor: Cursor) -> list[GroupRecord]:
-            cursor.execute(self._q.groups)
-            return [GroupRecord(*row) for row in cursor.fetchall()]
-        return self._run(work, write=False)
+    def groups(self, topic: str | None = None) -> list[GroupRecord]:
+        """The groups of ``topic`` (None: of every topic), by topic and name."""
+        return self._run(lambda cursor: sql_reads.read_groups(cursor, self._q, topic),
+                         write=False)
 
-    def count_pending(self) -> int:
+    def count_pending(self, topic: str | None = None) -> int:
         """Exactly how many messages :meth:`recover` will yield (one COUNT query)."""
-        def work(cursor: Cursor) -> int:
-            cursor.execute(self._q.count_pending)
-            count: int = cursor.fetchone()[0]
-            return count
-        return self._run(work, write=False)
+        return self._run(lambda cursor: sql_reads.count_pending(cursor, self._q, topic),
+                         write=False)
 
-    def recover(self) -> Iterator[RecoveredMessage]:
-        """Stream pending messages by id, a page (one short transaction) at a time.
+    def recover(self, topic: str | None = None) -> Iterator[RecoveredMessage]:
+        """Stream the pending messages of ``topic`` (None: of every topic) by id, a page
+        (one short transaction) at a time.
 
         No transaction stays open while the caller consumes a page, so the
         database keeps no old snapshot.  Pages start small and grow to at most
@@ -355,66 +374,19 @@ class SQLStore(ABC):
         stays bounded by one page.
         """
         owed: dict[str, dict[str, int]] = {}
-        for group in self.groups():
+        for group in self.groups(topic):
             owed.setdefault(group.topic, {})[group.group] = group.start_id
-        after, limit = 0, 64
+        after, limit = 0, sql_reads.FIRST_PAGE_ROWS
         while True:
             page, read, last_id, body_bytes = self._run(
-                functools.partial(self._page, owed=owed, after=after, limit=limit), write=False
+                functools.partial(sql_reads.read_page, q=self._q, owed=owed, after=after,
+                                  limit=limit, topic=topic), write=False
             )
             yield from page
             if read < limit:
                 return
             after = last_id
-            # Aim at _PAGE_BYTES of bodies per page; grow at most twofold.
-            limit = max(1, min(_PAGE_ROWS, 2 * limit, limit * _PAGE_BYTES // max(body_bytes, 1)))
-
-    def _page(
-        self, cursor: Cursor, *, owed: dict[str, dict[str, int]], after: int, limit: int
-    ) -> tuple[list[RecoveredMessage], int, int, int]:
-        """Read up to ``limit`` messages with id > ``after``.
-
-        Returns the pending ones, how many rows were read, the last id read and
-        the body bytes read.
-        """
-        cursor.execute(self._q.page, (after, limit))
-        rows = cursor.fetchall()
-        if not rows:
-            return [], 0, after, 0
-        states: dict[int, dict[str, tuple[int, bool, int | None]]] = {}
-        if owed:
-            cursor.execute(self._q.page_deliveries, (rows[0][0], rows[-1][0]))
-            for message_id, group, attempts, acked_ms, retry_at_ms in cursor.fetchall():
-                states.setdefault(message_id, {})[group] = (
-                    attempts, acked_ms is not None, retry_at_ms)
-        page: list[RecoveredMessage] = []
-        body_bytes = 0
-        for (id_, topic, body, sender, published_ms, deliver_at_ms, expires_at_ms, meta,
-             only_group) in rows:
-            body_bytes += len(body)
-            groups = owed.get(topic)
-            if only_group is not None:  # owed by that one group, or by nobody
-                groups = {only_group: groups[only_group]} if groups and only_group in groups \
-                    else {}
-                if not groups:
-                    continue
-            pending: dict[str, int] = {}
-            retry_at: dict[str, int] = {}
-            if groups:
-                state = states.get(id_, {})
-                for group, start_id in groups.items():
-                    attempts, acked, due = state.get(group, (0, False, None))
-                    if start_id < id_ and not acked:
-                        pending[group] = attempts
-                        if due is not None:
-                            retry_at[group] = due
-                if not pending:
-                    continue
-            page.append(RecoveredMessage(
-                id_, topic, bytes(body), sender, published_ms, deliver_at_ms, expires_at_ms,
-                json.loads(meta) if meta else {}, pending, retry_at,
-            ))
-        return page, len(rows), rows[-1][0], body_bytes
+            limit = sql_reads.next_page_rows(limit, body_bytes)
 
     # ------------------------------------------------------------------ pruning
 

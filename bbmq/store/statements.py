@@ -56,13 +56,16 @@ class Statements:
             f"DELETE FROM {p}deliveries WHERE grp = ? AND EXISTS (SELECT 1 FROM {p}messages m"
             f" WHERE m.id = {p}deliveries.message_id AND m.topic = ?)"
         )
-        self.groups = self.sql(
-            f"SELECT topic, grp, start_id, created_ms FROM {p}groups ORDER BY topic, grp"
-        )
-        self.page = self.sql(
-            f"SELECT id, topic, body, sender, published_ms, deliver_at_ms, expires_at_ms, meta,"
-            f" only_group FROM {p}messages WHERE done_ms IS NULL AND id > ? ORDER BY id LIMIT ?"
-        )
+        # Each read comes for every topic and for one (``..._of_topic``: its first
+        # parameter is the topic), which a cluster's broker loads when it takes the topic.
+        groups = f"SELECT topic, grp, start_id, created_ms FROM {p}groups"
+        self.groups = self.sql(f"{groups} ORDER BY topic, grp")
+        self.groups_of_topic = self.sql(f"{groups} WHERE topic = ? ORDER BY grp")
+        page = (f"SELECT id, topic, body, sender, published_ms, deliver_at_ms, expires_at_ms,"
+                f" meta, only_group FROM {p}messages WHERE")
+        self.page = self.sql(f"{page} done_ms IS NULL AND id > ? ORDER BY id LIMIT ?")
+        self.page_of_topic = self.sql(
+            f"{page} topic = ? AND done_ms IS NULL AND id > ? ORDER BY id LIMIT ?")
         self.page_deliveries = self.sql(
             f"SELECT message_id, grp, attempts, acked_ms, retry_at_ms FROM {p}deliveries"
             f" WHERE message_id BETWEEN ? AND ?"
@@ -70,7 +73,7 @@ class Statements:
         # Mirrors the filter in SQLStore._page(): a message of a topic with no group is
         # backlog (unless it is for one group only), one with groups is pending
         # while a group that should get it has not acked.
-        self.count_pending = self.sql(
+        pending = (
             f"SELECT COUNT(*) FROM {p}messages m WHERE m.done_ms IS NULL AND ("
             f"(m.only_group IS NULL AND NOT EXISTS"
             f" (SELECT 1 FROM {p}groups g WHERE g.topic = m.topic))"
@@ -79,6 +82,12 @@ class Statements:
             f" AND g.start_id < m.id AND NOT EXISTS (SELECT 1 FROM {p}deliveries d"
             f" WHERE d.message_id = m.id AND d.grp = g.grp AND d.acked_ms IS NOT NULL)))"
         )
+        self.count_pending = self.sql(pending)
+        self.count_pending_of_topic = self.sql(
+            pending.replace(" WHERE ", " WHERE m.topic = ? AND ", 1))
+        # The lease check a clustered store's transaction begins with (bbmq.store.fencing).
+        self.fence = self.sql(f"UPDATE {p}leases SET writes = writes + 1"
+                              f" WHERE topic = ? AND owner = ? AND epoch = ?")
         self.prune_deliveries = self.sql(
             f"DELETE FROM {p}deliveries WHERE message_id IN"
             f" (SELECT id FROM {p}messages WHERE done_ms <= ?)"
