@@ -25,10 +25,10 @@ from bbmq.client import (
     Consumer,
     Message,
     Producer,
-    default_address,
     ping,
 )
-from bbmq.client.retry import Backoff, comes_back
+from bbmq.client.cluster import format_address, seed_brokers
+from bbmq.client.retry import Backoff, Reconnect, comes_back
 from bbmq.cluster_cli import add_cluster_commands
 from bbmq.daemon import add_server_commands, describe_failure, load_config
 from bbmq.pidfile import AlreadyRunning, PidFile
@@ -142,7 +142,7 @@ def _consume_until_stopped(args: argparse.Namespace, stopping: _GracefulStop) ->
     """Once connected, come back when the broker restarts (until --give-up-after seconds
     pass without it)."""
     received = 0
-    reconnect = Backoff.reconnect(CONSUME_RECONNECT_CEILING_S)
+    reconnect = Reconnect(Backoff.reconnect(CONSUME_RECONNECT_CEILING_S))
     connected = False  # not reaching the broker at all is an error to report, not to retry
     lost_at: float | None = None  # when the broker went away, while it is away
     while not stopping.requested:
@@ -167,7 +167,7 @@ def _consume_until_stopped(args: argparse.Namespace, stopping: _GracefulStop) ->
                 print(f"bbmq: {error.text}; giving up after {away:.0f} s without the broker "
                       "(--give-up-after)", file=sys.stderr)
                 return 1
-            pause = reconnect.next()
+            pause = reconnect.pause(error)  # the first at once: another broker may serve
             if args.give_up_after:
                 pause = min(pause, args.give_up_after - away)
             print(f"bbmq: {error.text}; reconnecting in {pause:.1f} s", file=sys.stderr)
@@ -203,15 +203,17 @@ def _print_messages(consumer: Consumer, args: argparse.Namespace,
 
 
 def _ping(args: argparse.Namespace) -> int:
-    try:
-        rtt = ping(args.host, args.port, timeout=args.timeout, tls=args.tls,
-                   ca_file=args.ca_file)
-    except BrokerError as error:
-        print(f"bbmq: no answer: {error.text}", file=sys.stderr)
-        return 1
-    host, port = default_address()
-    print(f"PONG from {args.host or host}:{args.port or port} in {rtt * 1000:.2f} ms")
-    return 0
+    """PING each broker (--brokers, or the one of --host/--port); exit 1 if any is silent."""
+    silent = 0
+    for host, port in seed_brokers(args.brokers, args.host, args.port):
+        try:
+            rtt = ping(host, port, timeout=args.timeout, tls=args.tls, ca_file=args.ca_file)
+        except BrokerError as error:
+            print(f"bbmq: no answer: {error.text}", file=sys.stderr)
+            silent += 1
+            continue
+        print(f"PONG from {format_address((host, port))} in {rtt * 1000:.2f} ms")
+    return 1 if silent else 0
 
 
 def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:

@@ -25,8 +25,12 @@ def name_type(kind: str) -> Callable[[str], str]:
 
 def add_client_arguments(parser: argparse.ArgumentParser, *,
                          name_help: str = "this client's name, in the broker's log") -> None:
-    """--host, --port, --token, --tls, --ca-file and --name (``name_help`` says where the
-    name shows: a producer's goes with its messages)."""
+    """--brokers (or --host and --port), --token, --tls, --ca-file and --name (``name_help``
+    says where the name shows: a producer's goes with its messages)."""
+    parser.add_argument("--brokers", default=None, metavar="HOST:PORT,...",
+                        help="the brokers of a cluster, e.g. h1:15333,h2:15333 (env "
+                             "BBMQ_BROKERS); the client finds the one that serves the topic. "
+                             "Instead of --host/--port")
     parser.add_argument("--host", default=None,
                         help=f"broker host (env BBMQ_HOST, default {DEFAULT_HOST})")
     parser.add_argument("--port", type=int, default=None,
@@ -43,8 +47,8 @@ def add_client_arguments(parser: argparse.ArgumentParser, *,
 
 def client_options(args: argparse.Namespace) -> dict[str, Any]:
     """Keyword arguments for Producer, Consumer and Admin from those flags."""
-    return {"host": args.host, "port": args.port, "name": args.name, "token": args.token,
-            "tls": args.tls, "ca_file": args.ca_file}
+    return {"host": args.host, "port": args.port, "brokers": args.brokers, "name": args.name,
+            "token": args.token, "tls": args.tls, "ca_file": args.ca_file}
 
 
 def utc_time(ms: int) -> str:

@@ -71,8 +71,9 @@ class AsyncClient(ConnectionSettings):
             if pause:
                 await asyncio.sleep(pause)  # a REDIRECT's retry_ms, or a cluster between owners
             try:
-                channel = await AsyncChannel.open(*address, timeout=self.timeout, tls=self.tls,
-                                                  ca_file=self.ca_file)
+                channel = await AsyncChannel.open(*address,
+                                                  timeout=plan.connect_timeout(self.timeout),
+                                                  tls=self.tls, ca_file=self.ca_file)
                 info = await channel.handshake(self._handshake_frame(), self.timeout)
             except Redirected as redirect:
                 plan.redirected(redirect.redirect)

@@ -8,6 +8,7 @@ protocol through the same Channel.
 from __future__ import annotations
 
 import ssl
+from collections.abc import Iterable
 from typing import Any
 
 from bbmq.client.base import Client
@@ -16,14 +17,18 @@ from bbmq.protocol import AdminCommand, AdminResult, ClientAdmin, Error, TypedFr
 
 
 class Admin(Client):
-    """An administrative connection: stats, topics, purge, group delete, peek."""
+    """An administrative connection: stats, topics, purge, group delete, peek.
+
+    Given ``brokers`` (a cluster), it connects to the first that answers: an admin
+    connection is never redirected, and each broker speaks for the topics it serves.
+    """
 
     def __init__(self, host: str | None = None, port: int | None = None, *,
-                 name: str | None = None, token: str | None = None,
-                 tls: bool | ssl.SSLContext = False,
+                 brokers: str | Iterable[str] | None = None, name: str | None = None,
+                 token: str | None = None, tls: bool | ssl.SSLContext = False,
                  ca_file: str | None = None, timeout: float = 10.0) -> None:
         super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
-                         timeout=timeout)
+                         timeout=timeout, brokers=brokers)
 
     def _handshake_frame(self) -> TypedFrame:
         return ClientAdmin(self._options())

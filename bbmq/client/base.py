@@ -74,8 +74,8 @@ class Client(ConnectionSettings):
             if pause:
                 time.sleep(pause)  # a REDIRECT's retry_ms, or a cluster between owners
             try:
-                channel = Channel(*address, timeout=self.timeout, tls=self.tls,
-                                  ca_file=self.ca_file)
+                channel = Channel(*address, timeout=plan.connect_timeout(self.timeout),
+                                  tls=self.tls, ca_file=self.ca_file)
                 info = channel.handshake(self._handshake_frame(), self.timeout)
             except Redirected as redirect:
                 plan.redirected(redirect.redirect)

@@ -23,6 +23,11 @@ from bbmq.protocol import ErrorCode, Redirect
 #: ``(host, port)`` of one broker.
 Address = tuple[str, int]
 
+#: The longest wait for a TCP connection to one broker when there are others to try (a
+#: machine that is gone drops the connection attempts: no refusal comes, and on a LAN a
+#: connection takes milliseconds); a single broker is given the client's whole timeout.
+CLUSTER_CONNECT_TIMEOUT_S: Final = 3.0
+
 #: REDIRECTs one connect follows before it gives up: brokers that keep sending the client
 #: round in circles disagree on the owner, which takes a human to look at.
 MAX_REDIRECTS: Final = 16
@@ -74,8 +79,8 @@ def seed_brokers(brokers: str | Iterable[str] | None, host: str | None,
     if brokers is not None:
         if host or port:
             raise InvalidArgument(ErrorCode.INVALID_PROTOCOL,
-                                  "give brokers= or host/port, not both (a single broker "
-                                  "is a list of one)")
+                                  "give the brokers (brokers=, --brokers) or host/port, not "
+                                  "both (a single broker is a list of one)")
         return parse_brokers(brokers)
     if not host and not port and (listed := os.environ.get("BBMQ_BROKERS", "").strip()):
         return parse_brokers(listed, source="BBMQ_BROKERS")
@@ -168,32 +173,36 @@ class ConnectPlan:
 
     A broker that refuses the connection (or closes it, or answers the handshake
     with an error that passes) is followed by the next one at once: a broker
-    that is gone costs nothing.  A REDIRECT naming the owner sends the client
-    there next; one with ``retry_ms`` (no broker serves the topic yet) ends the
-    round: after that pause every known broker is tried again, the last owner
-    first.  A round in which some broker answered but none granted the
-    handshake (an owner just gone, say) is tried again with a short backoff
-    while ``patience`` lasts; a round in which none answered at all ends the
-    connect at once, with an error that names every broker tried.
+    that is gone costs nothing.  The broker whose connection was just lost
+    (``lost``), and those that failed in this connect, are tried last: the
+    next broker of the list is the one likely to take the topic over.  A
+    REDIRECT naming the owner sends the client there next; one with
+    ``retry_ms`` (no broker serves the topic yet) ends the round: after that
+    pause every known broker is tried again, the last owner first.  A round in
+    which some broker answered but none granted the handshake (an owner just
+    gone, say) is tried again with a short backoff while ``patience`` lasts; a
+    round in which none answered at all ends the connect at once, with an
+    error that names every broker tried.
     """
 
     __slots__ = ("_answered", "_backoff", "_cluster", "_deadline", "_failures", "_last_redirect",
-                 "_pause", "_queue", "_redirects", "_topic", "patience")
+                 "_lost", "_pause", "_queue", "_redirects", "_topic", "patience")
 
     def __init__(self, cluster: Cluster, topic: str | None, *, now: float, patience: float,
-                 ended_by: Redirect | None = None) -> None:
+                 ended_by: Redirect | None = None, lost: Address | None = None) -> None:
         self._cluster = cluster
         self._topic = topic
         self.patience = patience
         self._deadline = now + patience
-        self._queue = deque(cluster.order(topic))
+        self._lost = lost
+        #: The last failure of each broker tried, in the order first tried.
+        self._failures: dict[Address, BrokerError] = {}
+        self._queue = deque(self._order())
         self._pause = 0.0
         self._backoff = Backoff.reconnect(1.0)
         self._answered = False
         self._redirects = 0
         self._last_redirect: Redirect | None = None
-        #: The last failure of each broker tried, in the order first tried.
-        self._failures: dict[Address, BrokerError] = {}
         if ended_by is not None:  # the last connection ended with a REDIRECT: follow it
             self.redirected(ended_by)
             self._redirects = 0
@@ -210,10 +219,19 @@ class ConnectPlan:
             if now + pause > self._deadline:
                 return None
             self._answered = False
-            self._queue = deque(self._cluster.order(self._topic))
+            self._queue = deque(self._order())
             self._pause = pause
         pause, self._pause = self._pause, 0.0
         return self._queue.popleft(), pause
+
+    def _order(self) -> list[Address]:
+        """The cluster's order for the topic, then the brokers that failed in this connect,
+        then the one whose connection was lost."""
+        order = [address for address in self._cluster.order(self._topic)
+                 if address != self._lost]
+        failed = [address for address in order if address in self._failures]
+        lost = [] if self._lost is None else [self._lost]
+        return [address for address in order if address not in failed] + failed + lost
 
     def failed(self, address: Address, error: BrokerError) -> None:
         """``address`` could not be reached, or lost the connection before granting it."""
@@ -233,6 +251,12 @@ class ConnectPlan:
             if owner in self._queue:
                 self._queue.remove(owner)
             self._queue.appendleft(owner)
+
+    def connect_timeout(self, timeout: float) -> float:
+        """How long to wait for one broker's TCP connection, of a client's ``timeout``."""
+        if len(self._cluster.brokers) > 1:
+            return min(timeout, CLUSTER_CONNECT_TIMEOUT_S)
+        return timeout
 
     def connected(self, address: Address, info: Mapping[str, Any]) -> None:
         """The handshake at ``address`` was granted."""

@@ -287,7 +287,8 @@ class Consumer(Client):
         try:
             send()
         except ConnectionLost as error:
-            log.warning("could not settle a message (%s); it will be redelivered", error)
+            log.log(interrupted_level(error), "could not settle a message (%s); it will be "
+                    "redelivered", error)
 
 
 #: How often a reconnect pause of run() looks whether it was asked to stop.

@@ -54,9 +54,12 @@ class ConnectionSettings:
 
     def _connect_plan(self, ended: Inbox | None, now: float) -> ConnectPlan:
         """The walk of one connect over the brokers; ``ended`` is the inbox of the last
-        connection, whose REDIRECT (if it ended with one) says where to go first."""
+        connection (None: there was none, or it was closed on purpose): its REDIRECT says
+        where to go first, or else its broker is tried last."""
+        redirect = None if ended is None else ended.redirect
+        lost = None if ended is None or redirect is not None else (self.host, self.port)
         return ConnectPlan(self.cluster, self._cluster_topic, now=now, patience=self.timeout,
-                           ended_by=None if ended is None else ended.redirect)
+                           ended_by=redirect, lost=lost)
 
     def _granted(self, plan: ConnectPlan, address: tuple[str, int],
                  info: dict[str, Any]) -> None:

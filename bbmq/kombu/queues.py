@@ -16,7 +16,7 @@ import re
 from datetime import datetime
 from typing import Any, Final
 
-from bbmq.client import Consumer, Message
+from bbmq.client import Consumer, Message, Redirected
 from bbmq.client.channel import Channel
 
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]{1,200}")
@@ -99,7 +99,8 @@ class QueueReader(Consumer):
 
     @property
     def owed(self) -> int:
-        return self._fetches.owed if self._channel is not None else 0
+        channel = self._channel
+        return self._fetches.owed if channel is not None and not channel.closed else 0
 
     def request(self, count: int, wait_ms: int = LONG_POLL_MS) -> None:
         """Open a long poll for up to ``count`` messages, unless one is open already."""
@@ -116,5 +117,8 @@ class QueueReader(Consumer):
         """The next message and the connection that brought it (acks go there), waiting up
         to ``wait`` seconds for the rest of a frame; None for a QUEUE_EMPTY or no frame."""
         channel = self.channel
-        message = self._fetches.received(channel.read(wait))
+        try:
+            message = self._fetches.received(channel.read(wait))
+        except Redirected:
+            return None  # the topic moved: the next request() connects where it went
         return None if message is None else (message, channel)

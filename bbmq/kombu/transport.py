@@ -34,13 +34,15 @@ import time
 from collections.abc import Iterator
 from queue import Empty
 from typing import Any
+from urllib.parse import urlsplit
 
 from kombu.transport import virtual
 from kombu.utils.objects import cached_property
 
 from bbmq import __version__
-from bbmq.client import Admin, BrokerError, ConnectionLost, Message, Producer, ping
+from bbmq.client import Admin, BrokerError, CannotConnect, ConnectionLost, Message, Producer, ping
 from bbmq.client.channel import Channel as Connection
+from bbmq.client.cluster import format_address, seed_brokers
 from bbmq.defaults import DEFAULT_PORT
 from bbmq.kombu.qos import QoS
 from bbmq.kombu.queues import (
@@ -346,7 +348,7 @@ class Transport(virtual.Transport):
             tls = conninfo.ssl
         elif conninfo.ssl:
             tls = True
-        return {"host": conninfo.hostname or "127.0.0.1", "port": conninfo.port or DEFAULT_PORT,
+        return {**_where(conninfo, options),
                 "token": options.get("token") or conninfo.password or None,
                 "tls": tls, "ca_file": options.get("ca_file"),
                 "timeout": float(options.get("timeout", 30.0))}
@@ -358,8 +360,21 @@ class Transport(virtual.Transport):
         """Check that the broker answers, so that an unreachable one is a connection error
         now (Celery retries those) rather than at the first publish."""
         options = self.client_options
-        ping(options["host"], options["port"], timeout=min(options["timeout"], 10.0),
-             tls=options["tls"], ca_file=options["ca_file"])
+        addresses = seed_brokers(options.get("brokers"), options.get("host"),
+                                 options.get("port"))
+        silent: list[str] = []
+        for host, port in addresses:
+            try:
+                ping(host, port, timeout=min(options["timeout"], 10.0), tls=options["tls"],
+                     ca_file=options["ca_file"])
+                break
+            except ConnectionLost as error:
+                if len(addresses) == 1:
+                    raise
+                silent.append(error.text)
+        else:
+            raise CannotConnect(f"no broker of the cluster answered ({'; '.join(silent)}); "
+                                "start one, or fix the URLs")
         return super().establish_connection()
 
     def wake(self) -> None:
@@ -394,6 +409,19 @@ class Transport(virtual.Transport):
         super().close_connection(connection)
         self._wake_reader.close()
         self._wake_writer.close()
+
+
+def _where(conninfo: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The brokers from kombu's Connection: ``transport_options={"brokers": [...]}``, or a
+    cluster's URLs in kombu's failover form (``bbmq://h1:p1;bbmq://h2:p2``: every one is a
+    broker the clients may be redirected among), or the one of the URL."""
+    urls = [urlsplit(url) for url in conninfo.alt or () if isinstance(url, str)]
+    if brokers := options.get("brokers"):
+        return {"brokers": brokers}
+    if len(urls) > 1:
+        return {"brokers": [format_address((url.hostname or "127.0.0.1",
+                                            url.port or DEFAULT_PORT)) for url in urls]}
+    return {"host": conninfo.hostname or "127.0.0.1", "port": conninfo.port or DEFAULT_PORT}
 
 
 def _buffered(reader: QueueReader) -> bool:
