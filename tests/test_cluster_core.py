@@ -200,12 +200,15 @@ def test_a_lost_topic_redirects_its_clients_and_is_forgotten(store_answer: str) 
     assert broker.queued_bytes == 0
     assert broker.snapshot().topics == ()  # the answer did not bring the topic back
     assert all(harness.take(session) == [] for session in (publisher, consumer, poller))
-    # Messages stay readable through the admin commands of the topics served: none here.
+    # The admin commands see the topics served only: none now.
     harness.send(admin, protocol.AdminCommand("topics", {}),
-                 protocol.AdminCommand("peek", {"topic": "orders"}))
-    topics, peek = harness.take(admin)
+                 protocol.AdminCommand("peek", {"topic": "orders"}),
+                 protocol.AdminCommand("purge", {"topic": "orders"}))
+    topics, peek, purge = harness.take(admin)
     assert topics == protocol.AdminResult([])
-    assert isinstance(peek, protocol.Error) and "no topic 'orders'" in peek.text
+    for answer in (peek, purge):
+        assert isinstance(answer, protocol.Error)
+        assert answer.text.startswith("no topic 'orders' served here")
 
     # Taken back later: the store's state is loaded, the old deliveries are ready at once.
     acquire(harness, "orders", 3, [GroupRecord("orders", "billing", 0, START_MS)],
@@ -419,11 +422,55 @@ def test_the_transport_passes_topic_requests_on_and_resumes_the_connection_once_
                 data = await asyncio.wait_for(reader.read(65536), 5)
                 assert data, "the broker closed the connection"
                 frames += [protocol.parse(f, protocol.SERVER_FRAMES) for f in decoder.feed(data)]
+            # The topic moves away: REDIRECT, then the broker closes the connection.
+            server.call_core(lambda broker, now: broker.topic_lost(
+                "orders", "10.0.0.2:15333", 3, None, now))
+            while data := await asyncio.wait_for(reader.read(65536), 5):
+                frames += [protocol.parse(f, protocol.SERVER_FRAMES) for f in decoder.feed(data)]
             writer.close()
             return frames
         finally:
             await server.stop(grace=1)
 
-    ack, reply = asyncio.run(scenario())
+    ack, reply, redirect = asyncio.run(scenario())
     assert isinstance(ack, protocol.ServerAcknowledgement) and ack.info["epoch"] == 2
     assert isinstance(reply, protocol.ProducerAckMessage)
+    assert redirect == protocol.Redirect("orders", "10.0.0.2:15333", 3, None, (),
+                                         "topic 'orders' moved to 10.0.0.2:15333")
+
+
+def test_a_waiting_handshake_the_transport_timed_out_is_not_answered_again() -> None:
+    harness = cluster()
+    publisher = handshake(harness, protocol.ClientPublisher("orders", {}))
+    harness.broker.send_error(publisher, protocol.ErrorCode.TIMEOUT, "no handshake", close=True)
+    harness.collect()
+    assert isinstance(only(harness.take(publisher), protocol.Error), protocol.Error)
+    acquire(harness, "orders", 1)  # an ACK now would break the protocol's state: none is sent
+    assert harness.take(publisher) == []
+
+
+def test_a_topic_acquired_again_under_a_new_epoch_is_reloaded_and_its_clients_redirected(
+) -> None:
+    harness = cluster()
+    acquire(harness, "orders", 1, [GroupRecord("orders", "g", 0, START_MS)],
+            [stored_message(1, "orders", b"before", {"g": 0})])
+    consumer = harness.subscriber("orders", "g")
+    acquire(harness, "orders", 2, [GroupRecord("orders", "g", 0, START_MS)],
+            [stored_message(1, "orders", b"before", {"g": 1}),
+             stored_message(2, "orders", b"meanwhile", {"g": 0})])
+    assert only(harness.take(consumer), protocol.Redirect).owner is None
+    assert harness.broker.served_topics() == {"orders": 2}
+    group = harness.broker.snapshot().topic("orders").group("g")
+    assert (group.ready, group.inflight) == (2, 0)
+    acquire(harness, "orders", 2)  # the same epoch again: nothing is loaded twice
+    assert harness.broker.snapshot().topic("orders").group("g").ready == 2
+
+
+def test_flow_control_on_a_redirected_subscriber_changes_nothing() -> None:
+    harness = cluster()
+    acquire(harness, "orders", 1)
+    consumer = harness.subscriber("orders", "g")
+    harness.broker.topic_lost("orders", None, None, 100, harness.now)
+    harness.broker.set_writable(consumer, False, harness.now)
+    harness.broker.set_writable(consumer, True, harness.now)  # its group is gone: no dispatch
+    assert harness.broker.resume_throttled(harness.now) is True  # only its REDIRECT is pending

@@ -104,8 +104,10 @@ class AdminCommands:
         name = protocol.check_name("topic", self._param_text(params, "topic"))
         topic = self.engine.topics.get(name)
         if topic is None:
+            here = (" served here (in a cluster each topic is served by one broker: 'bbmq "
+                    "cluster status' shows which)") if self.engine.config.cluster else ""
             raise ProtocolError(ErrorCode.INVALID_PROTOCOL,
-                                f"no topic {name!r}; 'bbmq topics' lists them")
+                                f"no topic {name!r}{here}; 'bbmq topics' lists them")
         return topic
 
     @classmethod

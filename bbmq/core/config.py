@@ -44,7 +44,8 @@ class BrokerConfig:
     #: holds (bbmq/core/ownership.py); False: a single broker serving every topic.
     cluster: bool = False
     #: Cluster: how long a handshake waits for its topic to be loaded (or found elsewhere)
-    #: before it is answered with REDIRECT and ``topic_retry_ms``.
+    #: before it is answered with REDIRECT and ``topic_retry_ms``; keep it under the
+    #: transport's handshake timeout (10 s by default), which would answer ERROR TIMEOUT.
     topic_wait_ms: int = 5000
     #: Cluster: the ``retry_ms`` of a REDIRECT that names no owner (none is known yet).
     topic_retry_ms: int = 500

@@ -18,7 +18,13 @@ here is given back, redelivered or dead-lettered; it is only forgotten:
 - the timers and ack deadlines of its groups and sessions.
 
 The dead letters the topic's groups made stay on their way to the store: they
-belong to the same transaction as the acks that retired their originals.
+belong to the same transaction as the acks that retired their originals.  One
+that commits after the topic is lost is only let go (``Roles.stored`` finds
+its topic not served); one whose commit is read by a reload of the topic and
+whose answer comes after that reload would be queued twice (a second delivery
+of one dead letter): the store thread schedules the answer right after the
+commit, before the membership can even read the topic, so this stays a
+theoretical window.
 """
 
 from __future__ import annotations

@@ -8,7 +8,10 @@ once the store commits, in PUBLISH order, see :meth:`Roles.stored`), FETCH,
 ACK and NACK for a subscriber, ADMIN for an admin, PING and the goodbye for
 all.  This module turns those frames into calls on the queue engine and puts
 the answers in the outboxes; it keeps no state of its own beyond whether new
-publishes are still accepted.
+publishes are still accepted.  In a cluster, a publisher's or subscriber's
+handshake for a topic this broker does not serve is left to ownership.py
+(it waits, or a draining broker redirects it at once), and answered by
+:meth:`Roles.accept_handshake` once the topic is loaded.
 """
 
 from __future__ import annotations
