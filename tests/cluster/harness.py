@@ -85,13 +85,20 @@ class BrokerCluster:
     def addresses(self) -> list[str]:
         return [f"127.0.0.1:{broker.port}" for broker in self.brokers]
 
-    def start(self) -> BrokerCluster:
+    def start(self, *, one_by_one: bool = False) -> BrokerCluster:
+        """Launch every broker at once (``one_by_one``: each once the previous answers)."""
         for broker in self.brokers:
             broker.launch()
+            if one_by_one:
+                self._wait_answering(broker)
         for broker in self.brokers:
-            assert broker.process is not None
-            wait_until_answering(broker.process, broker.port, broker.log_path, 60)
+            self._wait_answering(broker)
         return self
+
+    @staticmethod
+    def _wait_answering(broker: BrokerProcess) -> None:
+        assert broker.process is not None
+        wait_until_answering(broker.process, broker.port, broker.log_path, 60)
 
     def broker_at(self, address: str) -> BrokerProcess:
         return next(b for b in self.brokers if f"127.0.0.1:{b.port}" == address)
@@ -120,11 +127,11 @@ class BrokerCluster:
 
 
 @contextlib.contextmanager
-def running_cluster(base_dir: Path, store_urls: list[str], size: int = 3,
-                    **options: Any) -> Iterator[BrokerCluster]:
+def running_cluster(base_dir: Path, store_urls: list[str], size: int = 3, *,
+                    one_by_one: bool = False, **options: Any) -> Iterator[BrokerCluster]:
     cluster = BrokerCluster(base_dir, store_urls, size, **options)
     try:
-        yield cluster.start()
+        yield cluster.start(one_by_one=one_by_one)
     except BaseException:
         print(cluster.logs())
         raise

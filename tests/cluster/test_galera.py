@@ -48,7 +48,9 @@ def test_brokers_over_galera_lose_nothing_when_a_broker_then_a_node_is_killed(
     prefix = unique_table_prefix()
     urls = [with_table_prefix(node.url, prefix) for node in galera.nodes]
     try:
-        with running_cluster(tmp_path, urls) as cluster:
+        # One by one: three brokers creating their tables at once on three Galera nodes
+        # collide in certification (1213) and the store's open does not retry that yet.
+        with running_cluster(tmp_path, urls, one_by_one=True) as cluster:
             with confirm_storm(cluster.addresses, topic, threads=4, timeout_s=5) as storm:
                 storm.wait_for_more(CONFIRMS_PER_STEP)
                 owner = cluster.wait_for_owner(topic)
