@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import itertools
 import os
 import socket
 import threading
@@ -263,6 +264,15 @@ class ConfirmStorm:
                          f"a confirm on {self.topic} after the fault", timeout)
         before = self.last_before(moment) or moment
         return after - before
+
+    def longest_stall_after(self, moment: float) -> float:
+        """The longest time without a confirm from ``moment`` on (counting from the last
+        confirm before it): the outage a fault caused when confirms in flight still came
+        in just after it."""
+        with self._lock:
+            index = bisect.bisect_left(self.confirms.times, moment)
+            times = self.confirms.times[max(0, index - 1):]
+        return max((b - a for a, b in itertools.pairwise(times)), default=0.0)
 
     def start(self) -> ConfirmStorm:
         for thread in self._threads:
