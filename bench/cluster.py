@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import signal
 import statistics
@@ -242,6 +243,8 @@ class Storm:
 def failovers(count: int) -> dict[str, Any]:
     """``count`` kills, then ``count`` pauses, of the owner of one topic of three brokers."""
     topic = "bench.failover"
+    # The publishers' "reconnecting to resend" warnings are the failovers being measured.
+    logging.getLogger("bbmq.client").setLevel(logging.ERROR)
     kills: list[float] = []
     pauses: list[float] = []
     with BenchCluster(3) as cluster, Storm(cluster.addresses, topic) as storm:
@@ -266,7 +269,7 @@ def failovers(count: int) -> dict[str, Any]:
                 progress.update(done + 1)
             progress.finish(f"p50 {statistics.median(gaps):.2f} s, max {max(gaps):.2f} s")
         confirmed = set(storm.bodies)
-    copies = cluster.stored_copies(topic)
+        copies = cluster.stored_copies(topic)
     return {"kills": kills, "pauses": pauses, "confirmed": len(confirmed),
             "missing": sum(1 for body in confirmed if copies[body] == 0),
             "duplicates": sum(1 for n in copies.values() if n > 1), "errors": storm.errors}
