@@ -79,21 +79,24 @@ def build_server(config: Config, clock: Callable[[], int] = wall_clock_ms) -> Br
                        password=config.store_password,
                        connect_timeout_s=config.store_connect_timeout,
                        io_timeout_s=config.store_io_timeout)
-    worker = StoreWorker(store, clock=clock, max_batch=config.max_batch)
-    member = (build_member(config, broker, worker, store, clock)
-              if isinstance(store, MySQLStore) else None)
+    seat = CoreSeat(broker, clock)
+    member = build_member(config, broker, seat, store) if isinstance(store, MySQLStore) else None
+    clustered = member if config.cluster else None  # its writes are fenced by its leases
+    worker = StoreWorker(store, clock=clock, max_batch=config.max_batch,
+                         fence=None if clustered is None else clustered.fence,
+                         on_fenced=None if clustered is None else clustered.on_fenced)
+    seat.worker = worker
     transport = TransportConfig(
         host=config.host, port=config.port, max_message_size=config.max_message_size,
         max_connections=config.max_connections, max_output_bytes=config.max_output_bytes,
         handshake_timeout=config.handshake_timeout, idle_timeout=config.idle_timeout,
         tls_cert=config.tls_cert, tls_key=config.tls_key)
     return BrokerServer(broker, worker, clock, transport, membership=member,
-                        topic_requests=member.request_topics if config.cluster and member
-                        else None)
+                        topic_requests=None if clustered is None else clustered.request_topics)
 
 
-def build_member(config: Config, broker: Broker, worker: StoreWorker, store: MySQLStore,
-                 clock: Callable[[], int]) -> ClusterMember:
+def build_member(config: Config, broker: Broker, seat: CoreSeat,
+                 store: MySQLStore) -> ClusterMember:
     """The broker's member of the brokers and leases tables, with connections of its own:
     one for the lease table, one store to load the topics it takes."""
     mode: Literal["single", "cluster"] = "cluster" if config.cluster else "single"
@@ -102,14 +105,13 @@ def build_member(config: Config, broker: Broker, worker: StoreWorker, store: MyS
                            io_timeout_s=store.io_timeout_s, table_prefix=store.prefix)
     member = ClusterMember(
         table=LeaseTable(store.connector(), store.prefix, config.lease_ttl_ms), store=own_store,
-        seat=CoreSeat(broker, worker, clock), broker_id=new_broker_id(),
+        seat=seat, broker_id=new_broker_id(),
         address=config.advertised_address(config.port), mode=mode,
         ttl_ms=config.lease_ttl_ms,
         fresh_id_block=store.fresh_id_block if config.cluster else None)
     broker.admin.commands.update(drain=member.drain, cluster=member.status)
     if config.cluster:
         store.use_id_blocks(ID_BLOCK_SIZE)
-        worker.fence, worker.on_fenced = member.fence, member.on_fenced
     return member
 
 

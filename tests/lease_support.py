@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import pymysql
 import pytest
 
 from bbmq.store import MySQLStore
@@ -29,6 +30,7 @@ class Database:
         self.store = MySQLStore(self.url, table_prefix=self.prefix)
         self.store.open()
         self.tables: list[LeaseTable] = []
+        self._conn: pymysql.connections.Connection | None = None
 
     def table(self, ttl_ms: int = TTL_MS) -> LeaseTable:
         """A lease table on a connection of its own."""
@@ -38,13 +40,11 @@ class Database:
 
     def sql(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
         """Rows of ``query``, written with ``p_`` for the prefix."""
-        conn = connect(self.url)
-        try:
-            with conn.cursor() as cursor:
-                cursor.execute(query.replace("p_", self.prefix), params)
-                return list(cursor.fetchall())
-        finally:
-            conn.close()
+        if self._conn is None:  # one connection: making one takes a good part of a test
+            self._conn = connect(self.url)
+        with self._conn.cursor() as cursor:
+            cursor.execute(query.replace("p_", self.prefix), params)
+            return list(cursor.fetchall())
 
     def age_heartbeat(self, broker_id: str, ms: int) -> None:
         self.sql("UPDATE p_brokers SET heartbeat_at = UTC_TIMESTAMP(6) - INTERVAL %s "
@@ -64,6 +64,8 @@ class Database:
 
     def close(self) -> None:
         self.clear()
+        if self._conn is not None:
+            self._conn.close()
         self.store.close()
         drop_tables(self.url, self.prefix)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from bbmq import config as settings
 from bbmq.cluster.decisions import (
@@ -35,7 +36,10 @@ from bbmq.cluster.member import ClusterMember
 from bbmq.cluster.probe import ProbeResult, probe, split_address
 from bbmq.cluster.seat import CoreSeat
 from bbmq.cluster_cli import status_lines
+from bbmq.core import BrokerSnapshot
+from bbmq.core.snapshot import ClusterCounters as CoreClusterCounters
 from bbmq.defaults import lease_topic
+from bbmq.metrics import cluster_metrics
 from bbmq.store import MySQLStore
 from bbmq.store.base import Fenced
 from bbmq.store.leases import LeaseTable
@@ -351,6 +355,7 @@ def running(member: ClusterMember) -> Iterator[ClusterMember]:
 
 
 @pytest.mark.mysql
+@pytest.mark.slow
 def test_a_second_single_broker_is_refused_with_what_to_do(mysql_url: str) -> None:
     first, _ = make_member(mysql_url, "first", mode="single")
     second, _ = make_member(mysql_url, "second", mode="single")
@@ -381,6 +386,7 @@ def test_a_requested_topic_is_acquired_and_fenced_by_its_epoch(mysql_url: str) -
 
 
 @pytest.mark.mysql
+@pytest.mark.slow
 def test_a_live_owner_s_clients_are_sent_to_it_and_a_gone_one_is_taken_over(
         mysql_url: str) -> None:
     a, a_seat = make_member(mysql_url, "a")
@@ -415,8 +421,9 @@ def test_a_lease_past_its_local_validity_is_no_longer_written(mysql_url: str) ->
         now[0] += 1.5 - 0.25 - 0.001  # ttl - margin, just before
         assert member.fence({"t"}).epochs == {"t": 1}
         now[0] += 0.002
-        with pytest.raises(Fenced):
+        with pytest.raises(Fenced) as refused:
             member.fence({"t"})
+        member.on_fenced(refused.value.topics)  # what the store thread does with it
         assert member.counters.fenced_writes == 1
     finally:
         member.leave()
@@ -446,3 +453,23 @@ def test_cluster_status_lists_brokers_with_their_topics_and_each_lease() -> None
     leases = [line.split() for line in lines[6:]]
     assert leases == [["TOPIC", "OWNER", "EPOCH", "LEASE", "LEFT"], ["a", "h1:1", "7", "4.0s"],
                       ["b", "h2:2", "4", "2.5s"], ["c", "-", "2", "-"]]
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def test_the_cluster_counters_are_exported_for_prometheus() -> None:
+    snapshot = BrokerSnapshot(0, (), CoreClusterCounters(redirects_sent=3, topics_served=2))
+    counters = {"lease_acquisitions": 5, "lease_losses": 1, "fenced_writes": 4}
+
+    class Collector:
+        def collect(self) -> Iterator[Any]:
+            return cluster_metrics(counters, snapshot)
+
+    registry = CollectorRegistry()
+    registry.register(Collector())  # type: ignore[arg-type]
+    page = generate_latest(registry).decode()
+    for line in ("bbmq_cluster_lease_acquisitions_total 5.0",
+                 "bbmq_cluster_lease_losses_total 1.0", "bbmq_cluster_fenced_writes_total 4.0",
+                 "bbmq_cluster_redirects_total 3.0", "bbmq_cluster_topics_served 2.0"):
+        assert line in page.splitlines(), page

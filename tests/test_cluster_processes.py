@@ -4,8 +4,9 @@ Each test has tables of its own (a fresh table prefix) and brokers on free
 ports: a client sent to the wrong broker gets REDIRECT naming the owner; the
 owner killed with SIGKILL, a handshake on a survivor takes the topic over at
 once (its port refuses, so no TTL is waited out) with every confirmed message;
-a broker without --cluster is refused on a database a cluster uses; drain hands
-every topic to the others.
+a broker without --cluster is refused on a database a cluster uses; a new broker
+takes its fair share of the topics; drain hands every topic to the others; a
+clean stop gives the leases back at once.
 """
 
 from __future__ import annotations
@@ -181,3 +182,49 @@ def test_a_single_broker_killed_and_restarted_is_not_refused_by_its_own_row(
         message = consumer.fetch(timeout=5)
         assert message is not None and message.id == kept
     assert "killed without a clean stop" in broker.log()
+
+
+def test_a_stopped_broker_gives_its_leases_back_at_once(tmp_path: Path, store_url: str) -> None:
+    with cluster_broker(tmp_path, "a", store_url) as a:
+        with Producer("events", port=a.port) as producer:
+            sent = producer.publish(b"before the stop")
+        b = cluster_broker(tmp_path, "b", store_url).start()
+        try:
+            assert a.stop() == 0  # SIGTERM: the leases are released, the row deleted
+            brokers = {broker["address"] for broker in cluster_status(b.port)["brokers"]}
+            wait_for(lambda: f"127.0.0.1:{a.port}" not in {
+                broker["address"] for broker in cluster_status(b.port)["brokers"]},
+                "b to see a gone", timeout=5)
+            assert f"127.0.0.1:{b.port}" in brokers
+            with Consumer("events", port=b.port) as consumer:
+                message = consumer.fetch(timeout=5)
+                assert message is not None and message.id == sent
+                consumer.ack(message)
+            assert "acquired 'events' at epoch 2" in b.log()  # free: no take-over needed
+        finally:
+            b.stop()
+
+
+def test_a_new_broker_takes_its_fair_share_from_a_busy_one(tmp_path: Path,
+                                                          store_url: str) -> None:
+    topics = [f"load{n}" for n in range(6)]
+    with cluster_broker(tmp_path, "a", store_url) as a:
+        for topic in topics:
+            with Producer(topic, port=a.port) as producer:
+                producer.publish(topic.encode())
+        wait_for(lambda: len(owners(a.port)) == len(topics), "a to hold every topic", 5)
+        with cluster_broker(tmp_path, "b", store_url) as b:
+            b_address = f"127.0.0.1:{b.port}"
+
+            def shared() -> bool:
+                held = list(owners(b.port).values())
+                return held.count(b_address) == 3 and len(held) == len(topics)
+
+            # One hand-off per renew (every TTL/3 = 1 s) until each has ceil(6/2) = 3.
+            wait_for(shared, "b to hold 3 of the 6 topics", timeout=15)
+            for topic, owner in owners(b.port).items():
+                port = b.port if owner == b_address else a.port
+                with Consumer(topic, port=port) as consumer:
+                    message = consumer.fetch(timeout=5)
+                    assert message is not None and message.body == topic.encode()
+                    consumer.ack(message)

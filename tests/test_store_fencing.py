@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bbmq.defaults import lease_topic
 from bbmq.store import (
     AckRecord,
     Batch,
@@ -22,7 +23,8 @@ from bbmq.store import (
     SQLiteStore,
     Store,
 )
-from bbmq.store.base import Fence, Fenced, lease_topic
+from bbmq.store.base import Fence, Fenced
+from bbmq.store.id_blocks import IdBlocks
 
 from .lease_support import Database, db_fixture, shared_db_fixture  # noqa: F401
 
@@ -232,3 +234,22 @@ def test_id_blocks_are_refused_without_ids_or_before_use(tmp_path: Path) -> None
         store.use_id_blocks(0)
     with pytest.raises(RuntimeError, match="use_id_blocks"):
         store.fresh_id_block()
+
+
+def test_a_short_block_is_given_up_rather_than_used_after_higher_ids() -> None:
+    """Ids reserved elsewhere when the block ran short are above it: the block must not
+    hand out its lower rest afterwards."""
+    sequence = [0]
+
+    def reserve(n: int) -> int:
+        sequence[0] += n
+        return sequence[0]
+
+    blocks = IdBlocks(5, reserve)
+    blocks.make_room(2)
+    assert blocks.take(2) == 1
+    assert blocks.take(4) is None  # 3 left: the caller reserves elsewhere
+    blocks.make_room(1)
+    assert blocks.take(1) == 6, "a new block, not the rest of the old one"
+    blocks.fresh()
+    assert blocks.take(5) == 11 and blocks.take(1) is None

@@ -206,13 +206,13 @@ class ClusterMember:
                 else:
                     epochs[covering] = epoch
         if refused:
-            self.counters.fenced_writes += 1
             raise Fenced(frozenset(refused))
         return Fence(self.broker_id, epochs)
 
     def on_fenced(self, topics: frozenset[str]) -> None:
-        """The store refused writes of ``topics``: look at the leases now, not at the next
-        renew."""
+        """The store thread refused writes of ``topics`` (our fence, or the database's check):
+        count them, and look at the leases now, not at the next renew."""
+        self.counters.fenced_writes += len(topics)
         log.warning("writes of %s refused: lease lost or no longer trusted",
                     ", ".join(sorted(topics)[:10]))
         with self._cond:
@@ -274,6 +274,7 @@ class ClusterMember:
         for topic in lost_topics(held, renewed):
             self._lose(topic, by_topic.get(topic))
         for topic in assigned_topics(held, renewed):
+            log.info("adopting %r at epoch %d (handed to this broker)", topic, renewed[topic])
             self._load(topic, renewed[topic], sent)
         live = live_brokers(self._brokers, self.ttl_ms)
         self.seat.set_cluster_brokers(tuple(b.address for b in live if not b.draining))

@@ -23,10 +23,11 @@ T = TypeVar("T")
 class CoreSeat:
     """Where the member sits at the core's table: on the loop, one call at a time."""
 
-    def __init__(self, broker: Broker, worker: StoreWorker, clock: Callable[[], int]) -> None:
+    def __init__(self, broker: Broker, clock: Callable[[], int]) -> None:
         self.broker = broker
-        self.worker = worker
         self.clock = clock
+        #: The store thread, set once it is made (it is made with the member's fence).
+        self.worker: StoreWorker | None = None
         self.flush: Callable[[], None] = lambda: None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -66,6 +67,7 @@ class CoreSeat:
         def drop() -> None:
             self.broker.topic_lost(topic, target, None, None, self.clock())
             self.flush()
+            assert self.worker is not None, "give the seat its worker first"
             self.worker.barrier(committed)
 
         self._on_loop(drop)
@@ -81,4 +83,5 @@ class CoreSeat:
 
     def call_store(self, fn: Callable[[], T], timeout_s: float) -> T:
         """Run ``fn`` on the store thread and wait for its result (from the member's thread)."""
+        assert self.worker is not None, "give the seat its worker first"
         return self.worker.call(fn).result(timeout_s)

@@ -16,8 +16,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from bbmq.defaults import DLQ_SUFFIX
-
 AnswerT = TypeVar("AnswerT")
 RequesterT = TypeVar("RequesterT")
 
@@ -58,23 +56,11 @@ class Fence:
     """The leases a clustered broker writes under: its id and the epoch it holds per topic.
 
     A dead-letter topic ``<t>.dlq`` has no lease of its own: it is written under the
-    lease of ``<t>`` (see :func:`lease_topic`), so ``epochs`` needs ``<t>``'s epoch.
+    lease of ``<t>`` (:func:`bbmq.defaults.lease_topic`), so ``epochs`` needs ``<t>``'s epoch.
     """
 
     owner: str
     epochs: Mapping[str, int]
-
-
-def lease_topic(topic: str) -> str:
-    """The topic whose lease covers ``topic``: itself, or for a dead-letter topic
-    ``<t>.dlq`` (or ``<t>.dlq.dlq``) the topic ``<t>`` it came from.
-
-    The broker that owns ``<t>`` moves its dead letters to ``<t>.dlq`` in the same
-    transaction as the ack that retires them, so one lease covers both.
-    """
-    while topic.endswith(DLQ_SUFFIX) and len(topic) > len(DLQ_SUFFIX):
-        topic = topic[: -len(DLQ_SUFFIX)]
-    return topic
 
 
 @dataclass(slots=True)  # not frozen: one is made per PUBLISH, and frozen init is slower

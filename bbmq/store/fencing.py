@@ -13,7 +13,7 @@ server the row lock orders them, on Galera the later one fails at COMMIT
 batch is written.
 
 The dead letters of ``<t>`` (topic ``<t>.dlq``) are written under ``<t>``'s
-lease (:func:`~bbmq.store.base.lease_topic`).  Lease rows are checked in topic
+lease (:func:`bbmq.defaults.lease_topic`).  Lease rows are checked in topic
 order, the order in which a renew (``WHERE owner = ?``, by the owner index)
 locks them, so the two cannot deadlock.
 """
@@ -22,8 +22,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from bbmq.store.base import Fence, Fenced, lease_topic
-from bbmq.store.sql_types import Cursor
+from bbmq.defaults import lease_topic
+from bbmq.store.base import Fence, Fenced
+from bbmq.store.dbapi import Cursor
 
 
 def check_fence(cursor: Cursor, statement: str, fence: Fence, topics: Iterable[str]) -> None:

@@ -35,14 +35,18 @@ class IdBlocks:
         self._next, self._last = 1, 0
 
     def make_room(self, n: int) -> None:
-        """Make sure the block holds ``n`` more ids (before a transaction that needs them)."""
+        """Make sure the block holds ``n`` more ids, in a transaction of its own, before a
+        transaction that will take them."""
         if n > self._last - self._next + 1:
             self._take(max(self.size, n))
 
-    def take(self, n: int) -> int:
-        """The first of ``n`` consecutive ids (make_room(n) came first)."""
+    def take(self, n: int) -> int | None:
+        """The first of ``n`` consecutive ids of the block; None if it has fewer left (and
+        then the block is given up, so that ids reserved elsewhere meanwhile, which are
+        above it, are never followed by lower ones from it)."""
         if n > self._last - self._next + 1:
-            raise RuntimeError(f"the id block has fewer than {n} ids left: make_room() first")
+            self._next, self._last = 1, 0
+            return None
         first = self._next
         self._next += n
         return first

@@ -80,7 +80,9 @@ class LeaseTable:
     ``connect`` makes a new PyMySQL connection with ``client_flag=CLIENT.FOUND_ROWS``
     (:meth:`bbmq.store.mysql.MySQLStore.connector` makes one); one connection is kept
     and made again after an error.  Blocking: use it from one thread.  A database that
-    cannot be reached raises :class:`~bbmq.store.base.StoreUnavailable`.
+    cannot be reached raises :class:`~bbmq.store.base.StoreUnavailable`; when that
+    happens to a change of owner, the change may have committed all the same (the
+    connection broke after the COMMIT was sent): read :meth:`lease` again.
     """
 
     def __init__(self, connect: Callable[[], pymysql.connections.Connection], prefix: str,

@@ -19,9 +19,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pymysql
 from pymysql.constants import CLIENT
 
+from bbmq.store.dbapi import Connection, Cursor
 from bbmq.store.schema import Column, Table
 from bbmq.store.sql import DEFAULT_DEDUP_WINDOW_MS, SQLStore
-from bbmq.store.sql_types import Connection, Cursor
 
 MYSQL_DEFAULT_PORT: Final = 3306
 DEFAULT_TABLE_PREFIX: Final = "bbmq_"

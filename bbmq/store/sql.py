@@ -28,17 +28,15 @@ from bbmq.store.base import (
     StoredId,
     StoreUnavailable,
 )
+from bbmq.store.dbapi import Connection, Cursor, in_list_chunks
 from bbmq.store.fencing import check_fence
 from bbmq.store.id_blocks import DEFAULT_ID_BLOCK, IdBlocks
 from bbmq.store.schema import Column, SchemaVersionError, Table
-from bbmq.store.sql_types import Connection, Cursor
 from bbmq.store.statements import Statements
 
 DEFAULT_DEDUP_WINDOW_MS: Final = 24 * 3600 * 1000
 
 _PREFIX_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,39}")
-#: Rows per IN (...) list: far below SQLite's and MySQL's parameter limits.
-_CHUNK: Final = 500
 _SEQUENCE: Final = "message"
 
 T = TypeVar("T")
@@ -227,7 +225,8 @@ class SQLStore(ABC):
             raise ValueError(f"{self.description} cannot be shared by a cluster of brokers, "
                              "so it takes no fence; a cluster needs a mysql:// store")
         if self._id_blocks is not None and batch.messages:
-            self._id_blocks.make_room(len(batch.messages))
+            # Twice: a batch whose msgids repeat may reserve its ids a second time.
+            self._id_blocks.make_room(2 * len(batch.messages))
         if fence is None:
             return self._run(lambda cursor: self._write(cursor, batch, now_ms), write=True)
 
@@ -255,7 +254,7 @@ class SQLStore(ABC):
                 for a in batch.acks if a.message_id not in gone]
         if acks:
             cursor.executemany(self._q.upsert_ack, acks)
-        for chunk in _chunks(batch.done):
+        for chunk in in_list_chunks(batch.done):
             if self.retention_ms:
                 cursor.execute(self._q.mark_done(len(chunk)), (now_ms, *chunk))
             else:
@@ -312,7 +311,7 @@ class SQLStore(ABC):
                 by_topic.setdefault(message.topic, set()).add(message.msgid)
         known: dict[tuple[str, str], tuple[int, bool, int]] = {}
         for topic, msgids in by_topic.items():
-            for chunk in _chunks(sorted(msgids)):
+            for chunk in in_list_chunks(sorted(msgids)):
                 cursor.execute(self._q.msgids_of(len(chunk)), (topic, *chunk))
                 for msgid, message_id, published_ms in cursor.fetchall():
                     known[topic, msgid] = (message_id, False, published_ms)
@@ -320,9 +319,12 @@ class SQLStore(ABC):
 
     def _reserve_ids(self, cursor: Cursor, n: int) -> int:
         """Reserve ``n`` consecutive ids: from the block (cluster mode), else from the
-        sequence row, whose row lock serialises concurrent writers."""
+        sequence row in the cursor's transaction, whose row lock serialises writers."""
         if self._id_blocks is not None:
-            return self._id_blocks.take(n)
+            first = self._id_blocks.take(n)
+            if first is not None:
+                return first
+            # Too few left (not expected after make_room): from the sequence row after all.
         cursor.execute(self._q.reserve, (n, _SEQUENCE))
         cursor.execute(self._q.last_id, (_SEQUENCE,))
         last: int = cursor.fetchone()[0]
@@ -407,8 +409,3 @@ class SQLStore(ABC):
                 deleted += max(cursor.rowcount, 0)
             return deleted
         return self._run(work, write=True)
-
-
-def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]

@@ -11,7 +11,7 @@ import json
 from typing import Final
 
 from bbmq.store.base import GroupRecord, RecoveredMessage
-from bbmq.store.sql_types import Cursor
+from bbmq.store.dbapi import Cursor
 from bbmq.store.statements import Statements
 
 #: Recovery reads pages of at most this many messages ...

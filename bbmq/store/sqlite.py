@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
+from bbmq.store.dbapi import Connection, Cursor
 from bbmq.store.schema import Column, Table
 from bbmq.store.sql import DEFAULT_DEDUP_WINDOW_MS, SQLStore
-from bbmq.store.sql_types import Connection, Cursor
 
 _SYNCHRONOUS: Final = ("OFF", "NORMAL", "FULL", "EXTRA")
 #: Primary result codes that say "not now" rather than "bug": busy or locked
