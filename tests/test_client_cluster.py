@@ -251,6 +251,29 @@ def test_a_lost_broker_is_left_for_the_next_and_the_unconfirmed_resent_there(
     assert len(store.stored) == 6
 
 
+def test_a_silent_broker_is_left_after_the_timeout_for_the_next(
+        clients: Flavour, two: tuple[SharedStore, FakeBroker, FakeBroker]) -> None:
+    """A paused owner keeps the connection open and answers nothing: after ``timeout`` the
+    producer resends what it did not confirm to the next broker."""
+    store, first, second = two
+    second.confirm_first = 1  # then silence
+    with clients.Producer("jobs", brokers=[second.address, first.address],
+                          timeout=0.3) as producer:
+        assert producer.publish_many([b"a", b"b", b"c"]) == [1, 2, 3]
+    assert [p.msgid for p in first.frames(protocol.Publish)] == [
+        p.msgid for p in second.frames(protocol.Publish)][1:]
+    assert len(store.stored) == 3
+
+
+def test_the_default_timeout_is_shorter_once_several_brokers_are_known() -> None:
+    assert Producer("jobs", "h", 1).timeout == 30.0
+    assert Producer("jobs", brokers=["h:1", "h:2"]).timeout == 6.0
+    assert Producer("jobs", brokers=["h:1", "h:2"], timeout=9).timeout == 9
+    alone = Consumer("jobs", brokers=["h:1"])
+    alone.cluster.learn_brokers(["h:2"])  # as a handshake answer listing the cluster does
+    assert alone.timeout == 6.0
+
+
 def test_a_redirect_with_retry_ms_at_the_handshake_is_waited_out(clients: Flavour) -> None:
     _store, (only,) = cluster(1)
     only.answers.append(only.redirect("jobs", None, retry_ms=120))

@@ -42,7 +42,7 @@ class Producer(AsyncClient):
     def __init__(self, topic: str, host: str | None = None, port: int | None = None, *,
                  brokers: str | Iterable[str] | None = None, name: str | None = None,
                  token: str | None = None, tls: bool | ssl.SSLContext = False,
-                 ca_file: str | None = None, timeout: float = 30.0,
+                 ca_file: str | None = None, timeout: float | None = None,
                  retry_for: float = 30.0) -> None:
         self.topic = checked_name("topic", topic)
         super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,

@@ -50,7 +50,7 @@ class Client(ConnectionSettings):
 
     def __init__(self, host: str | None, port: int | None, *, name: str | None,
                  token: str | None, tls: bool | ssl.SSLContext, ca_file: str | None,
-                 timeout: float, brokers: str | Iterable[str] | None = None,
+                 timeout: float | None, brokers: str | Iterable[str] | None = None,
                  topic: str | None = None) -> None:
         super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
                          timeout=timeout, brokers=brokers, topic=topic)

@@ -56,7 +56,7 @@ class Consumer(Client):
                  port: int | None = None, *, brokers: str | Iterable[str] | None = None,
                  name: str | None = None, token: str | None = None,
                  tls: bool | ssl.SSLContext = False, ca_file: str | None = None,
-                 timeout: float = 30.0, prefetch: int = 100) -> None:
+                 timeout: float | None = None, prefetch: int = 100) -> None:
         self.topic = checked_name("topic", topic)
         super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
                          timeout=timeout, brokers=brokers, topic=self.topic)

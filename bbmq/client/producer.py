@@ -32,6 +32,10 @@ class Producer(Client):
     broker goes), it resends every message not yet confirmed, with its msgid,
     to the new one, which stores it once.
 
+    ``timeout`` is how long a broker may stay silent (no ack) before the producer
+    gives up on the connection and resends elsewhere: 30 s for a single broker,
+    6 s once several are known, unless given.
+
     ``retry_for`` (seconds, default 30) is how long a publish keeps trying
     (reconnecting, resending with the same msgid) through lost connections,
     STORE_UNAVAILABLE and SERVER_BUSY before it raises.  It is for a broker
@@ -42,7 +46,7 @@ class Producer(Client):
     def __init__(self, topic: str, host: str | None = None, port: int | None = None, *,
                  brokers: str | Iterable[str] | None = None, name: str | None = None,
                  token: str | None = None, tls: bool | ssl.SSLContext = False,
-                 ca_file: str | None = None, timeout: float = 30.0,
+                 ca_file: str | None = None, timeout: float | None = None,
                  retry_for: float = 30.0) -> None:
         self.topic = checked_name("topic", topic)
         super().__init__(host, port, name=name, token=token, tls=tls, ca_file=ca_file,
