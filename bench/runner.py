@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from bench import celery_phase, cluster, profile, report, scale, systems
+from bench import celery_phase, profile, report, scale, systems
 from bench.phases import PHASES, Measurement, Settings, summarize
 from bench.procs import Progress
 from bench.systems.base import System, Unavailable
@@ -67,13 +67,6 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the Celery phase instead: tasks/s sent and run by one worker, "
                            "through bbmq (bbmq.kombu), Redis and RabbitMQ (pyamqp); "
                            "N tasks (default 5,000)")
-    mode.add_argument("--cluster", action="store_true",
-                      help="the cluster figures instead: durable publish and consume with 1, 2 "
-                           "and 3 brokers over one MariaDB, failover times over kills and "
-                           "pauses of a topic's owner")
-    parser.add_argument("--failovers", type=int, default=None,
-                        help=f"kills and pauses each with --cluster (default "
-                             f"{cluster.DEFAULT_FAILOVERS}; quick 3)")
     parser.add_argument("--backlog", type=int, default=None,
                         help="messages in the --scale backlog (default 1,000,000; quick 20,000)")
     return parser
@@ -252,8 +245,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 runs)
     if args.scale:
         return scale.run(args, settings, runs)
-    if args.cluster:
-        return cluster.run(args, settings, runs)
     if args.profile is not None:
         return profile.run(args, settings)
     return compare(args, settings, runs)
