@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Self
 
 from bbmq.aio.channel import AsyncChannel
-from bbmq.client.errors import BrokerError, Redirected
+from bbmq.client.errors import BrokerError
 from bbmq.client.retry import comes_back, first_connect_failed
 from bbmq.client.settings import ConnectionSettings
 from bbmq.protocol import TypedFrame
@@ -75,12 +75,8 @@ class AsyncClient(ConnectionSettings):
                                                   timeout=plan.connect_timeout(self.timeout),
                                                   tls=self.tls, ca_file=self.ca_file)
                 info = await channel.handshake(self._handshake_frame(), self.timeout)
-            except Redirected as redirect:
-                plan.redirected(redirect.redirect)
             except BrokerError as error:
-                if not comes_back(error):
-                    raise
-                plan.failed(address, error)  # gone, or going: the next broker, at once
+                plan.attempt_ended(address, error)
             else:
                 self._granted(plan, address, info)
                 return channel

@@ -16,8 +16,8 @@ from typing import Self
 
 from bbmq.client.arguments import default_address
 from bbmq.client.channel import Channel
-from bbmq.client.errors import BrokerError, ConnectionLost, Redirected
-from bbmq.client.retry import comes_back, first_connect_failed
+from bbmq.client.errors import BrokerError, ConnectionLost
+from bbmq.client.retry import first_connect_failed
 from bbmq.client.settings import ConnectionSettings
 from bbmq.protocol import Ping, Pong, TypedFrame
 
@@ -77,12 +77,8 @@ class Client(ConnectionSettings):
                 channel = Channel(*address, timeout=plan.connect_timeout(self.timeout),
                                   tls=self.tls, ca_file=self.ca_file)
                 info = channel.handshake(self._handshake_frame(), self.timeout)
-            except Redirected as redirect:
-                plan.redirected(redirect.redirect)
             except BrokerError as error:
-                if not comes_back(error):
-                    raise
-                plan.failed(address, error)  # gone, or going: the next broker, at once
+                plan.attempt_ended(address, error)
             else:
                 self._granted(plan, address, info)
                 self._channel = channel

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from bbmq.client.arguments import default_address
-from bbmq.client.errors import BrokerError, CannotConnect, InvalidArgument
-from bbmq.client.retry import Backoff
+from bbmq.client.errors import BrokerError, CannotConnect, InvalidArgument, Redirected
+from bbmq.client.retry import Backoff, comes_back
 from bbmq.protocol import ErrorCode, Redirect
 
 #: ``(host, port)`` of one broker.
@@ -236,6 +236,16 @@ class ConnectPlan:
     def failed(self, address: Address, error: BrokerError) -> None:
         """``address`` could not be reached, or lost the connection before granting it."""
         self._failures[address] = error
+
+    def attempt_ended(self, address: Address, error: BrokerError) -> None:
+        """One try at ``address`` ended in ``error``: follow a REDIRECT, go on to the next
+        broker at once from one that is gone or going, and raise any other error."""
+        if isinstance(error, Redirected):
+            self.redirected(error.redirect)
+        elif comes_back(error):
+            self.failed(address, error)
+        else:
+            raise error
 
     def redirected(self, redirect: Redirect) -> None:
         """A broker answered with ``redirect``: go to the owner it names, or wait its
