@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Self
 
@@ -79,7 +80,9 @@ class BlackHoleProxy:
             for source, target in ((client, server), (server, client)):
                 threading.Thread(target=self._pump, args=(source, target), daemon=True).start()
 
-    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+    def _received(self, source: socket.socket, target: socket.socket) -> Iterator[bytes]:
+        """What ``source`` sends, read by read, until it closes (then ``target`` is told: a
+        FIN) or breaks, or the proxy stops."""
         source.settimeout(POLL_S)
         while not self._closing.is_set():
             try:
@@ -92,6 +95,10 @@ class BlackHoleProxy:
                 with contextlib.suppress(OSError):
                     target.shutdown(socket.SHUT_WR)
                 return
+            yield data
+
+    def _pump(self, source: socket.socket, target: socket.socket) -> None:
+        for data in self._received(source, target):
             if self._silent.is_set():
                 continue  # swallowed: the other side waits for an answer that never comes
             try:

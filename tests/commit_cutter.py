@@ -13,7 +13,7 @@ import contextlib
 import socket
 import threading
 
-from .blackhole_proxy import POLL_S, BlackHoleProxy
+from .blackhole_proxy import BlackHoleProxy
 
 #: COM_QUERY (0x03) with the statement PyMySQL's Connection.commit() sends.
 COMMIT_PACKET = b"\x03COMMIT"
@@ -36,19 +36,8 @@ class CommitCuttingProxy(BlackHoleProxy):
         if source.getsockname()[1] != self.port:  # the server's answers: passed as they come
             super()._pump(source, target)
             return
-        source.settimeout(POLL_S)
         pending = b""
-        while not self._closing.is_set():
-            try:
-                data = source.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            if not data:
-                with contextlib.suppress(OSError):
-                    target.shutdown(socket.SHUT_WR)
-                return
+        for data in self._received(source, target):
             pending += data
             while len(pending) >= 4 and len(pending) >= 4 + int.from_bytes(pending[:3], "little"):
                 end = 4 + int.from_bytes(pending[:3], "little")
